@@ -1,0 +1,182 @@
+//! `blockhost-broker ndp …`: the responder on its own, with static prefixes
+//! (a drop-in for ndppd's static rules).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use broker_userspace::ndp::{
+    self, AttachMode, AttachedMode, Interface, PinDir, Responder, ResponderOptions, Status,
+};
+use clap::{Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+#[derive(Subcommand)]
+pub enum NdpCommand {
+    /// Answer Neighbor Solicitations for every address of the given prefixes
+    /// on an interface, in the foreground, until SIGINT or SIGTERM.
+    ///
+    /// The program and its prefix map stay pinned after exit, so answering
+    /// goes on across restarts; the next start adopts them and makes the map
+    /// hold exactly the prefixes given.
+    Serve {
+        /// Upstream interface (Ethernet, VLAN, or an L3 tunnel such as SIT).
+        #[arg(long, short)]
+        interface: String,
+        /// Prefix to answer for, e.g. 2001:db8:1::/64 (repeatable).
+        #[arg(long = "prefix", short, required = true, value_name = "PREFIX")]
+        prefixes: Vec<IpNet>,
+        /// auto: native (driver) XDP, else generic; or force one.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+        /// Set the Router flag in advertisements (the broker routes these
+        /// prefixes, so a router's view of them is accurate).
+        #[arg(long)]
+        router: bool,
+        /// Detach and remove the pins on exit instead of leaving the
+        /// responder running.
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Show the attached responder: interface, mode, prefixes, counters.
+    /// Exits 3 when no responder is pinned.
+    Status,
+    /// Detach the responder and remove its pins.
+    Detach,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Mode {
+    Auto,
+    Driver,
+    Generic,
+}
+
+impl From<Mode> for AttachMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Auto => AttachMode::Auto,
+            Mode::Driver => AttachMode::Driver,
+            Mode::Generic => AttachMode::Generic,
+        }
+    }
+}
+
+pub fn run(cmd: NdpCommand, pins: &PinDir) -> anyhow::Result<ExitCode> {
+    match cmd {
+        NdpCommand::Serve {
+            interface,
+            prefixes,
+            mode,
+            router,
+            detach_on_exit,
+        } => serve(
+            pins,
+            &interface,
+            &prefixes,
+            mode.into(),
+            router,
+            detach_on_exit,
+        ),
+        NdpCommand::Status => Ok(match ndp::status(pins)? {
+            Some(status) => {
+                print_status(pins, &status);
+                ExitCode::SUCCESS
+            }
+            None => {
+                println!("no NDP responder pinned under {}", pins.path().display());
+                ExitCode::from(3)
+            }
+        }),
+        NdpCommand::Detach => {
+            if ndp::detach(pins)? {
+                println!("detached; removed {}", pins.path().display());
+            } else {
+                println!("nothing pinned under {}", pins.path().display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(
+    pins: &PinDir,
+    interface: &str,
+    prefixes: &[IpNet],
+    mode: AttachMode,
+    router: bool,
+    detach_on_exit: bool,
+) -> anyhow::Result<ExitCode> {
+    let prefixes = ndp::validate_prefixes(prefixes)?;
+    let iface = Interface::by_name(interface)?;
+    let mut responder = Responder::load(pins)?;
+    let attached = responder.attach(&iface, mode, ResponderOptions { router })?;
+    let (added, removed) = responder.reconcile(&prefixes)?;
+    tracing::info!(
+        "answering for {} prefixes on {} ({attached} mode): {added} added, {removed} removed",
+        prefixes.len(),
+        iface.name
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let signal = runtime.block_on(wait_for_stop())?;
+    if detach_on_exit {
+        drop(responder);
+        ndp::detach(pins)?;
+        tracing::info!("{signal}: detached");
+    } else {
+        tracing::info!(
+            "{signal}: exiting; the responder stays attached (`blockhost-broker ndp detach` removes it)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+fn print_status(pins: &PinDir, s: &Status) {
+    let interface = s
+        .interface
+        .clone()
+        .unwrap_or_else(|| format!("index {} (gone)", s.ifindex));
+    let mode = s
+        .mode
+        .map_or("unknown".to_string(), |m: AttachedMode| m.to_string());
+    println!("pins:       {}", pins.path().display());
+    println!(
+        "interface:  {interface} ({})",
+        if s.attached {
+            "attached"
+        } else {
+            "not attached"
+        }
+    );
+    println!("mode:       {mode}");
+    if s.l3_device {
+        println!("link layer: none (L3 device)");
+    } else {
+        let m = s.mac;
+        println!(
+            "link layer: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        );
+    }
+    println!("router:     {}", if s.router { "yes" } else { "no" });
+    let lens: Vec<String> = s.lengths.iter().map(|l| format!("/{l}")).collect();
+    println!("prefixes:   {} ({})", s.prefixes, lens.join(" "));
+    let c = s.counters;
+    println!(
+        "counters:   seen {} answered {} not_ours {} invalid {} failed {}",
+        c.seen, c.answered, c.not_ours, c.invalid, c.failed
+    );
+}

@@ -1,0 +1,5 @@
+//! blockhost-broker: hands IPv6 prefixes to BlockHost servers over WireGuard,
+//! authenticated on-chain. The binary (`src/main.rs`) is a thin CLI over these
+//! modules.
+
+pub mod ndp;

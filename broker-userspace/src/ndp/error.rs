@@ -1,0 +1,78 @@
+use std::{io, path::PathBuf};
+
+use thiserror::Error;
+
+use super::prefixes::PrefixError;
+
+#[derive(Debug, Error)]
+pub enum NdpError {
+    #[error("the NDP responder needs root (CAP_BPF, CAP_NET_ADMIN)")]
+    NotRoot,
+    #[error("unknown interface `{0}`")]
+    UnknownInterface(String),
+    #[error("interface `{name}`: {source}")]
+    Interface {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+    #[error("bpffs at {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the XDP program: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("attaching to `{interface}` in {mode} mode: {source}")]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "the responder pinned under {pins} is attached to {attached}; run `blockhost-broker ndp detach` first"
+    )]
+    AttachedElsewhere { pins: PathBuf, attached: String },
+    #[error("the kernel refused an XDP link for `{0}` (Linux 5.9 or later is required)")]
+    NoXdpLink(String),
+    #[error("pinning the XDP link at {path}: {source}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("adopting the XDP link pinned at {path}: {source}")]
+    AdoptLink {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} is missing from the program")]
+    MissingMap(&'static str),
+    #[error("program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("{0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("removing {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl NdpError {
+    pub(crate) fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
+        move |source| NdpError::Map { map, source }
+    }
+}

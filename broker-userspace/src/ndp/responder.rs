@@ -1,0 +1,471 @@
+//! Loading, attaching and feeding the XDP program.
+
+use std::fmt;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use broker_common::ndp::{
+    ATTACH_MODE_DRIVER, ATTACH_MODE_GENERIC, CONFIG_MAP, COUNTERS_MAP, Counter, FLAG_CONFIGURED,
+    FLAG_L3_DEVICE, FLAG_ROUTER, MAX_PREFIX_LENS, NdpConfig, PREFIXES_MAP, PROGRAM_NAME, PrefixKey,
+    PrefixValue,
+};
+use ipnet::Ipv6Net;
+
+use super::{
+    Interface, LinkLayer, NdpError, PinDir, PrefixError, key_for, net_for, program::OBJECT,
+    validate_prefixes,
+};
+
+/// How to attach: `Auto` tries the driver (native XDP) first and falls back
+/// to generic (skb) mode, saying so in the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    Driver,
+    Generic,
+}
+
+/// The mode the program ended up attached in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Driver,
+    Generic,
+}
+
+impl AttachedMode {
+    fn xdp(self) -> XdpMode {
+        match self {
+            AttachedMode::Driver => XdpMode::Driver,
+            AttachedMode::Generic => XdpMode::Skb,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            AttachedMode::Driver => ATTACH_MODE_DRIVER,
+            AttachedMode::Generic => ATTACH_MODE_GENERIC,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            ATTACH_MODE_DRIVER => Some(AttachedMode::Driver),
+            ATTACH_MODE_GENERIC => Some(AttachedMode::Generic),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            AttachedMode::Driver => "driver",
+            AttachedMode::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResponderOptions {
+    /// Set the Router flag in advertisements.
+    pub router: bool,
+}
+
+/// Counters summed over all CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub seen: u64,
+    pub answered: u64,
+    pub not_ours: u64,
+    pub invalid: u64,
+    pub failed: u64,
+}
+
+impl Counters {
+    pub(crate) fn read<T: std::borrow::Borrow<MapData>>(
+        map: &PerCpuArray<T, u64>,
+    ) -> Result<Self, NdpError> {
+        let mut c = Counters::default();
+        for counter in Counter::ALL {
+            let values = map
+                .get(&(counter as u32), 0)
+                .map_err(NdpError::map(COUNTERS_MAP))?;
+            let total = values.iter().sum();
+            match counter {
+                Counter::Seen => c.seen = total,
+                Counter::Answered => c.answered = total,
+                Counter::NotOurs => c.not_ours = total,
+                Counter::Invalid => c.invalid = total,
+                Counter::Failed => c.failed = total,
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// The responder's program, loaded, with its maps pinned (created on first
+/// use, reused afterwards).
+pub struct Responder {
+    ebpf: Ebpf,
+    pins: PinDir,
+    /// How many prefixes of each length the map holds, to know when a length
+    /// can leave the config's list.
+    len_counts: [u32; 129],
+}
+
+impl Responder {
+    pub fn load(pins: &PinDir) -> Result<Self, NdpError> {
+        require_root()?;
+        pins.create()?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.path())
+            .load(OBJECT)
+            .map_err(|e| NdpError::Load(Box::new(e)))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(NdpError::MissingProgram(PROGRAM_NAME))?
+            .try_into()?;
+        program.load()?;
+        let mut responder = Responder {
+            ebpf,
+            pins: pins.clone(),
+            len_counts: [0; 129],
+        };
+        for net in responder.prefixes()? {
+            responder.len_counts[usize::from(net.prefix_len())] += 1;
+        }
+        Ok(responder)
+    }
+
+    /// The loaded program, e.g. to run it with BPF_PROG_TEST_RUN.
+    pub fn program(&mut self) -> Result<&mut Xdp, NdpError> {
+        Ok(self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(NdpError::MissingProgram(PROGRAM_NAME))?
+            .try_into()?)
+    }
+
+    /// Attaches to `iface`, or, when a link is already pinned for it, swaps
+    /// this program into that link atomically (no packet goes unanswered).
+    pub fn attach(
+        &mut self,
+        iface: &Interface,
+        mode: AttachMode,
+        options: ResponderOptions,
+    ) -> Result<AttachedMode, NdpError> {
+        let link_pin = self.pins.link();
+        let current = self.config()?;
+        let current_mode = AttachedMode::from_code(current.attach_mode);
+        let mut adopt = link_pin.exists();
+        if adopt && current.ifindex != iface.index {
+            if let Some(name) = Interface::name_of(current.ifindex) {
+                return Err(NdpError::AttachedElsewhere {
+                    pins: self.pins.path().to_path_buf(),
+                    attached: name,
+                });
+            }
+            tracing::info!(
+                "the interface of the pinned link is gone (index {}); attaching afresh",
+                current.ifindex
+            );
+            adopt = false;
+        }
+        let wanted = match mode {
+            AttachMode::Auto => None,
+            AttachMode::Driver => Some(AttachedMode::Driver),
+            AttachMode::Generic => Some(AttachedMode::Generic),
+        };
+        if adopt && wanted.is_some() && wanted != current_mode {
+            tracing::info!(
+                "re-attaching {} in {} mode (was {})",
+                iface.name,
+                wanted.map_or("?", AttachedMode::name),
+                current_mode.map_or("?", AttachedMode::name)
+            );
+            adopt = false;
+        }
+        if link_pin.exists() && !adopt {
+            std::fs::remove_file(&link_pin).map_err(|source| NdpError::Remove {
+                path: link_pin.clone(),
+                source,
+            })?;
+        }
+
+        let attached = if adopt {
+            self.adopt_link(iface)?;
+            current_mode.unwrap_or(AttachedMode::Generic)
+        } else {
+            self.attach_new(iface, mode)?
+        };
+        self.write_config(|cfg| {
+            cfg.flags = FLAG_CONFIGURED;
+            if options.router {
+                cfg.flags |= FLAG_ROUTER;
+            }
+            match iface.link_layer {
+                LinkLayer::Ethernet(mac) => cfg.mac = mac,
+                LinkLayer::None => {
+                    cfg.mac = [0; 6];
+                    cfg.flags |= FLAG_L3_DEVICE;
+                }
+            }
+            cfg.attach_mode = attached.code();
+            cfg.ifindex = iface.index;
+        })?;
+        Ok(attached)
+    }
+
+    fn adopt_link(&mut self, iface: &Interface) -> Result<(), NdpError> {
+        let path = self.pins.link();
+        let adopt_err = |source| NdpError::AdoptLink {
+            path: path.clone(),
+            source,
+        };
+        let pinned = PinnedLink::from_pin(&path).map_err(adopt_err)?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(adopt_err)?;
+        // The pin refers to the link, not to the program: after the update it
+        // stays valid and now runs this program.
+        self.program()?
+            .attach_to_link(link)
+            .map_err(|source| NdpError::Attach {
+                interface: iface.name.clone(),
+                mode: "the pinned link's",
+                source,
+            })?;
+        tracing::info!(interface = %iface.name, "adopted the pinned XDP link");
+        Ok(())
+    }
+
+    fn attach_new(
+        &mut self,
+        iface: &Interface,
+        mode: AttachMode,
+    ) -> Result<AttachedMode, NdpError> {
+        let candidates: &[AttachedMode] = match mode {
+            AttachMode::Auto => &[AttachedMode::Driver, AttachedMode::Generic],
+            AttachMode::Driver => &[AttachedMode::Driver],
+            AttachMode::Generic => &[AttachedMode::Generic],
+        };
+        let program = self.program()?;
+        let mut last_err = None;
+        for &candidate in candidates {
+            match program.attach_to_if_index(iface.index, candidate.xdp()) {
+                Ok(id) => {
+                    let link = program.take_link(id)?;
+                    let fd_link = FdLink::try_from(link)
+                        .map_err(|_| NdpError::NoXdpLink(iface.name.clone()))?;
+                    let path = self.pins.link();
+                    fd_link
+                        .pin(&path)
+                        .map_err(|source| NdpError::PinLink { path, source })?;
+                    if candidate == AttachedMode::Generic && mode == AttachMode::Auto {
+                        tracing::warn!(
+                            interface = %iface.name,
+                            "attached in generic mode: the driver has no native XDP"
+                        );
+                    } else {
+                        tracing::info!(interface = %iface.name, mode = %candidate, "attached");
+                    }
+                    return Ok(candidate);
+                }
+                Err(source) => {
+                    if mode == AttachMode::Auto && candidate == AttachedMode::Driver {
+                        tracing::info!(
+                            interface = %iface.name,
+                            "native XDP refused ({source}); falling back to generic mode"
+                        );
+                    }
+                    last_err = Some(NdpError::Attach {
+                        interface: iface.name.clone(),
+                        mode: candidate.name(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(last_err.expect("at least one candidate mode"))
+    }
+
+    pub fn config(&self) -> Result<NdpConfig, NdpError> {
+        let map = self
+            .ebpf
+            .map(CONFIG_MAP)
+            .ok_or(NdpError::MissingMap(CONFIG_MAP))?;
+        let array: Array<&MapData, NdpConfig> =
+            Array::try_from(map).map_err(NdpError::map(CONFIG_MAP))?;
+        array.get(&0, 0).map_err(NdpError::map(CONFIG_MAP))
+    }
+
+    fn write_config(&mut self, edit: impl FnOnce(&mut NdpConfig)) -> Result<(), NdpError> {
+        let mut cfg = self.config()?;
+        edit(&mut cfg);
+        let map = self
+            .ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or(NdpError::MissingMap(CONFIG_MAP))?;
+        let mut array: Array<&mut MapData, NdpConfig> =
+            Array::try_from(map).map_err(NdpError::map(CONFIG_MAP))?;
+        array.set(0, cfg, 0).map_err(NdpError::map(CONFIG_MAP))
+    }
+
+    /// Configures the program without attaching it (for BPF_PROG_TEST_RUN).
+    pub fn configure_detached(
+        &mut self,
+        link_layer: LinkLayer,
+        options: ResponderOptions,
+    ) -> Result<(), NdpError> {
+        self.write_config(|cfg| {
+            cfg.flags = FLAG_CONFIGURED;
+            if options.router {
+                cfg.flags |= FLAG_ROUTER;
+            }
+            match link_layer {
+                LinkLayer::Ethernet(mac) => cfg.mac = mac,
+                LinkLayer::None => {
+                    cfg.mac = [0; 6];
+                    cfg.flags |= FLAG_L3_DEVICE;
+                }
+            }
+        })
+    }
+
+    fn prefix_map(&self) -> Result<HashMap<&MapData, PrefixKey, PrefixValue>, NdpError> {
+        let map = self
+            .ebpf
+            .map(PREFIXES_MAP)
+            .ok_or(NdpError::MissingMap(PREFIXES_MAP))?;
+        HashMap::try_from(map).map_err(NdpError::map(PREFIXES_MAP))
+    }
+
+    fn prefix_map_mut(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, PrefixKey, PrefixValue>, NdpError> {
+        let map = self
+            .ebpf
+            .map_mut(PREFIXES_MAP)
+            .ok_or(NdpError::MissingMap(PREFIXES_MAP))?;
+        HashMap::try_from(map).map_err(NdpError::map(PREFIXES_MAP))
+    }
+
+    /// The prefixes answered for, in no particular order.
+    pub fn prefixes(&self) -> Result<Vec<Ipv6Net>, NdpError> {
+        let map = self.prefix_map()?;
+        let mut nets = Vec::new();
+        for key in map.keys() {
+            let key = key.map_err(NdpError::map(PREFIXES_MAP))?;
+            // A malformed key cannot come from us; skip it rather than fail.
+            if let Some(net) = net_for(&key) {
+                nets.push(net);
+            }
+        }
+        Ok(nets)
+    }
+
+    /// Starts answering for `net`: one map update (plus one config update the
+    /// first time its length is used). The caller guarantees it overlaps no
+    /// prefix already present (the IPAM and `reconcile` do).
+    pub fn insert(&mut self, net: Ipv6Net) -> Result<(), NdpError> {
+        let len = net.prefix_len();
+        if self.len_counts[usize::from(len)] == 0 {
+            let cfg = self.config()?;
+            if !cfg.lens.contains(&len) {
+                let Some(slot) = cfg.lens.iter().position(|&l| l == 0) else {
+                    let used = cfg.lens.iter().filter(|&&l| l != 0).count();
+                    return Err(PrefixError::TooManyLengths { count: used + 1 }.into());
+                };
+                // The length goes in before the key: a lookup for a length
+                // with no keys yet finds nothing, so the order is safe.
+                self.write_config(|cfg| cfg.lens[slot] = len)?;
+            }
+        }
+        let key = key_for(&net);
+        let mut map = self.prefix_map_mut()?;
+        if map.get(&key, 0).is_ok() {
+            return Ok(());
+        }
+        map.insert(key, 0, 0).map_err(NdpError::map(PREFIXES_MAP))?;
+        self.len_counts[usize::from(len)] += 1;
+        Ok(())
+    }
+
+    /// Stops answering for `net`. Returns false when it was not present.
+    pub fn remove(&mut self, net: Ipv6Net) -> Result<bool, NdpError> {
+        let key = key_for(&net);
+        let mut map = self.prefix_map_mut()?;
+        match map.remove(&key) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(false),
+            Err(e) => return Err(NdpError::map(PREFIXES_MAP)(e)),
+        }
+        let len = net.prefix_len();
+        let count = &mut self.len_counts[usize::from(len)];
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.write_config(|cfg| {
+                for slot in cfg.lens.iter_mut().filter(|l| **l == len) {
+                    *slot = 0;
+                }
+            })?;
+        }
+        Ok(true)
+    }
+
+    /// Makes the map hold exactly `want`: adds before it removes, so a prefix
+    /// present in both is never absent. Returns (added, removed).
+    pub fn reconcile(&mut self, want: &[Ipv6Net]) -> Result<(usize, usize), NdpError> {
+        let want_nets: Vec<ipnet::IpNet> = want.iter().map(|n| (*n).into()).collect();
+        validate_prefixes(&want_nets)?;
+        let have: std::collections::HashSet<Ipv6Net> = self.prefixes()?.into_iter().collect();
+        let want: std::collections::HashSet<Ipv6Net> = want.iter().copied().collect();
+        let mut added = 0;
+        for net in want.difference(&have) {
+            self.insert(*net)?;
+            added += 1;
+        }
+        let mut removed = 0;
+        for net in have.difference(&want) {
+            if self.remove(*net)? {
+                removed += 1;
+            }
+        }
+        Ok((added, removed))
+    }
+
+    pub fn counters(&self) -> Result<Counters, NdpError> {
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(NdpError::MissingMap(COUNTERS_MAP))?;
+        let array = PerCpuArray::try_from(map).map_err(NdpError::map(COUNTERS_MAP))?;
+        Counters::read(&array)
+    }
+
+    /// Lengths in use, as the program sees them.
+    pub fn lengths(&self) -> Result<Vec<u8>, NdpError> {
+        let cfg = self.config()?;
+        Ok(cfg.lens.iter().copied().filter(|&l| l != 0).collect())
+    }
+}
+
+const _: () = assert!(MAX_PREFIX_LENS <= u8::MAX as usize);
+
+pub(crate) fn require_root() -> Result<(), NdpError> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(NdpError::NotRoot);
+    }
+    Ok(())
+}
