@@ -1,1 +1,47 @@
-fn main() {}
+//! `cargo xtask …`: everything around the code — installing what a fresh
+//! machine lacks, running every test, the demo.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(about = "Set-up, tests and demo for blockhost-broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks: Debian packages, the nightly
+    /// toolchain's rust-src, bpf-linker built against the nightly's LLVM.
+    /// Idempotent, and quiet when nothing is missing. Needs root to install.
+    Setup,
+    /// Set up, then run every test: formatting, lints, unit tests, program
+    /// tests through BPF_PROG_TEST_RUN and network-namespace tests (root).
+    Test(test::Args),
+    /// Set up, then show the responder at work in network namespaces.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test(args) => setup::run().and_then(|()| test::run(args)),
+        Command::Demo(args) => setup::run().and_then(|()| demo::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

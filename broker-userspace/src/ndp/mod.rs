@@ -10,6 +10,7 @@
 mod bpffs;
 mod error;
 mod interface;
+mod pass;
 mod pinned;
 mod prefixes;
 mod program;
@@ -18,6 +19,7 @@ mod responder;
 pub use bpffs::{DEFAULT_PIN_DIR, PinDir};
 pub use error::NdpError;
 pub use interface::{Interface, LinkLayer};
+pub use pass::PassProgram;
 pub use pinned::{Status, detach, status};
 pub use prefixes::{PrefixError, key_for, net_for, validate_prefixes};
 pub use responder::{AttachMode, AttachedMode, Counters, Responder, ResponderOptions};

@@ -1,5 +1,9 @@
-//! The compiled eBPF object, embedded at build time by build.rs.
+//! The compiled eBPF objects, embedded at build time by build.rs.
 
-/// The ELF object of broker-ebpf, aligned as aya's loader requires.
+/// The responder (broker-ebpf's main binary), aligned as aya's loader requires.
 pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/broker-ebpf"));
+
+/// A program that passes everything, for veth peers (see [`super::PassProgram`]).
+pub(crate) static PASS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));

@@ -1,0 +1,6 @@
+//! Helpers shared by the integration tests. Each test crate uses a part.
+#![allow(dead_code)]
+
+pub mod frames;
+pub mod netns;
+pub mod pins;

@@ -1,0 +1,78 @@
+//! `cargo xtask test`: every test the project has, in one command.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::cmd;
+
+/// Prefix of every network namespace and bpffs pin directory a test makes,
+/// so leftovers of a killed run can be found and removed.
+pub const TEST_PREFIX: &str = "bbt-";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only run Rust tests whose name contains this string.
+    filter: Option<String>,
+    /// Skip the formatting and lint checks.
+    #[arg(long)]
+    no_lints: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!(
+            "the tests load XDP programs and create network namespaces: run them as root (`sudo -E cargo xtask test`)"
+        );
+    }
+    let root = cmd::workspace_root();
+    remove_leftovers();
+    if !args.no_lints {
+        eprintln!("test: cargo fmt --check");
+        cmd::run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
+        eprintln!("test: cargo clippy");
+        cmd::run(Command::new("cargo").current_dir(&root).args([
+            "clippy",
+            "--quiet",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    let mut test = Command::new("cargo");
+    test.current_dir(&root).args(["test", "--all-targets"]);
+    if let Some(filter) = &args.filter {
+        test.arg("--").arg(filter);
+    }
+    let result = cmd::run(&mut test);
+    remove_leftovers();
+    result
+}
+
+/// Namespaces and pins left by a test run that was killed before its guards
+/// could clean up.
+fn remove_leftovers() {
+    if let Some(list) = cmd::stdout_of(Command::new("ip").args(["netns", "list"])) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ns.starts_with(TEST_PREFIX) {
+                eprintln!("test: removing leftover namespace {ns}");
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") {
+        for entry in dir.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEST_PREFIX) {
+                eprintln!("test: removing leftover pins /sys/fs/bpf/{name}");
+                if let Ok(pins) = std::fs::read_dir(entry.path()) {
+                    for pin in pins.filter_map(Result::ok) {
+                        let _ = std::fs::remove_file(pin.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+}
