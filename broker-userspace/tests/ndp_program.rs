@@ -1,0 +1,529 @@
+//! The XDP program run through BPF_PROG_TEST_RUN with crafted frames: each
+//! answer checked byte by byte against a reference model written apart from
+//! the program (tests/support/frames.rs), and 100,000 random and mutated
+//! frames on which the program and the model must agree exactly.
+//!
+//! Needs root (loading programs); `cargo xtask test` runs it so.
+
+mod support;
+
+use std::net::Ipv6Addr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use broker_userspace::ndp::{Counters, LinkLayer, Responder, ResponderOptions};
+use ipnet::Ipv6Net;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use support::{
+    frames::{BROKER_MAC, Model, Ns, Verdict, checksum},
+    pins::TestPins,
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+fn a(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// A loaded, configured program with its own pins, and the model of it.
+struct Harness {
+    responder: Responder,
+    model: Model,
+    _pins: TestPins,
+}
+
+impl Harness {
+    fn new(tag: &str, router: bool, l3: bool) -> Self {
+        let pins = TestPins::new(tag);
+        let mut responder = Responder::load(&pins.dir).expect("load the program (as root)");
+        let link_layer = if l3 {
+            LinkLayer::None
+        } else {
+            LinkLayer::Ethernet(BROKER_MAC)
+        };
+        responder
+            .configure_detached(link_layer, ResponderOptions { router })
+            .unwrap();
+        let prefixes: Vec<Ipv6Net> = ["2001:db8:1::/64", "2001:db8:2::100/120", "fd00:5::/48"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        responder.reconcile(&prefixes).unwrap();
+        Harness {
+            responder,
+            model: Model {
+                prefixes,
+                mac: BROKER_MAC,
+                router,
+                l3,
+            },
+            _pins: pins,
+        }
+    }
+
+    /// Runs the program once on `frame`: (action, frame afterwards).
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = {
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(frame);
+            opts.data_out = Some(&mut out);
+            self.responder.program().unwrap().test_run(opts).unwrap()
+        };
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Runs `frame` and checks the program did exactly what the model says.
+    fn check(&mut self, frame: &[u8]) -> Verdict {
+        let verdict = self.model.verdict(frame);
+        // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header
+        // (no driver delivers one either).
+        if frame.len() < 14 {
+            assert!(!matches!(verdict, Verdict::Answer(_)));
+            return verdict;
+        }
+        let (action, out) = self.run(frame);
+        match &verdict {
+            Verdict::Answer(expected) => {
+                assert_eq!(action, XDP_TX, "expected an answer to {frame:02x?}");
+                assert_eq!(
+                    &out, expected,
+                    "answer differs from the model\n   in: {frame:02x?}"
+                );
+            }
+            _ => {
+                assert_eq!(action, XDP_PASS, "{verdict:?} must pass: {frame:02x?}");
+                assert_eq!(&out, frame, "a passed frame must be untouched");
+            }
+        }
+        verdict
+    }
+
+    fn counters(&self) -> Counters {
+        self.responder.counters().unwrap()
+    }
+}
+
+/// The advertisement's ICMPv6 body, checked with the reference checksum.
+fn na_body(out: &[u8], l3_off: usize) -> &[u8] {
+    let ip = &out[l3_off..];
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    let body = &ip[40..];
+    assert_eq!(checksum(src, dst, body), 0, "NA checksum");
+    body
+}
+
+#[test]
+fn answers_a_multicast_solicitation_byte_for_byte() {
+    let mut h = Harness::new("hit", false, false);
+    let ns = Ns::multicast(a("2001:db8:1::abcd"));
+    let frame = ns.frame();
+    assert!(matches!(h.check(&frame), Verdict::Answer(_)));
+    let (_, out) = h.run(&frame);
+    // Spelled out once, field by field, beyond the model's agreement.
+    assert_eq!(&out[0..6], &support::frames::ROUTER_MAC, "to the solicitor");
+    assert_eq!(&out[6..12], &BROKER_MAC, "from us");
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    assert_eq!(out[14] >> 4, 6);
+    assert_eq!(u16::from_be_bytes([out[18], out[19]]), 32, "payload length");
+    assert_eq!(out[20], 58);
+    assert_eq!(out[21], 255, "hop limit");
+    assert_eq!(
+        &out[22..38],
+        &a("2001:db8:1::abcd").octets(),
+        "source = target"
+    );
+    assert_eq!(&out[38..54], &support::frames::ROUTER_IP.octets());
+    let body = na_body(&out, 14);
+    assert_eq!(body[0], 136);
+    assert_eq!(body[1], 0);
+    assert_eq!(body[4], 0x40, "Solicited set, Router and Override clear");
+    assert_eq!(&body[8..24], &a("2001:db8:1::abcd").octets());
+    assert_eq!(&body[24..26], &[2, 1], "target link-layer option");
+    assert_eq!(&body[26..32], &BROKER_MAC);
+    assert_eq!(out.len(), 14 + 40 + 32);
+    let c = h.counters();
+    assert_eq!((c.seen, c.answered), (2, 2));
+}
+
+#[test]
+fn answers_every_address_of_a_120_and_none_beside_it() {
+    let mut h = Harness::new("edges", false, false);
+    for last in 0..=255u16 {
+        let target = a(&format!("2001:db8:2::1{last:02x}"));
+        assert!(matches!(
+            h.check(&Ns::multicast(target).frame()),
+            Verdict::Answer(_)
+        ));
+    }
+    for outside in [
+        "2001:db8:2::ff",
+        "2001:db8:2::200",
+        "2001:db8:3::1",
+        "2001:db8::1",
+    ] {
+        assert_eq!(
+            h.check(&Ns::multicast(a(outside)).frame()),
+            Verdict::NotOurs,
+            "{outside}"
+        );
+    }
+    let c = h.counters();
+    assert_eq!((c.answered, c.not_ours), (256, 4));
+}
+
+#[test]
+fn unicast_probe_without_options_grows_into_an_answer() {
+    let mut h = Harness::new("nud", false, false);
+    let frame = Ns::unicast(a("fd00:5:0:7::9")).frame();
+    assert_eq!(frame.len(), 14 + 40 + 24);
+    let v = h.check(&frame);
+    assert!(matches!(v, Verdict::Answer(_)), "{v:?}");
+}
+
+#[test]
+fn dad_probe_is_defended_to_all_nodes_without_solicited_flag() {
+    let mut h = Harness::new("dad", true, false);
+    let (action, out) = h.run(&Ns::dad(a("2001:db8:1::77")).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(&out[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+    assert_eq!(&out[38..54], &a("ff02::1").octets());
+    assert_eq!(
+        na_body(&out, 14)[4],
+        0x80,
+        "Router set, Solicited and Override clear"
+    );
+    assert!(matches!(
+        h.check(&Ns::dad(a("2001:db8:1::77")).frame()),
+        Verdict::Answer(_)
+    ));
+    // A DAD probe must go to a solicited-node group and carry no source
+    // link-layer address.
+    let mut to_unicast = Ns::dad(a("2001:db8:1::77"));
+    to_unicast.dst = a("2001:db8:1::77");
+    assert_eq!(h.check(&to_unicast.frame()), Verdict::Invalid);
+    let mut with_slla = Ns::dad(a("2001:db8:1::77"));
+    with_slla.options = vec![1, 1, 2, 0, 0x5e, 0, 0x53, 1];
+    assert_eq!(h.check(&with_slla.frame()), Verdict::Invalid);
+}
+
+#[test]
+fn rejects_what_rfc_4861_says_to_discard() {
+    let mut h = Harness::new("invalid", false, false);
+    let t = a("2001:db8:1::5");
+    let cases: Vec<(&str, Ns)> = vec![
+        (
+            "hop limit 254",
+            Ns {
+                hop_limit: 254,
+                ..Ns::multicast(t)
+            },
+        ),
+        (
+            "hop limit 1",
+            Ns {
+                hop_limit: 1,
+                ..Ns::multicast(t)
+            },
+        ),
+        (
+            "bad checksum",
+            Ns {
+                checksum_delta: 1,
+                ..Ns::multicast(t)
+            },
+        ),
+        (
+            "code 1",
+            Ns {
+                code: 1,
+                ..Ns::multicast(t)
+            },
+        ),
+        (
+            "zero-length option",
+            Ns {
+                options: vec![1, 0, 0, 0, 0, 0, 0, 0],
+                ..Ns::multicast(t)
+            },
+        ),
+        (
+            "option overruns the message",
+            Ns {
+                options: vec![1, 2, 0, 0, 0, 0, 0, 0],
+                ..Ns::multicast(t)
+            },
+        ),
+        (
+            "options not in 8-octet units",
+            Ns {
+                options: vec![1, 1, 0, 0],
+                ..Ns::multicast(t)
+            },
+        ),
+        (
+            "more options than walked",
+            Ns {
+                options: vec![9, 33]
+                    .into_iter()
+                    .chain(std::iter::repeat_n(0, 262))
+                    .collect(),
+                ..Ns::multicast(t)
+            },
+        ),
+    ];
+    for (what, ns) in &cases {
+        assert_eq!(h.check(&ns.frame()), Verdict::Invalid, "{what}");
+    }
+    // A multicast target (answering would claim a group address).
+    let mut multicast_target = Ns::unicast(a("ff02::1"));
+    multicast_target.dst = a("ff02::1:ff00:1");
+    assert_eq!(h.check(&multicast_target.frame()), Verdict::Invalid);
+    let c = h.counters();
+    assert_eq!(c.invalid, cases.len() as u64 + 1);
+    assert_eq!(c.answered, 0);
+}
+
+#[test]
+fn every_truncation_of_a_valid_solicitation_is_passed_untouched() {
+    let mut h = Harness::new("trunc", false, false);
+    for ns in [
+        Ns::multicast(a("2001:db8:1::5")),
+        Ns {
+            vlan: Some(7),
+            ..Ns::multicast(a("2001:db8:1::5"))
+        },
+    ] {
+        let frame = ns.frame();
+        for len in 0..frame.len() {
+            let v = h.check(&frame[..len]);
+            assert!(!matches!(v, Verdict::Answer(_)), "length {len}");
+        }
+        assert!(matches!(h.check(&frame), Verdict::Answer(_)));
+    }
+}
+
+#[test]
+fn link_layer_padding_is_dropped_from_the_answer() {
+    let mut h = Harness::new("pad", false, false);
+    let ns = Ns {
+        padding: 6,
+        ..Ns::multicast(a("2001:db8:1::5"))
+    };
+    assert!(matches!(h.check(&ns.frame()), Verdict::Answer(_)));
+}
+
+#[test]
+fn vlan_tag_is_kept() {
+    let mut h = Harness::new("vlan", false, false);
+    let ns = Ns {
+        vlan: Some(0x2064),
+        ..Ns::multicast(a("2001:db8:1::5"))
+    };
+    let (action, out) = h.run(&ns.frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(&out[12..18], &[0x81, 0x00, 0x20, 0x64, 0x86, 0xdd]);
+    na_body(&out, 18);
+    assert!(matches!(h.check(&ns.frame()), Verdict::Answer(_)));
+}
+
+#[test]
+fn solicitation_not_addressed_to_the_target_is_not_ours() {
+    let mut h = Harness::new("addr", false, false);
+    let mut ns = Ns::multicast(a("2001:db8:1::5"));
+    ns.dst = a("ff02::1:ff00:6"); // another address's group
+    assert_eq!(h.check(&ns.frame()), Verdict::NotOurs);
+    ns.dst = a("2001:db8:1::6"); // unicast to someone else
+    assert_eq!(h.check(&ns.frame()), Verdict::NotOurs);
+}
+
+#[test]
+fn other_traffic_passes_uncounted() {
+    let mut h = Harness::new("other", false, false);
+    let ns = Ns::multicast(a("2001:db8:1::5")).frame();
+    // IPv4.
+    let mut ipv4 = ns.clone();
+    ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
+    // An extension header (hop-by-hop) before the ICMPv6 message.
+    let mut ext = ns.clone();
+    ext[20] = 0;
+    // Other ICMPv6: an echo request and an advertisement.
+    let mut echo = ns.clone();
+    echo[54] = 128;
+    let mut na = ns.clone();
+    na[54] = 136;
+    // IPv6 with another version number.
+    let mut v4_in_v6 = ns.clone();
+    v4_in_v6[14] = 0x40;
+    for frame in [ipv4, ext, echo, na, v4_in_v6] {
+        assert_eq!(h.check(&frame), Verdict::Ignored);
+    }
+    assert_eq!(h.counters(), Counters::default());
+}
+
+#[test]
+fn l3_device_answers_without_link_layer_option() {
+    let mut h = Harness::new("l3", false, true);
+    let ns = Ns {
+        l3: true,
+        options: Vec::new(),
+        ..Ns::multicast(a("2001:db8:1::5"))
+    };
+    let (action, out) = h.run(&ns.frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out.len(), 40 + 24, "no option on an L3 device");
+    assert_eq!(na_body(&out, 0)[4], 0x40);
+    assert!(matches!(h.check(&ns.frame()), Verdict::Answer(_)));
+    // With the source link-layer option a router might still send: shrinks.
+    let ns = Ns {
+        l3: true,
+        ..Ns::multicast(a("2001:db8:1::5"))
+    };
+    assert!(matches!(h.check(&ns.frame()), Verdict::Answer(_)));
+}
+
+#[test]
+fn removed_prefix_is_no_longer_answered() {
+    let mut h = Harness::new("remove", false, false);
+    let frame = Ns::multicast(a("2001:db8:2::150")).frame();
+    assert!(matches!(h.check(&frame), Verdict::Answer(_)));
+    assert!(
+        h.responder
+            .remove("2001:db8:2::100/120".parse().unwrap())
+            .unwrap()
+    );
+    h.model.prefixes.retain(|p| p.prefix_len() != 120);
+    assert_eq!(h.check(&frame), Verdict::NotOurs);
+    // Its length left the program's list with its last prefix.
+    assert!(!h.responder.lengths().unwrap().contains(&120));
+}
+
+#[test]
+fn unconfigured_program_passes_everything() {
+    let pins = TestPins::new("unconf");
+    let mut responder = Responder::load(&pins.dir).unwrap();
+    responder
+        .reconcile(&["2001:db8:1::/64".parse().unwrap()])
+        .unwrap();
+    let frame = Ns::multicast(a("2001:db8:1::5")).frame();
+    let mut out = vec![0u8; 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.data_out = Some(&mut out);
+    let r = responder.program().unwrap().test_run(opts).unwrap();
+    assert_eq!(r.return_value, XDP_PASS);
+}
+
+/// 100,000 frames: valid solicitations of every kind, then mutated (bytes
+/// flipped, cut, extended, fields set to edge values). The program must do
+/// exactly what the model says: never answer a target outside the map, never
+/// emit a malformed advertisement, never touch a frame it passes.
+#[test]
+fn agrees_with_the_model_on_100000_random_and_mutated_frames() {
+    const FRAMES: usize = 100_000;
+    let seed = std::env::var("NDP_PROPTEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6e64_7072_6f78);
+    eprintln!("seed {seed} (set NDP_PROPTEST_SEED to replay)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut eth = Harness::new("prop", false, false);
+    let mut l3 = Harness::new("propl3", true, true);
+    let mut answers = 0;
+    for i in 0..FRAMES {
+        let use_l3 = i % 5 == 0;
+        let mut ns = random_solicitation(&mut rng);
+        ns.l3 = use_l3;
+        let mut frame = ns.frame();
+        if rng.random_bool(0.7) {
+            mutate(&mut rng, &mut frame);
+        }
+        let h = if use_l3 { &mut l3 } else { &mut eth };
+        if matches!(h.check(&frame), Verdict::Answer(_)) {
+            answers += 1;
+        }
+    }
+    // The generator must actually reach both sides of the decision.
+    assert!(answers > FRAMES / 10, "only {answers} answers");
+    assert!(answers < FRAMES * 9 / 10, "{answers} answers");
+    for h in [&eth, &l3] {
+        let c = h.counters();
+        assert_eq!(c.seen, c.answered + c.not_ours + c.invalid + c.failed);
+        assert_eq!(c.failed, 0);
+    }
+}
+
+fn random_target(rng: &mut StdRng) -> Ipv6Addr {
+    let base: u128 = match rng.random_range(0..5) {
+        0 => a("2001:db8:1::").into(),
+        1 => a("2001:db8:2::100").into(),
+        2 => a("fd00:5::").into(),
+        3 => a("2001:db8:2::").into(),
+        _ => rng.random(),
+    };
+    let host_bits = [128u32, 64, 8, 80][rng.random_range(0..4)];
+    let noise: u128 = rng.random::<u128>() & (u128::MAX >> (128 - host_bits.min(127)));
+    Ipv6Addr::from(
+        base | if rng.random_bool(0.8) {
+            noise & 0xffff_ffff_ffff_ffff
+        } else {
+            noise
+        },
+    )
+}
+
+fn random_solicitation(rng: &mut StdRng) -> Ns {
+    let target = random_target(rng);
+    let mut ns = match rng.random_range(0..4) {
+        0 | 1 => Ns::multicast(target),
+        2 => Ns::unicast(target),
+        _ => Ns::dad(target),
+    };
+    if rng.random_bool(0.2) {
+        ns.vlan = Some(rng.random_range(0..4096));
+    }
+    if rng.random_bool(0.1) {
+        ns.padding = rng.random_range(1..20);
+    }
+    if rng.random_bool(0.1) {
+        // Extra options of random types and lengths.
+        for _ in 0..rng.random_range(1..4) {
+            let units = rng.random_range(1..3u8);
+            ns.options.push(rng.random_range(3..40));
+            ns.options.push(units);
+            ns.options
+                .extend((0..usize::from(units) * 8 - 2).map(|_| rng.random::<u8>()));
+        }
+    }
+    ns
+}
+
+fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>) {
+    for _ in 0..rng.random_range(1..4) {
+        match rng.random_range(0..6) {
+            0 if !frame.is_empty() => {
+                let i = rng.random_range(0..frame.len());
+                frame[i] ^= 1 << rng.random_range(0..8);
+            }
+            1 if !frame.is_empty() => {
+                let i = rng.random_range(0..frame.len());
+                frame[i] = rng.random();
+            }
+            2 => frame.truncate(rng.random_range(0..=frame.len())),
+            3 => frame.extend((0..rng.random_range(1..16)).map(|_| rng.random::<u8>())),
+            // Fields that decide the outcome, set to edge values.
+            4 if frame.len() > 60 => {
+                let i = [20usize, 21, 18, 19, 54, 55][rng.random_range(0..6)];
+                frame[i] = [0, 1, 0x7f, 0x80, 0xfe, 0xff][rng.random_range(0..6)];
+            }
+            _ if frame.len() > 80 => {
+                // Option length byte.
+                let i = 54 + 24 + 1;
+                frame[i] = rng.random_range(0..4);
+            }
+            _ => {}
+        }
+    }
+}
