@@ -34,7 +34,6 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 /// Stdout of `cmd`, or None when it cannot run or fails.
 pub fn stdout_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

@@ -2,11 +2,7 @@
 //! Every check is cheap, so a machine that has everything is done in well
 //! under a second and prints nothing.
 
-use std::{
-    env,
-    path::PathBuf,
-    process::Command,
-};
+use std::{env, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -19,7 +15,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("wireguard-tools", "the wg command"),
     ("wireguard-go", "WireGuard where the kernel has no module"),
     ("ndppd", "the ndppd peer in the NDP benchmark"),
-    ("nodejs", "the contracts' toolchain (forge, anvil, solc from npm)"),
+    (
+        "nodejs",
+        "the contracts' toolchain (forge, anvil, solc from npm)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -117,7 +116,13 @@ fn install_rust_src() -> anyhow::Result<()> {
             "rust-src",
         ]))
     } else {
-        cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
     }
 }
 
@@ -132,7 +137,9 @@ fn nightly_llvm_major() -> Option<u32> {
 fn cargo_home() -> PathBuf {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 /// Where bpf-linker finds the nightly's libLLVM (its rpath points here).
@@ -170,8 +177,18 @@ fn install_bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
     }
     cmd::run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
-            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
             .arg("--root")
             .arg(cargo_home())
             .env("LLVM_PREFIX", &prefix),
@@ -180,4 +197,3 @@ fn install_bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
         .context("recording the LLVM version bpf-linker was built against")?;
     Ok(())
 }
-

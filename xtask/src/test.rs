@@ -29,7 +29,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     remove_leftovers();
     if !args.no_lints {
         eprintln!("test: cargo fmt --check");
-        cmd::run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
+        cmd::run(
+            Command::new("cargo")
+                .current_dir(&root)
+                .args(["fmt", "--all", "--", "--check"]),
+        )?;
         eprintln!("test: cargo clippy");
         cmd::run(Command::new("cargo").current_dir(&root).args([
             "clippy",
