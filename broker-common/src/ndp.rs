@@ -130,3 +130,26 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<PrefixKey>() == 20);
 const _: () = assert!(core::mem::size_of::<NdpConfig>() == 20);
+
+/// Benchmark support: `ndp_responder_bench` (never attached) copies frame
+/// `cursor % count` of [`BENCH_FRAMES_MAP`] over the packet, then does exactly
+/// what [`PROGRAM_NAME`] does. BPF_PROG_TEST_RUN with `repeat` reuses one
+/// buffer, which the responder rewrites on its first run; re-arming lets every
+/// repetition answer a fresh solicitation, for one target or many.
+pub const BENCH_PROGRAM_NAME: &str = "ndp_responder_bench";
+/// `Array<BenchFrame>`, [`BENCH_MAX_FRAMES`] entries.
+pub const BENCH_FRAMES_MAP: &str = "NDP_BENCH_FRAMES";
+/// `Array<u32>`: entry 0 is the number of frames in use.
+pub const BENCH_COUNT_MAP: &str = "NDP_BENCH_COUNT";
+pub const BENCH_MAX_FRAMES: u32 = 4096;
+pub const BENCH_FRAME_LEN: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BenchFrame {
+    pub data: [u8; BENCH_FRAME_LEN],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: a byte array.
+unsafe impl aya::Pod for BenchFrame {}

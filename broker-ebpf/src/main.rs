@@ -26,8 +26,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use broker_common::ndp::{
-    COUNTER_COUNT, Counter, FLAG_CONFIGURED, FLAG_L3_DEVICE, FLAG_ROUTER, MAX_NS_OPTION_UNITS,
-    MAX_PREFIX_LENS, MAX_PREFIXES, NdpConfig, PrefixKey, PrefixValue,
+    BENCH_FRAME_LEN, BENCH_MAX_FRAMES, BenchFrame, COUNTER_COUNT, Counter, FLAG_CONFIGURED,
+    FLAG_L3_DEVICE, FLAG_ROUTER, MAX_NS_OPTION_UNITS, MAX_PREFIX_LENS, MAX_PREFIXES, NdpConfig,
+    PrefixKey, PrefixValue,
 };
 
 use crate::{
@@ -48,6 +49,15 @@ static NDP_CONFIG: Array<NdpConfig> = Array::pinned(1, 0);
 
 #[map(name = "NDP_COUNTERS")]
 static NDP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+#[map(name = "NDP_BENCH_FRAMES")]
+static NDP_BENCH_FRAMES: Array<BenchFrame> = Array::with_max_entries(BENCH_MAX_FRAMES, 0);
+
+#[map(name = "NDP_BENCH_COUNT")]
+static NDP_BENCH_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "NDP_BENCH_CURSOR")]
+static NDP_BENCH_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// ff02::1, where answers to DAD probes go, as it lies in memory.
 const ALL_NODES: Addr = words([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
@@ -71,6 +81,54 @@ const fn words(b: [u8; 16]) -> Addr {
 #[xdp]
 pub fn ndp_responder(ctx: XdpContext) -> u32 {
     respond(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// For benchmarks only, never attached: see `broker_common::ndp::BENCH_PROGRAM_NAME`.
+/// Copies the next benchmark frame over the packet (whose length must match),
+/// then runs the responder unchanged.
+#[xdp]
+pub fn ndp_responder_bench(ctx: XdpContext) -> u32 {
+    rearm(&ctx);
+    respond(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn rearm(ctx: &XdpContext) -> Option<()> {
+    let count = *NDP_BENCH_COUNT.get(0)?;
+    let cursor = NDP_BENCH_CURSOR.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot.
+    let index = unsafe {
+        let i = *cursor;
+        *cursor = i.wrapping_add(1);
+        if count == 0 { 0 } else { i % count }
+    };
+    let frame = NDP_BENCH_FRAMES.get(index)?;
+    // Eight bytes at a time while they fit, then two (frames have even length).
+    let mut off = 0;
+    while off + 8 <= BENCH_FRAME_LEN {
+        let Some(dst) = ptr_at::<[u8; 8]>(ctx, off) else {
+            break;
+        };
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&frame.data[off..off + 8]);
+        // SAFETY: ptr_at checked the bounds.
+        unsafe { *dst = word };
+        off += 8;
+    }
+    let mut tail = 0;
+    while tail < 4 {
+        let at = off + 2 * tail;
+        if at + 2 > BENCH_FRAME_LEN {
+            break;
+        }
+        let Some(dst) = ptr_at::<[u8; 2]>(ctx, at) else {
+            break;
+        };
+        // SAFETY: ptr_at checked the bounds.
+        unsafe { *dst = [frame.data[at], frame.data[at + 1]] };
+        tail += 1;
+    }
+    Some(())
 }
 
 #[inline(always)]

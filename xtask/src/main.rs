@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -28,6 +29,9 @@ enum Command {
     Test(test::Args),
     /// Set up, then show the responder at work in network namespaces.
     Demo(demo::Args),
+    /// Set up, then run a benchmark (results in target/bench/).
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test(args) => setup::run().and_then(|()| test::run(args)),
         Command::Demo(args) => setup::run().and_then(|()| demo::run(args)),
+        Command::Bench(b) => setup::run().and_then(|()| bench::run(b)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

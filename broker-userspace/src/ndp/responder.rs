@@ -158,6 +158,12 @@ impl Responder {
             .try_into()?)
     }
 
+    /// The loaded object itself, for benchmarks that drive its other programs
+    /// and maps (`broker_common::ndp::BENCH_PROGRAM_NAME`).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Attaches to `iface`, or, when a link is already pinned for it, swaps
     /// this program into that link atomically (no packet goes unanswered).
     pub fn attach(
