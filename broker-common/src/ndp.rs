@@ -15,6 +15,8 @@ pub const CONFIG_MAP: &str = "NDP_CONFIG";
 pub const COUNTERS_MAP: &str = "NDP_COUNTERS";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "ndp_responder";
+/// Name of the same responder as a TC classifier, for L3 upstreams.
+pub const TC_PROGRAM_NAME: &str = "ndp_responder_tc";
 
 /// Capacity of [`PREFIXES_MAP`]. The map is created without preallocation, so
 /// this bounds memory (the kernel still allocates one 16-byte bucket head per
@@ -57,6 +59,7 @@ pub const FLAG_L3_DEVICE: u8 = 1 << 2;
 pub const ATTACH_MODE_NONE: u8 = 0;
 pub const ATTACH_MODE_DRIVER: u8 = 1;
 pub const ATTACH_MODE_GENERIC: u8 = 2;
+pub const ATTACH_MODE_TC: u8 = 3;
 
 /// The single value of [`CONFIG_MAP`].
 ///

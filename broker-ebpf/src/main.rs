@@ -16,14 +16,15 @@
 #![no_main]
 
 mod checksum;
+mod frame;
 mod packet;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, xdp_action},
-    helpers::generated::bpf_xdp_adjust_tail,
-    macros::{map, xdp},
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, xdp_action},
+    helpers::generated::bpf_redirect,
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use broker_common::ndp::{
     BENCH_FRAME_LEN, BENCH_MAX_FRAMES, BenchFrame, COUNTER_COUNT, Counter, FLAG_CONFIGURED,
@@ -33,10 +34,11 @@ use broker_common::ndp::{
 
 use crate::{
     checksum::Checksum,
+    frame::{Frame, ptr_at},
     packet::{
         Addr, ETH_HLEN, ETH_P_8021Q, ETH_P_IPV6, EthHdr, ICMPV6_NA, ICMPV6_NS, IPPROTO_ICMPV6,
         IPV6_HLEN, Ipv6Hdr, LlAddrOpt, NA_LEN_WITH_TLLA, NS_HLEN, NdHdr, OPT_SOURCE_LLADDR,
-        OPT_TARGET_LLADDR, bytes, ptr_at,
+        OPT_TARGET_LLADDR, bytes,
     },
 };
 
@@ -80,8 +82,58 @@ const fn words(b: [u8; 16]) -> Addr {
 
 #[xdp]
 pub fn ndp_responder(ctx: XdpContext) -> u32 {
-    respond(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    match respond(&ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_PASS,
+    }
 }
+
+/// The same responder at TC ingress, for L3 upstreams (SIT and other
+/// tunnels). Generic XDP cannot answer there: after the program runs, the
+/// kernel reads the packet's first 14 bytes as an Ethernet header and, as
+/// those bytes changed (they are the IPv6 source address's), re-derives the
+/// packet's protocol from them, so the answer left as a non-IPv6 packet that
+/// the tunnel drops. At TC the protocol stays IPv6, and the answer goes out
+/// of the same device with bpf_redirect.
+#[classifier]
+pub fn ndp_responder_tc(ctx: TcContext) -> i32 {
+    if !linearize(&ctx) {
+        return TC_ACT_OK as i32;
+    }
+    match respond(&ctx) {
+        // SAFETY: a plain helper call; the skb is ours to redirect.
+        Some(()) => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
+        None => TC_ACT_OK as i32,
+    }
+}
+
+/// Direct packet access only reaches an skb's linear part. Tunnels deliver
+/// headers there, but a solicitation must be whole: for the (cheaply
+/// recognised) ICMPv6 packets on an L3 device, pull as much as a solicitation
+/// can have. False when the pull fails.
+#[inline(always)]
+fn linearize(ctx: &TcContext) -> bool {
+    let len = ctx.len() as usize;
+    let linear = ctx.data_end() - ctx.data();
+    let want = if len < NS_MAX_L3_LEN {
+        len
+    } else {
+        NS_MAX_L3_LEN
+    };
+    if linear >= want {
+        return true;
+    }
+    let Ok(next_header) = ctx.load::<u8>(6) else {
+        return true;
+    };
+    if next_header != IPPROTO_ICMPV6 {
+        return true;
+    }
+    ctx.pull_data(want as u32).is_ok()
+}
+
+/// The longest solicitation (on an L3 device) the responder walks.
+const NS_MAX_L3_LEN: usize = IPV6_HLEN + NS_HLEN + 8 * MAX_NS_OPTION_UNITS;
 
 /// For benchmarks only, never attached: see `broker_common::ndp::BENCH_PROGRAM_NAME`.
 /// Copies the next benchmark frame over the packet (whose length must match),
@@ -89,7 +141,10 @@ pub fn ndp_responder(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn ndp_responder_bench(ctx: XdpContext) -> u32 {
     rearm(&ctx);
-    respond(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    match respond(&ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_PASS,
+    }
 }
 
 #[inline(always)]
@@ -106,7 +161,7 @@ fn rearm(ctx: &XdpContext) -> Option<()> {
     // Eight bytes at a time while they fit, then two (frames have even length).
     let mut off = 0;
     while off + 8 <= BENCH_FRAME_LEN {
-        let Some(dst) = ptr_at::<[u8; 8]>(ctx, off) else {
+        let Some(dst) = ptr_at::<[u8; 8], _>(ctx, off) else {
             break;
         };
         let mut word = [0u8; 8];
@@ -121,7 +176,7 @@ fn rearm(ctx: &XdpContext) -> Option<()> {
         if at + 2 > BENCH_FRAME_LEN {
             break;
         }
-        let Some(dst) = ptr_at::<[u8; 2]>(ctx, at) else {
+        let Some(dst) = ptr_at::<[u8; 2], _>(ctx, at) else {
             break;
         };
         // SAFETY: ptr_at checked the bounds.
@@ -131,8 +186,10 @@ fn rearm(ctx: &XdpContext) -> Option<()> {
     Some(())
 }
 
+/// Answers the solicitation in `ctx` in place, or leaves it untouched and
+/// returns None.
 #[inline(always)]
-fn respond(ctx: &XdpContext) -> Option<u32> {
+fn respond<F: Frame>(ctx: &F) -> Option<()> {
     let cfg: *const NdpConfig = NDP_CONFIG.get_ptr(0)?;
     // SAFETY: an array map's value stays valid for the whole program run.
     let cfg = unsafe { &*cfg };
@@ -189,7 +246,7 @@ fn respond(ctx: &XdpContext) -> Option<u32> {
     match advertise(ctx, cfg, l3_off, target) {
         Some(()) => {
             count(Counter::Answered);
-            Some(xdp_action::XDP_TX)
+            Some(())
         }
         None => {
             count(Counter::Failed);
@@ -203,7 +260,7 @@ fn respond(ctx: &XdpContext) -> Option<u32> {
 /// group, or the target itself for unicast NUD probes); anything else is not
 /// a question for us and counts as not ours. Returns the target.
 #[inline(always)]
-fn validate(ctx: &XdpContext, ip: &Ipv6Hdr, icmp_off: usize) -> Result<Addr, Counter> {
+fn validate<F: Frame>(ctx: &F, ip: &Ipv6Hdr, icmp_off: usize) -> Result<Addr, Counter> {
     let ns: *const NdHdr = ptr_at(ctx, icmp_off).ok_or(Counter::Invalid)?;
     let ns = unsafe { &*ns };
     // Hop limit 255: the packet cannot have come through a router.
@@ -362,7 +419,7 @@ fn mask(bits: u32) -> u64 {
 /// - Target link-layer option with the upstream MAC, except on L3 devices.
 /// - Hop limit 255, traffic class and flow label 0; the VLAN tag, if any, kept.
 #[inline(always)]
-fn advertise(ctx: &XdpContext, cfg: &NdpConfig, l3_off: usize, target: Addr) -> Option<()> {
+fn advertise<F: Frame>(ctx: &F, cfg: &NdpConfig, l3_off: usize, target: Addr) -> Option<()> {
     let l3 = cfg.flags & FLAG_L3_DEVICE != 0;
     // What the rewrite needs of the solicitation, read before the packet's
     // end moves (after which nothing of it can be read).
@@ -377,13 +434,8 @@ fn advertise(ctx: &XdpContext, cfg: &NdpConfig, l3_off: usize, target: Addr) -> 
     };
 
     let na_len = if l3 { NS_HLEN } else { NA_LEN_WITH_TLLA };
-    let want = l3_off + IPV6_HLEN + na_len;
-    let have = ctx.data_end() - ctx.data();
-    if want != have {
-        // SAFETY: a plain helper call; on failure the packet is unchanged.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - have as i32) } != 0 {
-            return None;
-        }
+    if !ctx.set_len(l3_off + IPV6_HLEN + na_len) {
+        return None;
     }
 
     let mac = [

@@ -6,8 +6,6 @@
 //! the frame start, which drivers and the stack keep at least 2-aligned), and
 //! the compiler can load words instead of single bytes.
 
-use aya_ebpf::programs::XdpContext;
-
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
@@ -68,16 +66,6 @@ const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HLEN);
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
 const _: () = assert!(core::mem::size_of::<NdHdr>() == NS_HLEN);
 const _: () = assert!(core::mem::size_of::<LlAddrOpt>() == 8);
-
-/// A pointer to a `T` at `offset`, if the packet holds all of it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((start + offset) as *mut T)
-}
 
 /// Network-order bytes of a `u16` word as it lies in memory.
 #[inline(always)]

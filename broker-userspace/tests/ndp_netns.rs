@@ -539,12 +539,11 @@ fn kernel_has_sit() -> bool {
 /// Test 3: a SIT tunnel has no link layer. The kernel does no neighbour
 /// discovery on it, so raw sockets solicit; the answer must be a bare
 /// 24-byte advertisement (no target link-layer option), and auto mode must
-/// have fallen back to generic XDP.
+/// have picked TC (generic XDP cannot send answers out of an L3 device).
 ///
 /// Ignored: this machine's kernel has no SIT (CONFIG_IPV6_SIT unset), so it
-/// has never run here; the TUN tests below cover L3 devices. Expected to fail
-/// where SIT exists until the answer keeps its IPv6 protocol (see
-/// `tun_answer_leaves_as_ipv6`): sit drops anything else.
+/// has never run here; the TUN tests below cover L3 devices, including the
+/// answer's protocol (`tun_answer_leaves_as_ipv6`), which sit checks.
 #[test]
 #[ignore = "needs a kernel with SIT; see tun_answer_leaves_as_ipv6"]
 fn sit_tunnel_answers_without_link_layer_option() {
@@ -598,11 +597,11 @@ fn sit_tunnel_answers_without_link_layer_option() {
         &["--interface", "sit1", "--prefix", PREFIX],
     );
     let log = broker.stderr();
-    assert!(log.contains("falling back to generic"), "{log}");
+    assert!(log.contains("attached (L3 device)"), "{log}");
     let (code, out) = broker_status(&broker_ns, &pins.dir);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("interface:  sit1 (attached)"), "{out}");
-    assert!(out.contains("mode:       generic"), "{out}");
+    assert!(out.contains("mode:       tc"), "{out}");
     assert!(out.contains("link layer: none (L3 device)"), "{out}");
 
     let socket = router.run(|| NdSocket::open("sit1"));
@@ -797,7 +796,7 @@ impl TunLab {
 }
 
 /// Test 3 as it can run here: an L3 device without link layer (TUN, which
-/// this kernel has; it has no SIT). Auto mode falls back to generic, the
+/// this kernel has; it has no SIT). Auto mode picks TC, the
 /// status says so, and the answer is exactly the one the reference model of
 /// tests/support/frames.rs computes: hop limit 255, a bare 24-byte
 /// advertisement, S set, O and R clear, no option.
@@ -805,11 +804,11 @@ impl TunLab {
 fn tun_answers_without_link_layer_option() {
     let lab = TunLab::new();
     let log = lab.broker.stderr();
-    assert!(log.contains("falling back to generic"), "{log}");
+    assert!(log.contains("attached (L3 device)"), "{log}");
     let (code, out) = broker_status(&lab.broker_ns, &lab.pins.dir);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("interface:  tun0 (attached)"), "{out}");
-    assert!(out.contains("mode:       generic"), "{out}");
+    assert!(out.contains("mode:       tc"), "{out}");
     assert!(out.contains("link layer: none (L3 device)"), "{out}");
 
     let model = Model {
@@ -868,12 +867,11 @@ fn tun_answers_without_link_layer_option() {
 /// reads bytes 0–13 of the rewritten packet as an Ethernet header: when the
 /// bytes at 12–13 change (the IPv6 source address's bytes 4–5, i.e. when the
 /// solicitor's source and the target differ there) the kernel re-derives
-/// skb->protocol with eth_type_trans, and the answer leaves with protocol
-/// 0x0004 instead of 0x86dd. TUN passes it on regardless (this test sees the
-/// protocol in the packet information header); sit, GRE and WireGuard drop
-/// it as not IP.
+/// skb->protocol with eth_type_trans, and the answer would leave with
+/// protocol 0x0004 instead of 0x86dd; hence TC on L3 devices. TUN passes
+/// any protocol on (this test reads it from the packet information header);
+/// sit, GRE and WireGuard drop what is not IP.
 #[test]
-#[ignore = "known bug in generic-mode answers on L3 devices (see the doc comment)"]
 fn tun_answer_leaves_as_ipv6() {
     let lab = TunLab::new();
     let inside: Ipv6Addr = INSIDE5.parse().unwrap();
@@ -944,7 +942,7 @@ fn restart_loses_no_answer(mode: Mode) {
     let restarting = Instant::now();
     lab.serve(&[PREFIX]);
     let log = lab.broker().stderr();
-    assert!(log.contains("adopted the pinned XDP link"), "{log}");
+    assert!(log.contains("adopted the pinned link"), "{log}");
     let second_prog = lab.xdp_prog_id().expect("an XDP program on b0");
     assert_ne!(
         first_prog, second_prog,
@@ -1055,15 +1053,23 @@ fn bad_input_is_refused_and_pins_nothing() {
     }
 }
 
-/// An attach that fails (no native XDP on lo) after the maps were pinned
-/// should not leave them behind either.
+/// An attach that fails after the maps were pinned (a bridge device is
+/// Ethernet but has no native XDP) leaves nothing behind either.
 #[test]
-#[ignore = "known: a failed attach leaves the pinned maps behind (see the report)"]
 fn failed_attach_pins_nothing() {
     let ns = Netns::new("badatt");
+    ns.ip(&["link", "add", "bbbridge", "type", "bridge"]);
+    ns.ip(&["link", "set", "bbbridge", "up"]);
     let error = refused(
         &ns,
-        &["--interface", "lo", "--prefix", PREFIX, "--mode", "driver"],
+        &[
+            "--interface",
+            "bbbridge",
+            "--prefix",
+            PREFIX,
+            "--mode",
+            "driver",
+        ],
     );
     assert!(error.contains("driver mode"), "{error}");
 }

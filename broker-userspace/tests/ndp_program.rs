@@ -1,7 +1,10 @@
-//! The XDP program run through BPF_PROG_TEST_RUN with crafted frames: each
+//! The responder run through BPF_PROG_TEST_RUN with crafted frames: each
 //! answer checked byte by byte against a reference model written apart from
 //! the program (tests/support/frames.rs), and 100,000 random and mutated
-//! frames on which the program and the model must agree exactly.
+//! frames on which the program and the model must agree exactly. Every frame
+//! goes through both entry points, XDP and TC (the TC one serves L3 devices;
+//! its test runs get Ethernet frames, so its L3 mode is covered by the TUN
+//! test in ndp_netns.rs).
 //!
 //! Needs root (loading programs); `cargo xtask test` runs it so.
 
@@ -20,6 +23,8 @@ use support::{
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
 
 fn a(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
@@ -61,7 +66,7 @@ impl Harness {
         }
     }
 
-    /// Runs the program once on `frame`: (action, frame afterwards).
+    /// Runs the XDP program once on `frame`: (action, frame afterwards).
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; frame.len() + 256];
         let result = {
@@ -74,6 +79,32 @@ impl Harness {
         (result.return_value, out)
     }
 
+    /// Runs the TC program once on `frame`: (action, frame afterwards), or
+    /// None when the kernel refuses the test run: it does for an skb whose
+    /// IPv6 header is incomplete (shorter than Ethernet + one tag + 40 bytes).
+    fn run_tc(&mut self, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = {
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(frame);
+            opts.data_out = Some(&mut out);
+            self.responder.tc_program().unwrap().test_run(opts)
+        };
+        match result {
+            Ok(result) => {
+                out.truncate(result.data_size_out as usize);
+                Some((result.return_value, out))
+            }
+            Err(_) if frame.len() < 14 + 4 + 40 => None,
+            Err(e) => panic!("TC test run of {} bytes: {e}", frame.len()),
+        }
+    }
+
+    /// How many program runs (so counter increments) one `check` makes.
+    fn runs_per_check(&self) -> u64 {
+        if self.model.l3 { 1 } else { 2 }
+    }
+
     /// Runs `frame` and checks the program did exactly what the model says.
     fn check(&mut self, frame: &[u8]) -> Verdict {
         let verdict = self.model.verdict(frame);
@@ -84,20 +115,49 @@ impl Harness {
             return verdict;
         }
         let (action, out) = self.run(frame);
-        match &verdict {
+        Self::agree("XDP", &verdict, frame, action, &out, (XDP_TX, XDP_PASS));
+        if !self.model.l3
+            && let Some((action, out)) = self.run_tc(frame)
+        {
+            Self::agree(
+                "TC",
+                &verdict,
+                frame,
+                action,
+                &out,
+                (TC_ACT_REDIRECT, TC_ACT_OK),
+            );
+        }
+        verdict
+    }
+
+    fn agree(
+        program: &str,
+        verdict: &Verdict,
+        frame: &[u8],
+        action: u32,
+        out: &[u8],
+        (answer, pass): (u32, u32),
+    ) {
+        match verdict {
             Verdict::Answer(expected) => {
-                assert_eq!(action, XDP_TX, "expected an answer to {frame:02x?}");
                 assert_eq!(
-                    &out, expected,
-                    "answer differs from the model\n   in: {frame:02x?}"
+                    action, answer,
+                    "{program}: expected an answer to {frame:02x?}"
+                );
+                assert_eq!(
+                    out, expected,
+                    "{program}: answer differs from the model\n   in: {frame:02x?}"
                 );
             }
             _ => {
-                assert_eq!(action, XDP_PASS, "{verdict:?} must pass: {frame:02x?}");
-                assert_eq!(&out, frame, "a passed frame must be untouched");
+                assert_eq!(
+                    action, pass,
+                    "{program}: {verdict:?} must pass: {frame:02x?}"
+                );
+                assert_eq!(out, frame, "{program}: a passed frame must be untouched");
             }
         }
-        verdict
     }
 
     fn counters(&self) -> Counters {
@@ -144,8 +204,10 @@ fn answers_a_multicast_solicitation_byte_for_byte() {
     assert_eq!(&body[24..26], &[2, 1], "target link-layer option");
     assert_eq!(&body[26..32], &BROKER_MAC);
     assert_eq!(out.len(), 14 + 40 + 32);
+    // One check (XDP and TC) and one more XDP run.
     let c = h.counters();
-    assert_eq!((c.seen, c.answered), (2, 2));
+    let runs = h.runs_per_check() + 1;
+    assert_eq!((c.seen, c.answered), (runs, runs));
 }
 
 #[test]
@@ -171,7 +233,8 @@ fn answers_every_address_of_a_120_and_none_beside_it() {
         );
     }
     let c = h.counters();
-    assert_eq!((c.answered, c.not_ours), (256, 4));
+    let runs = h.runs_per_check();
+    assert_eq!((c.answered, c.not_ours), (256 * runs, 4 * runs));
 }
 
 #[test]
@@ -282,7 +345,7 @@ fn rejects_what_rfc_4861_says_to_discard() {
     multicast_target.dst = a("ff02::1:ff00:1");
     assert_eq!(h.check(&multicast_target.frame()), Verdict::Invalid);
     let c = h.counters();
-    assert_eq!(c.invalid, cases.len() as u64 + 1);
+    assert_eq!(c.invalid, (cases.len() as u64 + 1) * h.runs_per_check());
     assert_eq!(c.answered, 0);
 }
 

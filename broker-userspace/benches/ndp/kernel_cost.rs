@@ -256,7 +256,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         while filled < allocations {
             programs.responder.insert(allocation(filled as u64, size))?;
             filled += 1;
-            if filled % 100_000 == 0 {
+            if filled.is_multiple_of(100_000) {
                 eprintln!("  filled {filled} of {allocations} allocations");
             }
         }

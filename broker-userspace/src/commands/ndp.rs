@@ -25,7 +25,9 @@ pub enum NdpCommand {
         /// Prefix to answer for, e.g. 2001:db8:1::/64 (repeatable).
         #[arg(long = "prefix", short, required = true, value_name = "PREFIX")]
         prefixes: Vec<IpNet>,
-        /// auto: native (driver) XDP, else generic; or force one.
+        /// auto: on Ethernet, native (driver) XDP, else generic XDP; on an L3
+        /// device (SIT and other tunnels), TC. Or force one. On a veth, driver
+        /// mode only delivers answers if the peer runs an XDP program too.
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
         /// Set the Router flag in advertisements (the broker routes these
@@ -49,6 +51,7 @@ pub enum Mode {
     Auto,
     Driver,
     Generic,
+    Tc,
 }
 
 impl From<Mode> for AttachMode {
@@ -57,6 +60,7 @@ impl From<Mode> for AttachMode {
             Mode::Auto => AttachMode::Auto,
             Mode::Driver => AttachMode::Driver,
             Mode::Generic => AttachMode::Generic,
+            Mode::Tc => AttachMode::Tc,
         }
     }
 }
@@ -108,9 +112,24 @@ fn serve(
 ) -> anyhow::Result<ExitCode> {
     let prefixes = ndp::validate_prefixes(prefixes)?;
     let iface = Interface::by_name(interface)?;
-    let mut responder = Responder::load(pins)?;
-    let attached = responder.attach(&iface, mode, ResponderOptions { router })?;
-    let (added, removed) = responder.reconcile(&prefixes)?;
+    // A first start that fails part-way must not leave pins behind (they
+    // would look like a responder); a restart's pins are the running
+    // responder and stay whatever happens.
+    let first_start = !pins.exists();
+    let started = Responder::load(pins).and_then(|mut responder| {
+        let attached = responder.attach(&iface, mode, ResponderOptions { router })?;
+        let (added, removed) = responder.reconcile(&prefixes)?;
+        Ok((responder, attached, added, removed))
+    });
+    let (responder, attached, added, removed) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            if first_start {
+                let _ = ndp::detach(pins);
+            }
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         "answering for {} prefixes on {} ({attached} mode): {added} added, {removed} removed",
         prefixes.len(),

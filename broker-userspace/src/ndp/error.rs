@@ -10,7 +10,7 @@ pub enum NdpError {
     NotRoot,
     #[error("unknown interface `{0}`")]
     UnknownInterface(String),
-    #[error("interface `{name}`: {source}")]
+    #[error("interface `{name}`")]
     Interface {
         name: String,
         #[source]
@@ -18,15 +18,15 @@ pub enum NdpError {
     },
     #[error(transparent)]
     Prefix(#[from] PrefixError),
-    #[error("bpffs at {path}: {source}")]
+    #[error("bpffs at {path}")]
     Bpffs {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("loading the XDP program: {0}")]
+    #[error("loading the XDP program")]
     Load(#[source] Box<aya::EbpfError>),
-    #[error("attaching to `{interface}` in {mode} mode: {source}")]
+    #[error("attaching to `{interface}` in {mode} mode")]
     Attach {
         interface: String,
         mode: &'static str,
@@ -37,21 +37,25 @@ pub enum NdpError {
         "the responder pinned under {pins} is attached to {attached}; run `blockhost-broker ndp detach` first"
     )]
     AttachedElsewhere { pins: PathBuf, attached: String },
-    #[error("the kernel refused an XDP link for `{0}` (Linux 5.9 or later is required)")]
-    NoXdpLink(String),
-    #[error("pinning the XDP link at {path}: {source}")]
+    #[error(
+        "`{0}` is an L3 device: answers can only leave it from TC (`--mode tc`, which auto picks); generic XDP would send them with a wrong protocol"
+    )]
+    L3NeedsTc(String),
+    #[error("the kernel refused a BPF link for `{0}` (Linux 6.6 or later is required)")]
+    NoLink(String),
+    #[error("pinning the XDP link at {path}")]
     PinLink {
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("adopting the XDP link pinned at {path}: {source}")]
+    #[error("adopting the XDP link pinned at {path}")]
     AdoptLink {
         path: PathBuf,
         #[source]
         source: aya::programs::links::LinkError,
     },
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
@@ -61,9 +65,9 @@ pub enum NdpError {
     MissingMap(&'static str),
     #[error("program {0} is missing from the object")]
     MissingProgram(&'static str),
-    #[error("{0}")]
+    #[error(transparent)]
     Program(#[from] aya::programs::ProgramError),
-    #[error("removing {path}: {source}")]
+    #[error("removing {path}")]
     Remove {
         path: PathBuf,
         #[source]

@@ -57,10 +57,10 @@ fn check_overlaps(nets: &[Ipv6Net]) -> Result<(), PrefixError> {
     sorted.sort_by_key(|n| (u128::from(n.network()), n.prefix_len()));
     let mut widest: Option<Ipv6Net> = None;
     for net in sorted {
-        if let Some(w) = widest {
-            if u128::from(net.network()) <= u128::from(w.broadcast()) {
-                return Err(PrefixError::Overlap(net, w));
-            }
+        if let Some(w) = widest
+            && u128::from(net.network()) <= u128::from(w.broadcast())
+        {
+            return Err(PrefixError::Overlap(net, w));
         }
         if widest.is_none_or(|w| u128::from(net.broadcast()) > u128::from(w.broadcast())) {
             widest = Some(net);

@@ -6,15 +6,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
-        Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
 use broker_common::ndp::{
-    ATTACH_MODE_DRIVER, ATTACH_MODE_GENERIC, CONFIG_MAP, COUNTERS_MAP, Counter, FLAG_CONFIGURED,
-    FLAG_L3_DEVICE, FLAG_ROUTER, MAX_PREFIX_LENS, NdpConfig, PREFIXES_MAP, PROGRAM_NAME, PrefixKey,
-    PrefixValue,
+    ATTACH_MODE_DRIVER, ATTACH_MODE_GENERIC, ATTACH_MODE_TC, CONFIG_MAP, COUNTERS_MAP, Counter,
+    FLAG_CONFIGURED, FLAG_L3_DEVICE, FLAG_ROUTER, MAX_PREFIX_LENS, NdpConfig, PREFIXES_MAP,
+    PROGRAM_NAME, PrefixKey, PrefixValue, TC_PROGRAM_NAME,
 };
 use ipnet::Ipv6Net;
 
@@ -23,14 +24,17 @@ use super::{
     validate_prefixes,
 };
 
-/// How to attach: `Auto` tries the driver (native XDP) first and falls back
-/// to generic (skb) mode, saying so in the log.
+/// How to attach. `Auto` picks, for an Ethernet device, native XDP (driver
+/// mode) and falls back to generic XDP, saying so in the log; for an L3
+/// device (SIT and other tunnels), TC, the only place an answer can leave
+/// such a device as IPv6 (see broker-ebpf's `ndp_responder_tc`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
     #[default]
     Auto,
     Driver,
     Generic,
+    Tc,
 }
 
 /// The mode the program ended up attached in.
@@ -38,20 +42,15 @@ pub enum AttachMode {
 pub enum AttachedMode {
     Driver,
     Generic,
+    Tc,
 }
 
 impl AttachedMode {
-    fn xdp(self) -> XdpMode {
-        match self {
-            AttachedMode::Driver => XdpMode::Driver,
-            AttachedMode::Generic => XdpMode::Skb,
-        }
-    }
-
     fn code(self) -> u8 {
         match self {
             AttachedMode::Driver => ATTACH_MODE_DRIVER,
             AttachedMode::Generic => ATTACH_MODE_GENERIC,
+            AttachedMode::Tc => ATTACH_MODE_TC,
         }
     }
 
@@ -59,6 +58,7 @@ impl AttachedMode {
         match code {
             ATTACH_MODE_DRIVER => Some(AttachedMode::Driver),
             ATTACH_MODE_GENERIC => Some(AttachedMode::Generic),
+            ATTACH_MODE_TC => Some(AttachedMode::Tc),
             _ => None,
         }
     }
@@ -67,6 +67,7 @@ impl AttachedMode {
         match self {
             AttachedMode::Driver => "driver",
             AttachedMode::Generic => "generic",
+            AttachedMode::Tc => "tc",
         }
     }
 }
@@ -172,6 +173,10 @@ impl Responder {
         mode: AttachMode,
         options: ResponderOptions,
     ) -> Result<AttachedMode, NdpError> {
+        let l3 = iface.link_layer == LinkLayer::None;
+        if l3 && matches!(mode, AttachMode::Driver | AttachMode::Generic) {
+            return Err(NdpError::L3NeedsTc(iface.name.clone()));
+        }
         let link_pin = self.pins.link();
         let current = self.config()?;
         let current_mode = AttachedMode::from_code(current.attach_mode);
@@ -190,11 +195,15 @@ impl Responder {
             adopt = false;
         }
         let wanted = match mode {
+            AttachMode::Auto if l3 => Some(AttachedMode::Tc),
             AttachMode::Auto => None,
             AttachMode::Driver => Some(AttachedMode::Driver),
             AttachMode::Generic => Some(AttachedMode::Generic),
+            AttachMode::Tc => Some(AttachedMode::Tc),
         };
-        if adopt && wanted.is_some() && wanted != current_mode {
+        // Auto on Ethernet keeps whichever XDP mode the pinned link has.
+        let kind_changes = wanted.is_none() && current_mode == Some(AttachedMode::Tc);
+        if adopt && ((wanted.is_some() && wanted != current_mode) || kind_changes) {
             tracing::info!(
                 "re-attaching {} in {} mode (was {})",
                 iface.name,
@@ -210,11 +219,12 @@ impl Responder {
             })?;
         }
 
-        let attached = if adopt {
-            self.adopt_link(iface)?;
-            current_mode.unwrap_or(AttachedMode::Generic)
-        } else {
-            self.attach_new(iface, mode)?
+        let attached = match (adopt, current_mode) {
+            (true, Some(current)) => {
+                self.adopt_link(iface, current)?;
+                current
+            }
+            _ => self.attach_new(iface, mode, l3)?,
         };
         self.write_config(|cfg| {
             cfg.flags = FLAG_CONFIGURED;
@@ -234,45 +244,94 @@ impl Responder {
         Ok(attached)
     }
 
-    fn adopt_link(&mut self, iface: &Interface) -> Result<(), NdpError> {
+    fn adopt_link(&mut self, iface: &Interface, mode: AttachedMode) -> Result<(), NdpError> {
         let path = self.pins.link();
         let adopt_err = |source| NdpError::AdoptLink {
             path: path.clone(),
             source,
         };
-        let pinned = PinnedLink::from_pin(&path).map_err(adopt_err)?;
-        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(adopt_err)?;
+        let attach_err = |source| NdpError::Attach {
+            interface: iface.name.clone(),
+            mode: "the pinned link's",
+            source,
+        };
+        let fd_link = FdLink::from(PinnedLink::from_pin(&path).map_err(adopt_err)?);
         // The pin refers to the link, not to the program: after the update it
         // stays valid and now runs this program.
-        self.program()?
-            .attach_to_link(link)
+        if mode == AttachedMode::Tc {
+            let link = SchedClassifierLink::try_from(fd_link).map_err(adopt_err)?;
+            self.tc_program()?
+                .attach_to_link(link)
+                .map_err(attach_err)?;
+        } else {
+            let link = XdpLink::try_from(fd_link).map_err(adopt_err)?;
+            self.program()?.attach_to_link(link).map_err(attach_err)?;
+        }
+        tracing::info!(interface = %iface.name, %mode, "adopted the pinned link");
+        Ok(())
+    }
+
+    /// The TC program, loaded on first use (only L3 upstreams need it), e.g.
+    /// to run it with BPF_PROG_TEST_RUN.
+    pub fn tc_program(&mut self) -> Result<&mut SchedClassifier, NdpError> {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(TC_PROGRAM_NAME)
+            .ok_or(NdpError::MissingProgram(TC_PROGRAM_NAME))?
+            .try_into()?;
+        if program.fd().is_err() {
+            program.load()?;
+        }
+        Ok(program)
+    }
+
+    fn attach_tc(&mut self, iface: &Interface) -> Result<AttachedMode, NdpError> {
+        let program = self.tc_program()?;
+        let id = program
+            .attach_with_options(
+                &iface.name,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
             .map_err(|source| NdpError::Attach {
                 interface: iface.name.clone(),
-                mode: "the pinned link's",
+                mode: "tc",
                 source,
             })?;
-        tracing::info!(interface = %iface.name, "adopted the pinned XDP link");
-        Ok(())
+        let link = program.take_link(id)?;
+        let fd_link = FdLink::try_from(link).map_err(|_| NdpError::NoLink(iface.name.clone()))?;
+        let path = self.pins.link();
+        fd_link
+            .pin(&path)
+            .map_err(|source| NdpError::PinLink { path, source })?;
+        tracing::info!(interface = %iface.name, mode = "tc", "attached (L3 device)");
+        Ok(AttachedMode::Tc)
     }
 
     fn attach_new(
         &mut self,
         iface: &Interface,
         mode: AttachMode,
+        l3: bool,
     ) -> Result<AttachedMode, NdpError> {
-        let candidates: &[AttachedMode] = match mode {
-            AttachMode::Auto => &[AttachedMode::Driver, AttachedMode::Generic],
-            AttachMode::Driver => &[AttachedMode::Driver],
-            AttachMode::Generic => &[AttachedMode::Generic],
+        let candidates: &[(AttachedMode, XdpMode)] = match mode {
+            AttachMode::Tc => return self.attach_tc(iface),
+            AttachMode::Auto if l3 => return self.attach_tc(iface),
+            AttachMode::Auto => &[
+                (AttachedMode::Driver, XdpMode::Driver),
+                (AttachedMode::Generic, XdpMode::Skb),
+            ],
+            AttachMode::Driver => &[(AttachedMode::Driver, XdpMode::Driver)],
+            AttachMode::Generic => &[(AttachedMode::Generic, XdpMode::Skb)],
         };
         let program = self.program()?;
         let mut last_err = None;
-        for &candidate in candidates {
-            match program.attach_to_if_index(iface.index, candidate.xdp()) {
+        for &(candidate, xdp_mode) in candidates {
+            match program.attach_to_if_index(iface.index, xdp_mode) {
                 Ok(id) => {
                     let link = program.take_link(id)?;
-                    let fd_link = FdLink::try_from(link)
-                        .map_err(|_| NdpError::NoXdpLink(iface.name.clone()))?;
+                    let fd_link =
+                        FdLink::try_from(link).map_err(|_| NdpError::NoLink(iface.name.clone()))?;
                     let path = self.pins.link();
                     fd_link
                         .pin(&path)
