@@ -31,7 +31,11 @@ pub fn run() -> anyhow::Result<()> {
         Some(major) => !bpf_linker_ok(major),
         None => true,
     };
+    let contracts = !contracts_toolchain_ok();
     if packages.is_empty() && !rust_src && !linker {
+        if contracts {
+            install_contracts_toolchain()?;
+        }
         return Ok(());
     }
     if !cmd::is_root() {
@@ -57,6 +61,9 @@ pub fn run() -> anyhow::Result<()> {
         let major = nightly_llvm_major()
             .context("cannot read the nightly toolchain's LLVM version (`rustc +nightly -vV`)")?;
         install_bpf_linker(major)?;
+    }
+    if contracts {
+        install_contracts_toolchain()?;
     }
     eprintln!("setup: done");
     Ok(())
@@ -195,5 +202,32 @@ fn install_bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
     )?;
     std::fs::write(prefix.join("llvm-major"), llvm_major.to_string())
         .context("recording the LLVM version bpf-linker was built against")?;
+    Ok(())
+}
+
+/// The contracts' toolchain (forge, anvil, cast, solc, OpenZeppelin) lives in
+/// contracts/node_modules, as contracts/package-lock.json pins it. A copy of
+/// the lockfile that was installed tells whether it is current.
+fn contracts_toolchain_ok() -> bool {
+    let dir = cmd::workspace_root().join("contracts");
+    let lock = std::fs::read(dir.join("package-lock.json")).ok();
+    let installed = std::fs::read(dir.join("node_modules/.blockhost-installed-lock")).ok();
+    lock.is_some() && lock == installed
+}
+
+fn install_contracts_toolchain() -> anyhow::Result<()> {
+    let dir = cmd::workspace_root().join("contracts");
+    eprintln!("setup: installing the contracts' toolchain (npm ci in contracts/)");
+    cmd::run(Command::new("npm").current_dir(&dir).args([
+        "ci",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+    ]))?;
+    std::fs::copy(
+        dir.join("package-lock.json"),
+        dir.join("node_modules/.blockhost-installed-lock"),
+    )
+    .context("recording the installed lockfile")?;
     Ok(())
 }

@@ -44,6 +44,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
+    eprintln!("test: contracts (forge tests, gas snapshot, artifacts)");
+    cmd::run(Command::new("bash").arg(root.join("contracts/bin/check")))?;
     let mut test = Command::new("cargo");
     test.current_dir(&root).args(["test", "--all-targets"]);
     if let Some(filter) = &args.filter {
