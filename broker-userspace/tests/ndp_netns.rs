@@ -630,17 +630,7 @@ fn sit_tunnel_answers_without_link_layer_option() {
     let na = socket.advertisement_for(outside, Duration::from_millis(500));
     assert!(na.is_none(), "answered outside the prefix: {na:?}");
     let after = ndp::status(&pins.dir).unwrap().unwrap().counters;
-    assert_eq!(
-        after.answered,
-        before.answered + 1,
-        "{before:?} -> {after:?}"
-    );
-    assert_eq!(
-        after.not_ours,
-        before.not_ours + 1,
-        "{before:?} -> {after:?}"
-    );
-    assert_eq!((after.invalid, after.failed), (0, 0), "{after:?}");
+    assert_one_answered_one_not_ours(before, after);
     broker.kill();
 }
 
@@ -850,17 +840,7 @@ fn tun_answers_without_link_layer_option() {
         .advertisement_for(outside, Duration::from_millis(300));
     assert_eq!(na, None, "answered outside the prefix");
     let after = lab.counters();
-    assert_eq!(
-        after.answered,
-        before.answered + 1,
-        "{before:?} -> {after:?}"
-    );
-    assert_eq!(
-        after.not_ours,
-        before.not_ours + 1,
-        "{before:?} -> {after:?}"
-    );
-    assert_eq!((after.invalid, after.failed), (0, 0), "{after:?}");
+    assert_one_answered_one_not_ours(before, after);
 }
 
 /// The answer on an L3 device must leave as an IPv6 packet. Generic XDP
@@ -1072,4 +1052,20 @@ fn failed_attach_pins_nothing() {
         ],
     );
     assert!(error.contains("driver mode"), "{error}");
+}
+
+/// Since `before`: exactly one solicitation answered and one not ours, and
+/// none invalid or failed.
+fn assert_one_answered_one_not_ours(before: Counters, after: Counters) {
+    assert_eq!(
+        after.answered,
+        before.answered + 1,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.not_ours,
+        before.not_ours + 1,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!((after.invalid, after.failed), (0, 0), "{after:?}");
 }
