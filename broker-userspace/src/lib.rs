@@ -2,4 +2,5 @@
 //! authenticated on-chain. The binary (`src/main.rs`) is a thin CLI over these
 //! modules.
 
+pub mod ipam;
 pub mod ndp;
