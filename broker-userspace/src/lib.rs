@@ -2,5 +2,6 @@
 //! authenticated on-chain. The binary (`src/main.rs`) is a thin CLI over these
 //! modules.
 
+pub mod config;
 pub mod ipam;
 pub mod ndp;
