@@ -5,7 +5,7 @@
 
 use std::{
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -17,7 +17,7 @@ use alloy::{
 };
 use anyhow::{Context as _, bail};
 
-use crate::{BrokerRegistry, deploy};
+use crate::{BrokerRegistry, config_snippet::OnchainSnippet, deploy};
 
 pub const CHAIN_ID: u64 = 31337;
 
@@ -178,11 +178,16 @@ impl DevChain {
     }
 
     /// The `[onchain]` lines of a broker configuration for this chain.
-    pub fn config_snippet(&self, operator_key: &str, ecies_key: &str) -> String {
-        format!(
-            "[onchain]\nrpc_url = \"{}\"\nchain_id = {}\nregistry_contract = \"{}\"\nrequests_contract = \"{}\"\noperator_key_file = \"{operator_key}\"\necies_key_file = \"{ecies_key}\"\n",
-            self.rpc_url, self.chain_id, self.registry, self.requests
-        )
+    pub fn config_snippet(&self, operator_key: &Path, ecies_key: &Path) -> String {
+        OnchainSnippet {
+            rpc_url: &self.rpc_url,
+            chain_id: self.chain_id,
+            registry_contract: Some(self.registry),
+            requests_contract: self.requests,
+            operator_key_file: operator_key,
+            ecies_key_file: Some(ecies_key),
+        }
+        .to_string()
     }
 }
 

@@ -4,6 +4,7 @@
 //! deployment with pre-flight checks, and a local development chain.
 
 pub mod bindings;
+pub mod config_snippet;
 pub mod deploy;
 pub mod devchain;
 pub mod keys;

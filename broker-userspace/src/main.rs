@@ -29,6 +29,20 @@ enum Command {
     /// The XDP Neighbor Discovery responder on the upstream interface.
     #[command(subcommand)]
     Ndp(commands::ndp::NdpCommand),
+    /// Deploy this broker's BrokerRequests contract from the operator's key,
+    /// on a real network.
+    ///
+    /// The operator key becomes the contract's owner, the account the broker
+    /// answers requests from. Before sending anything the command checks that
+    /// the endpoint answers and serves --chain-id, and that the key's balance
+    /// covers the most the deployment can cost. It shows its progress on
+    /// stderr, waits for the receipt, and prints the contract address, the
+    /// transaction and the `[onchain]` lines of the broker's configuration
+    /// (rpc_url, chain_id, requests_contract, operator_key_file).
+    ///
+    /// The key is only ever read from the file, never from the command line,
+    /// and never printed.
+    DeployRequests(commands::deploy_requests::DeployRequestsArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +57,7 @@ fn main() -> ExitCode {
     let pins = broker_userspace::ndp::PinDir::new(cli.pin_dir);
     let result = match cli.command {
         Command::Ndp(cmd) => commands::ndp::run(cmd, &pins),
+        Command::DeployRequests(args) => commands::deploy_requests::run(args),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod chain;
 mod cmd;
 mod demo;
 mod setup;
@@ -32,6 +33,10 @@ enum Command {
     /// Set up, then run a benchmark (results in target/bench/).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Set up, then start a local chain (anvil) with the broker's contracts
+    /// deployed and registered; prints the addresses and the broker's
+    /// `[onchain]` configuration, keys in target/devchain/. Runs until Ctrl-C.
+    Chain(chain::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
         Command::Test(args) => setup::run().and_then(|()| test::run(args)),
         Command::Demo(args) => setup::run().and_then(|()| demo::run(args)),
         Command::Bench(b) => setup::run().and_then(|()| bench::run(b)),
+        Command::Chain(args) => setup::run().and_then(|()| chain::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
