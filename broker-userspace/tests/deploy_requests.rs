@@ -427,7 +427,11 @@ fn missing_key_file() {
         &format!("key file {}", key.display()),
         &[],
     );
-    assert!(error.contains("No such file or directory"), "{error}");
+    assert_eq!(
+        error.matches("No such file or directory").count(),
+        1,
+        "{error}"
+    );
 }
 
 /// A key given where its file belongs is refused without being echoed.
