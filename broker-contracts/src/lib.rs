@@ -8,6 +8,7 @@ pub mod config_snippet;
 pub mod deploy;
 pub mod devchain;
 pub mod keys;
+pub mod protocol;
 
 pub use bindings::{
     BrokerRegistry, BrokerRequests, FakeNFT, IBrokerRequestsV1, TestNFT,
