@@ -39,7 +39,7 @@ impl Plan {
         Plan {
             allocation_size,
             allocations: vec![1, 1_000, 100_000, 1_000_000],
-            runs: 5,
+            runs: 11,
             repeat: 1_000_000,
         }
     }
@@ -211,24 +211,36 @@ impl Programs {
         })
     }
 
-    /// Median over `runs` of the mean time per packet.
-    fn measure(
-        &mut self,
-        which: Which,
-        frame: &[u8],
-        plan: &Plan,
-    ) -> anyhow::Result<(f64, f64, f64)> {
-        let program = self.get(which)?;
-        // One unmeasured run first: caches, branch predictors, clocks.
-        time(program, frame, plan.repeat)?;
-        let mut runs = Vec::with_capacity(plan.runs);
-        for _ in 0..plan.runs {
-            runs.push(time(program, frame, plan.repeat)?);
-        }
-        let min = runs.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = runs.iter().copied().fold(0.0, f64::max);
-        Ok((median(&mut runs), min, max))
+    /// One measurement: the kernel's mean time per packet over
+    /// `plan.repeat` runs of `frame`, re-arming cost removed where it applies.
+    fn once(&mut self, case: Case, frame: &[u8], plan: &Plan, rearm: f64) -> anyhow::Result<f64> {
+        Ok(match case {
+            Case::Other => time(self.get(Which::Responder)?, frame, plan.repeat)?,
+            Case::EmptyProgram => time(self.get(Which::Pass)?, frame, plan.repeat)?,
+            _ => time(self.get(Which::Bench)?, frame, plan.repeat)? - rearm,
+        })
     }
+}
+
+fn spread(samples: &[f64]) -> (f64, f64, f64) {
+    let mut v = samples.to_vec();
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    (median(&mut v), min, max)
+}
+
+/// What copying a frame over the packet costs: frames the responder drops
+/// at the first header, with and without re-arming, measured in pairs.
+fn rearm_cost(programs: &mut Programs, plan: &Plan) -> anyhow::Result<f64> {
+    let other = frames(Case::Other, 1, plan.allocation_size);
+    load_bench_frames(&mut programs.responder, &other)?;
+    let mut differences = Vec::with_capacity(plan.runs);
+    for _ in 0..plan.runs {
+        let rearmed = time(programs.get(Which::Bench)?, &other[0], plan.repeat)?;
+        let plain = time(programs.get(Which::Responder)?, &other[0], plan.repeat)?;
+        differences.push(rearmed - plain);
+    }
+    Ok(median(&mut differences).max(0.0))
 }
 
 pub fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
@@ -249,6 +261,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         responder,
         pass: PassProgram::load()?,
     };
+    let rearm = rearm_cost(&mut programs, plan)?;
+    eprintln!("  re-arming a frame costs {rearm:.1} ns; subtracted below");
     let size = plan.allocation_size;
     let mut filled = 0usize;
     let mut points = Vec::new();
@@ -260,34 +274,39 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
                 eprintln!("  filled {filled} of {allocations} allocations");
             }
         }
-        // The copy's cost: frames the responder drops at the first header,
-        // with and without re-arming.
-        let other = frames(Case::Other, allocations, size);
-        load_bench_frames(&mut programs.responder, &other)?;
-        let (rearmed, _, _) = programs.measure(Which::Bench, &other[0], plan)?;
-        let (plain, _, _) = programs.measure(Which::Responder, &other[0], plan)?;
-        let rearm_cost = (rearmed - plain).max(0.0);
-
-        for case in Case::ALL {
-            let frames = frames(case, allocations, size);
-            let (median, min, max) = match case {
-                Case::Other => programs.measure(Which::Responder, &frames[0], plan)?,
-                Case::EmptyProgram => programs.measure(Which::Pass, &frames[0], plan)?,
-                _ => {
-                    load_bench_frames(&mut programs.responder, &frames)?;
-                    let (m, lo, hi) = programs.measure(Which::Bench, &frames[0], plan)?;
-                    (m - rearm_cost, lo - rearm_cost, hi - rearm_cost)
+        // Cases interleaved run by run, so that drift on a shared machine
+        // weighs on all of them alike.
+        let cases: Vec<(Case, Vec<Vec<u8>>)> = Case::ALL
+            .iter()
+            .map(|&c| (c, frames(c, allocations, size)))
+            .collect();
+        let mut samples = vec![Vec::with_capacity(plan.runs); cases.len()];
+        for run in 0..=plan.runs {
+            for (i, (case, frames)) in cases.iter().enumerate() {
+                if matches!(
+                    case,
+                    Case::AnsweredOne | Case::AnsweredSpread | Case::NotOursSpread
+                ) {
+                    load_bench_frames(&mut programs.responder, frames)?;
                 }
-            };
+                let ns = programs.once(*case, &frames[0], plan, rearm)?;
+                // Run 0 only warms caches, predictors and clocks.
+                if run > 0 {
+                    samples[i].push(ns);
+                }
+            }
+        }
+        for ((case, _), samples) in cases.iter().zip(&samples) {
+            let (median_ns, min_run_ns, max_run_ns) = spread(samples);
             points.push(Point {
                 allocations,
-                case,
-                median_ns: median,
-                min_run_ns: min,
-                max_run_ns: max,
+                case: *case,
+                median_ns,
+                min_run_ns,
+                max_run_ns,
             });
         }
-        eprintln!("  measured at {allocations} allocations (re-arming costs {rearm_cost:.1} ns)");
+        eprintln!("  measured at {allocations} allocations");
     }
     let counters = programs.responder.counters()?;
     anyhow::ensure!(
