@@ -43,6 +43,13 @@ enum Command {
     /// The key is only ever read from the file, never from the command line,
     /// and never printed.
     DeployRequests(commands::deploy_requests::DeployRequestsArgs),
+    /// Create the broker's ECIES key: clients encrypt their requests to its
+    /// public key, which the registry publishes. Writes the secret (mode
+    /// 0600) and prints the 65-byte public key in hex.
+    GenerateKey(commands::generate_key::GenerateKeyArgs),
+    /// Check the configuration file as `run` reads it: every problem on its
+    /// own line, exit status 1 if there is any.
+    CheckConfig(commands::check_config::CheckConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +65,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ndp(cmd) => commands::ndp::run(cmd, &pins),
         Command::DeployRequests(args) => commands::deploy_requests::run(args),
+        Command::GenerateKey(args) => commands::generate_key::run(args),
+        Command::CheckConfig(args) => commands::check_config::run(args),
     };
     match result {
         Ok(code) => code,

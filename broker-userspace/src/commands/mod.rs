@@ -1,4 +1,6 @@
 //! One module per top-level command.
 
+pub mod check_config;
 pub mod deploy_requests;
+pub mod generate_key;
 pub mod ndp;
