@@ -3,5 +3,6 @@
 //! modules.
 
 pub mod config;
+pub mod db;
 pub mod ipam;
 pub mod ndp;
