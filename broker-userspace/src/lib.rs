@@ -6,3 +6,4 @@ pub mod config;
 pub mod db;
 pub mod ipam;
 pub mod ndp;
+pub mod tunnel;

@@ -1,0 +1,368 @@
+//! The broker's side of the tunnels: one WireGuard interface holding a peer
+//! per client, each allowed exactly its prefix, and a route per prefix
+//! through that interface.
+//!
+//! The interface is the kernel's when the module is there (and
+//! `[wireguard] implementation` allows it), else wireguard-go's. Both outlive
+//! the broker: [`Tunnel::open`] adopts an existing interface with its peers,
+//! so a restart drops no tunnel. Routes carry their own protocol number,
+//! [`ROUTE_PROTOCOL`], so [`Routes::list`] returns exactly the broker's.
+//!
+//! Everything here acts in the network namespace of the calling thread.
+
+mod error;
+mod link;
+mod netlink;
+mod routes;
+mod userspace;
+mod wireguard;
+
+use std::{fmt, fs, io, net::Ipv6Addr, time::SystemTime};
+
+use ipnet::Ipv6Net;
+use wireguard_control::{InterfaceName, Key};
+
+pub use error::TunnelError;
+pub use routes::{ROUTE_PROTOCOL, Routes};
+pub use userspace::{SOCKET_DIR, socket_path};
+
+use crate::config::{self, WireguardImplementation};
+use link::{Kind, Links};
+use wireguard::Control;
+
+/// Which WireGuard implementation drives the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The kernel module.
+    Kernel,
+    /// wireguard-go, through its socket under [`SOCKET_DIR`].
+    Userspace,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace (wireguard-go)",
+        })
+    }
+}
+
+/// One peer of the interface, as the interface reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub public_key: [u8; 32],
+    /// Its IPv6 allowed IPs (the broker sets none of the other family).
+    pub allowed_ips: Vec<Ipv6Net>,
+    /// None until the first handshake.
+    pub last_handshake: Option<SystemTime>,
+}
+
+/// The broker's WireGuard interface. Dropping it leaves the interface, its
+/// peers and (for wireguard-go) the process running.
+///
+/// The peer methods block briefly (a netlink or UAPI exchange; wireguard-go
+/// gets 5 s to answer) and work from any thread: the interface is found by
+/// name, through the kernel's WireGuard netlink family in the calling
+/// thread's namespace or through wireguard-go's socket.
+#[derive(Debug)]
+pub struct Tunnel {
+    name: String,
+    index: u32,
+    listen_port: u16,
+    public_key: Key,
+    backend: Backend,
+    control: Control,
+}
+
+/// Where [`Tunnel::open`] turns IPv6 forwarding on: the broker routes.
+const FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+impl Tunnel {
+    /// Opens the interface `cfg.interface`: adopts it when it exists (a
+    /// kernel WireGuard link, or a TUN device whose wireguard-go answers),
+    /// creates it otherwise — a kernel link when the module is there and
+    /// `cfg.implementation` allows it, else a wireguard-go daemon, which
+    /// keeps running after the broker exits. Then sets the private key and
+    /// listen port, assigns `gateway`/128, brings the interface up and makes
+    /// sure IPv6 forwarding is on.
+    ///
+    /// When a step after creating the interface fails, the interface is
+    /// removed again; an adopted one is left as it was found.
+    ///
+    /// Acts in the calling thread's network namespace, and blocks that
+    /// thread while wireguard-go starts (at most 15 s).
+    pub async fn open(
+        cfg: &config::Wireguard,
+        private_key: &Key,
+        gateway: Ipv6Addr,
+    ) -> Result<Tunnel, TunnelError> {
+        let name = cfg.interface.as_str();
+        let interface_name = valid_name(name)?;
+        enable_forwarding()?;
+        let links = Links::connect()?;
+        let (backend, created) = match links.find(name).await? {
+            Some(link) => (adopt(name, &link.kind, cfg.implementation)?, false),
+            None => (create(&links, name, cfg.implementation).await?, true),
+        };
+        let opened = Tunnel::configure(
+            &links,
+            name,
+            interface_name,
+            backend,
+            private_key,
+            cfg.listen_port,
+            gateway,
+        )
+        .await;
+        match opened {
+            Ok(tunnel) => {
+                tracing::info!(
+                    interface = name,
+                    index = tunnel.index,
+                    backend = %backend,
+                    listen_port = cfg.listen_port,
+                    "{} WireGuard interface",
+                    if created { "created" } else { "adopted" },
+                );
+                Ok(tunnel)
+            }
+            Err(e) => {
+                if created {
+                    remove(&links, name, backend).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn configure(
+        links: &Links,
+        name: &str,
+        interface_name: InterfaceName,
+        backend: Backend,
+        private_key: &Key,
+        listen_port: u16,
+        gateway: Ipv6Addr,
+    ) -> Result<Tunnel, TunnelError> {
+        let control = Control::new(backend, interface_name);
+        control
+            .configure(private_key, listen_port)
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::EADDRINUSE) => TunnelError::PortInUse {
+                    name: name.into(),
+                    port: listen_port,
+                },
+                _ => TunnelError::Control {
+                    name: name.into(),
+                    backend,
+                    action: "setting the private key and listen port",
+                    source,
+                },
+            })?;
+        let index = links
+            .find(name)
+            .await?
+            .ok_or_else(|| TunnelError::Netlink {
+                context: format!("`{name}` vanished while being set up"),
+                source: io::ErrorKind::NotFound.into(),
+            })?
+            .index;
+        links
+            .add_address(index, gateway)
+            .await
+            .map_err(|source| TunnelError::Gateway {
+                name: name.into(),
+                gateway,
+                source,
+            })?;
+        links
+            .set_up(index)
+            .await
+            .map_err(|source| TunnelError::Netlink {
+                context: format!("bringing `{name}` up"),
+                source,
+            })?;
+        Ok(Tunnel {
+            name: name.into(),
+            index,
+            listen_port,
+            public_key: private_key.get_public(),
+            backend,
+            control,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The interface index, for [`Routes`].
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.listen_port
+    }
+
+    /// The broker's public key, which clients are given.
+    pub fn public_key(&self) -> Key {
+        self.public_key.clone()
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Every peer, read from the interface.
+    pub fn peers(&self) -> Result<Vec<Peer>, TunnelError> {
+        self.control
+            .peers()
+            .map_err(self.failed("reading the peers"))
+    }
+
+    /// Adds the peer, or replaces its allowed IPs, with exactly `prefix`.
+    /// Idempotent. (WireGuard gives an allowed IP to one peer only: a peer
+    /// that had `prefix` loses it.)
+    pub fn set_peer(&self, public_key: &[u8; 32], prefix: Ipv6Net) -> Result<(), TunnelError> {
+        self.control
+            .set_peer(public_key, prefix)
+            .map_err(self.failed("setting a peer"))
+    }
+
+    /// Removes the peer; false when there was none with that key.
+    pub fn remove_peer(&self, public_key: &[u8; 32]) -> Result<bool, TunnelError> {
+        if !self.peers()?.iter().any(|p| &p.public_key == public_key) {
+            return Ok(false);
+        }
+        self.control
+            .remove_peer(public_key)
+            .map_err(self.failed("removing a peer"))?;
+        Ok(true)
+    }
+
+    /// The peer's last handshake; None before the first one, and for a key
+    /// that is no peer.
+    pub fn last_handshake(&self, public_key: &[u8; 32]) -> Result<Option<SystemTime>, TunnelError> {
+        Ok(self
+            .peers()?
+            .into_iter()
+            .find(|p| &p.public_key == public_key)
+            .and_then(|p| p.last_handshake))
+    }
+
+    fn failed(&self, action: &'static str) -> impl FnOnce(io::Error) -> TunnelError + '_ {
+        move |source| TunnelError::Control {
+            name: self.name.clone(),
+            backend: self.backend,
+            action,
+            source,
+        }
+    }
+}
+
+/// What config.rs checks, again, for callers that did not come through it.
+fn valid_name(name: &str) -> Result<InterfaceName, TunnelError> {
+    let invalid = || TunnelError::InvalidName(name.into());
+    if name.contains(char::is_whitespace) {
+        return Err(invalid());
+    }
+    name.parse::<InterfaceName>().map_err(|_| invalid())
+}
+
+fn adopt(
+    name: &str,
+    kind: &Kind,
+    implementation: WireguardImplementation,
+) -> Result<Backend, TunnelError> {
+    let backend = match kind {
+        Kind::Wireguard => Backend::Kernel,
+        Kind::Tun if userspace::Uapi::new(name).answers() => Backend::Userspace,
+        Kind::Tun => {
+            return Err(TunnelError::NotWireguard {
+                name: name.into(),
+                what: format!(
+                    "a TUN device, but no wireguard-go answers at {}",
+                    socket_path(name).display()
+                ),
+            });
+        }
+        Kind::Other(what) => {
+            return Err(TunnelError::NotWireguard {
+                name: name.into(),
+                what: what.clone(),
+            });
+        }
+    };
+    let wanted = match (implementation, backend) {
+        (WireguardImplementation::Kernel, Backend::Userspace) => "kernel",
+        (WireguardImplementation::Userspace, Backend::Kernel) => "userspace",
+        _ => return Ok(backend),
+    };
+    Err(TunnelError::ImplementationMismatch {
+        name: name.into(),
+        found: backend,
+        wanted,
+    })
+}
+
+async fn create(
+    links: &Links,
+    name: &str,
+    implementation: WireguardImplementation,
+) -> Result<Backend, TunnelError> {
+    if implementation != WireguardImplementation::Userspace {
+        match links.create_wireguard(name).await {
+            Ok(()) => return Ok(Backend::Kernel),
+            Err(e) if netlink::is_errno(&e, libc::EOPNOTSUPP) => {
+                if implementation == WireguardImplementation::Kernel {
+                    return Err(TunnelError::NoKernelModule(name.into()));
+                }
+                tracing::debug!("no WireGuard kernel module: using wireguard-go");
+            }
+            Err(e) => {
+                return Err(TunnelError::Netlink {
+                    context: format!("creating the WireGuard interface `{name}`"),
+                    source: netlink::to_io(e),
+                });
+            }
+        }
+    }
+    if userspace::Uapi::new(name).answers() {
+        return Err(TunnelError::OtherNamespace {
+            name: name.into(),
+            socket: socket_path(name),
+        });
+    }
+    userspace::start(name)?;
+    Ok(Backend::Userspace)
+}
+
+/// Undoes [`create`] after a later step failed. Best effort: the error being
+/// returned is the one that matters.
+async fn remove(links: &Links, name: &str, backend: Backend) {
+    let removed = match backend {
+        Backend::Userspace => userspace::stop(name),
+        Backend::Kernel => match links.find(name).await {
+            Ok(Some(link)) => links.delete(link.index).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        },
+    };
+    if let Err(e) = removed {
+        tracing::warn!(interface = name, "removing the half-made interface: {e}");
+    }
+}
+
+fn enable_forwarding() -> Result<(), TunnelError> {
+    let failed = |source| TunnelError::Forwarding {
+        path: FORWARDING,
+        source,
+    };
+    if fs::read_to_string(FORWARDING).map_err(failed)?.trim() != "1" {
+        fs::write(FORWARDING, "1").map_err(failed)?;
+        tracing::info!("turned IPv6 forwarding on ({FORWARDING})");
+    }
+    Ok(())
+}

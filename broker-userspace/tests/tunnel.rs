@@ -1,0 +1,550 @@
+//! The broker's tunnel side against a real wireguard-go, between network
+//! namespaces: a client reaches the gateway through its prefix only while
+//! it is a peer, a second `Tunnel::open` adopts the interface with its peers,
+//! routes carry the broker's protocol number, and bad set-ups are refused
+//! with errors that say why.
+//!
+//! Needs root; `cargo xtask test` runs it so. Namespaces, wireguard-go
+//! processes and their sockets are removed by guards, even on failure.
+//! /var/run/wireguard is shared by all namespaces, so every interface name
+//! is unique to the test process and call (and starts with `bbt-`).
+
+mod support;
+
+use std::{
+    fs,
+    io::Write as _,
+    net::{Ipv6Addr, UdpSocket},
+    os::unix::fs::OpenOptionsExt as _,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use broker_userspace::{
+    config::{self, WireguardImplementation},
+    tunnel::{Backend, Peer, ROUTE_PROTOCOL, Routes, Tunnel, TunnelError, socket_path},
+};
+use ipnet::Ipv6Net;
+use support::{
+    netns::{Netns, run_bounded, veth},
+    pins::TEST_PREFIX,
+};
+use wireguard_control::Key;
+
+const PORT: u16 = 51820;
+/// The broker's tunnel address, and the client's prefix and address in it.
+const GATEWAY: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
+const PREFIX: &str = "2001:db8:1::100/120";
+const CLIENT_ADDR: &str = "2001:db8:1::101";
+const OTHER_PREFIX: &str = "2001:db8:1::200/120";
+/// The underlay between the namespaces.
+const BROKER_UNDERLAY: &str = "192.0.2.1";
+const CLIENT_UNDERLAY: &str = "192.0.2.2";
+
+fn net(s: &str) -> Ipv6Net {
+    s.parse().unwrap()
+}
+
+/// `bbt-<pid in hex>-<n><tag>`: unique across test processes and calls,
+/// and at most 15 characters.
+fn interface_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{TEST_PREFIX}{:x}-{n}{tag}", std::process::id());
+    assert!(name.len() <= 15, "{name} is too long for an interface");
+    name
+}
+
+fn wireguard_config(
+    interface: &str,
+    listen_port: u16,
+    implementation: WireguardImplementation,
+) -> config::Wireguard {
+    config::Wireguard {
+        interface: interface.into(),
+        listen_port,
+        endpoint: format!("{BROKER_UNDERLAY}:{listen_port}"),
+        // Tunnel::open is given the key; the file is the daemon's business.
+        private_key_file: "/nonexistent".into(),
+        implementation,
+        handshake_timeout_secs: 120,
+    }
+}
+
+/// Runs `f` to completion on a current-thread runtime, on a thread inside
+/// `ns`: the netlink sockets and wireguard-go it starts land there.
+fn in_ns<T: Send>(ns: &Netns, f: impl AsyncFnOnce() -> T + Send) -> T {
+    ns.run(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(f())
+    })
+}
+
+/// Opens the tunnel in `ns`.
+fn open(ns: &Netns, cfg: &config::Wireguard, key: &Key) -> Result<Tunnel, TunnelError> {
+    in_ns(ns, async || Tunnel::open(cfg, key, GATEWAY).await)
+}
+
+/// A wireguard-go interface of the test's: on drop (also when the test
+/// fails) the link is deleted and the socket removed, each of which stops
+/// the daemon; one still running after that is killed.
+struct WireguardGo {
+    ns: String,
+    name: String,
+}
+
+impl WireguardGo {
+    fn guard(ns: &Netns, name: &str) -> Self {
+        WireguardGo {
+            ns: ns.name().into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-n", &self.ns, "link", "del", &self.name])
+            .output();
+        let _ = fs::remove_file(socket_path(&self.name));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !daemons(&self.name).is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        for pid in daemons(&self.name) {
+            eprintln!("killing wireguard-go {} (pid {pid})", self.name);
+            // SAFETY: plain kill(2) of a process found by its command line.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Pids of the running `wireguard-go NAME` processes.
+fn daemons(name: &str) -> Vec<i32> {
+    let want = format!("wireguard-go\0{name}\0");
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.ends_with(want.as_bytes()) && is_argv0(&cmdline))
+        })
+        .collect()
+}
+
+/// argv[0] is wireguard-go, by whatever path.
+fn is_argv0(cmdline: &[u8]) -> bool {
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    argv0 == b"wireguard-go" || argv0.ends_with(b"/wireguard-go")
+}
+
+/// Waits (at most 3 s) until nothing is left of `name`: no daemon, no
+/// socket, no link in `ns`.
+fn assert_gone(ns: &Netns, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let daemons = daemons(name);
+        let socket = socket_path(name).exists();
+        let link = ns.exec("ip", &["link", "show", name]).status.success();
+        if daemons.is_empty() && !socket && !link {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} left behind: daemons {daemons:?}, socket {socket}, link {link}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The client end: wireguard-go, configured with `wg` (the private key from
+/// a 0600 file), CLIENT_ADDR on it and a route to the gateway through it.
+fn start_client(ns: &Netns, name: &str, key: &Key, broker_public: &Key) {
+    let mut cmd = ns.command("wireguard-go");
+    cmd.arg(name)
+        .env_remove("WG_PROCESS_FOREGROUND")
+        .env_remove("LOG_LEVEL");
+    let (status, _, stderr) = run_bounded(cmd, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "wireguard-go {name}: {status:?} {stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("client.key");
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_file)
+        .and_then(|mut f| writeln!(f, "{}", key.to_base64()))
+        .unwrap();
+    let out = ns.exec(
+        "wg",
+        &[
+            "set",
+            name,
+            "private-key",
+            key_file.to_str().unwrap(),
+            "peer",
+            &broker_public.to_base64(),
+            "endpoint",
+            &format!("{BROKER_UNDERLAY}:{PORT}"),
+            "allowed-ips",
+            &format!("{GATEWAY}/128"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "wg set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{CLIENT_ADDR}/128"),
+        "dev",
+        name,
+    ]);
+    ns.ip(&["link", "set", name, "up"]);
+    ns.ip(&["-6", "route", "add", &format!("{GATEWAY}/128"), "dev", name]);
+}
+
+/// Pings until answered, at most `tries` one-second attempts.
+fn ping_within(ns: &Netns, addr: &str, tries: u32) -> bool {
+    (0..tries).any(|_| ns.ping(addr))
+}
+
+fn peer(public_key: &Key, prefix: &str) -> Peer {
+    Peer {
+        public_key: public_key.0,
+        allowed_ips: vec![net(prefix)],
+        last_handshake: None,
+    }
+}
+
+/// The peers with their handshake times left out.
+fn peers_without_handshakes(tunnel: &Tunnel) -> Vec<Peer> {
+    let mut peers = tunnel.peers().unwrap();
+    for p in &mut peers {
+        p.last_handshake = None;
+    }
+    peers
+}
+
+#[test]
+fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
+    let broker = Netns::new("tb");
+    let client = Netns::new("tc");
+    veth(
+        &broker,
+        "b0",
+        "02:00:00:00:01:01",
+        &client,
+        "c0",
+        "02:00:00:00:01:02",
+    );
+    broker.ip(&["addr", "add", &format!("{BROKER_UNDERLAY}/24"), "dev", "b0"]);
+    client.ip(&["addr", "add", &format!("{CLIENT_UNDERLAY}/24"), "dev", "c0"]);
+    let broker_if = interface_name("b");
+    let client_if = interface_name("c");
+    let _broker_wg = WireguardGo::guard(&broker, &broker_if);
+    let _client_wg = WireguardGo::guard(&client, &client_if);
+    let broker_key = Key::generate_private();
+    let client_key = Key::generate_private();
+    let client_public = client_key.get_public();
+    let prefix = net(PREFIX);
+
+    let cfg = wireguard_config(&broker_if, PORT, WireguardImplementation::Auto);
+    let started = SystemTime::now() - Duration::from_secs(1);
+    let tunnel = in_ns(&broker, async || {
+        let tunnel = Tunnel::open(&cfg, &broker_key, GATEWAY).await.unwrap();
+        tunnel.set_peer(&client_public.0, prefix).unwrap();
+        let routes = Routes::new().await.unwrap();
+        routes.add(prefix, tunnel.index()).await.unwrap();
+        // The kernel's own routes on the interface (link-local, the
+        // gateway's address, multicast) are not ours.
+        assert_eq!(routes.list(tunnel.index()).await.unwrap(), [prefix]);
+        tunnel
+    });
+    assert_eq!(tunnel.backend(), Backend::Userspace);
+    assert_eq!(tunnel.name(), broker_if);
+    assert_eq!(tunnel.public_key(), broker_key.get_public());
+    let forwarding = broker.exec("sysctl", &["-n", "net.ipv6.conf.all.forwarding"]);
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
+    assert_eq!(tunnel.last_handshake(&client_public.0).unwrap(), None);
+
+    start_client(&client, &client_if, &client_key, &tunnel.public_key());
+    assert!(
+        ping_within(&client, &GATEWAY.to_string(), 5),
+        "the client cannot reach the gateway"
+    );
+    assert!(
+        broker.ping(CLIENT_ADDR),
+        "the broker cannot reach the client"
+    );
+    let handshake = tunnel
+        .last_handshake(&client_public.0)
+        .unwrap()
+        .expect("a handshake after traffic");
+    assert!(handshake >= started, "{handshake:?} before {started:?}");
+    assert_eq!(
+        peers_without_handshakes(&tunnel),
+        [peer(&client_public, PREFIX)]
+    );
+
+    // Another prefix replaces the first: the client's address is no longer
+    // its own, so its packets are dropped.
+    tunnel
+        .set_peer(&client_public.0, net(OTHER_PREFIX))
+        .unwrap();
+    assert_eq!(
+        peers_without_handshakes(&tunnel),
+        [peer(&client_public, OTHER_PREFIX)]
+    );
+    assert!(
+        !client.ping(&GATEWAY.to_string()),
+        "the client still gets through with a prefix it no longer holds"
+    );
+    // And back, twice: idempotent.
+    tunnel.set_peer(&client_public.0, prefix).unwrap();
+    tunnel.set_peer(&client_public.0, prefix).unwrap();
+    assert_eq!(
+        peers_without_handshakes(&tunnel),
+        [peer(&client_public, PREFIX)]
+    );
+    assert!(ping_within(&client, &GATEWAY.to_string(), 3));
+
+    assert!(tunnel.remove_peer(&client_public.0).unwrap());
+    assert_eq!(tunnel.peers().unwrap(), []);
+    assert!(
+        !broker.ping(CLIENT_ADDR),
+        "traffic still flows to a removed peer"
+    );
+    assert!(!tunnel.remove_peer(&client_public.0).unwrap());
+    assert_eq!(tunnel.last_handshake(&client_public.0).unwrap(), None);
+}
+
+#[test]
+fn a_second_open_adopts_the_interface_and_its_peers() {
+    let ns = Netns::new("ta");
+    let name = interface_name("a");
+    let _wg = WireguardGo::guard(&ns, &name);
+    let key = Key::generate_private();
+    let peer_key = Key::generate_private().get_public();
+
+    let cfg = wireguard_config(&name, PORT, WireguardImplementation::Auto);
+    let first = open(&ns, &cfg, &key).unwrap();
+    first.set_peer(&peer_key.0, net(PREFIX)).unwrap();
+    let index = first.index();
+    drop(first);
+    let running = daemons(&name);
+    assert_eq!(running.len(), 1, "wireguard-go for {name}: {running:?}");
+
+    // A userspace interface is not adopted as a kernel one; nothing changes.
+    let kernel = wireguard_config(&name, PORT, WireguardImplementation::Kernel);
+    let e = open(&ns, &kernel, &key).unwrap_err();
+    assert!(
+        matches!(e, TunnelError::ImplementationMismatch { .. }),
+        "{e}"
+    );
+
+    // Adopted with a new listen port, from a new runtime and thread.
+    let cfg = wireguard_config(&name, PORT + 1, WireguardImplementation::Userspace);
+    let second = open(&ns, &cfg, &key).unwrap();
+    assert_eq!(second.index(), index);
+    assert_eq!(second.backend(), Backend::Userspace);
+    assert_eq!(second.public_key(), key.get_public());
+    assert_eq!(peers_without_handshakes(&second), [peer(&peer_key, PREFIX)]);
+    assert_eq!(daemons(&name), running, "wireguard-go was restarted");
+    let port = ns.exec("wg", &["show", &name, "listen-port"]);
+    assert_eq!(
+        String::from_utf8_lossy(&port.stdout).trim(),
+        (PORT + 1).to_string()
+    );
+    let addresses = ns.ip(&["-6", "addr", "show", "dev", &name, "scope", "global"]);
+    assert_eq!(
+        addresses.matches(&format!("{GATEWAY}/128")).count(),
+        1,
+        "{addresses}"
+    );
+    assert!(ns.ip(&["link", "show", &name]).contains(",UP"), "not up");
+}
+
+#[test]
+fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
+    let ns = Netns::new("tr");
+    // This kernel has no dummy module: a veth pair gives two devices.
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    for dev in ["d0", "d1"] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    let index = |dev: &str| -> u32 {
+        let line = ns.ip(&["-o", "link", "show", dev]);
+        line.split(':').next().unwrap().trim().parse().unwrap()
+    };
+    let (d0, d1) = (index("d0"), index("d1"));
+    // An operator's route through d0, and the kernel's own, are not ours.
+    ns.ip(&["-6", "route", "add", "2001:db8:9::/64", "dev", "d0"]);
+    ns.ip(&["-6", "addr", "add", "2001:db8:8::1/64", "dev", "d0"]);
+    let (p1, p2, p3) = (
+        net("2001:db8:5::100/120"),
+        net("2001:db8:5::200/120"),
+        net("2001:db8:6::/56"),
+    );
+    let sorted = |mut v: Vec<Ipv6Net>| {
+        v.sort();
+        v
+    };
+
+    in_ns(&ns, async || {
+        let routes = Routes::new().await.unwrap();
+        assert_eq!(routes.list(d0).await.unwrap(), []);
+        routes.add(p1, d0).await.unwrap();
+        routes.add(p1, d0).await.unwrap();
+        // Host bits are dropped.
+        routes.add(net("2001:db8:5::2ff/120"), d0).await.unwrap();
+        routes.add(p3, d1).await.unwrap();
+        assert_eq!(sorted(routes.list(d0).await.unwrap()), [p1, p2]);
+        assert_eq!(routes.list(d1).await.unwrap(), [p3]);
+
+        // The kernel's view: our protocol, main table.
+        let shown = ns.ip(&["-6", "route", "show", "proto", &ROUTE_PROTOCOL.to_string()]);
+        assert_eq!(shown.lines().count(), 3, "{shown}");
+        assert!(shown.contains("2001:db8:5::100/120 dev d0"), "{shown}");
+
+        // Adding through another interface moves the route.
+        routes.add(p2, d1).await.unwrap();
+        assert_eq!(routes.list(d0).await.unwrap(), [p1]);
+        assert_eq!(sorted(routes.list(d1).await.unwrap()), [p2, p3]);
+
+        assert!(routes.remove(p1, d0).await.unwrap());
+        assert!(!routes.remove(p1, d0).await.unwrap());
+        // Not through that interface: left alone.
+        assert!(!routes.remove(p3, d0).await.unwrap());
+        assert_eq!(sorted(routes.list(d1).await.unwrap()), [p2, p3]);
+        // Not ours: left alone.
+        assert!(!routes.remove(net("2001:db8:9::/64"), d0).await.unwrap());
+        assert_eq!(routes.list(d0).await.unwrap(), []);
+    });
+    assert!(
+        ns.ip(&["-6", "route", "show", "2001:db8:9::/64"])
+            .contains("dev d0"),
+        "the operator's route is gone"
+    );
+}
+
+/// Every way `e` shows itself: Display, its sources, Debug.
+fn all_text(e: &TunnelError) -> String {
+    let mut text = format!("{e} {e:?}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(" {s}"));
+        source = s.source();
+    }
+    text
+}
+
+fn assert_no_key(e: &TunnelError, key: &Key) {
+    let text = all_text(e);
+    assert!(!text.contains(&key.to_base64()), "key in: {text}");
+    assert!(
+        !text.to_lowercase().contains(&hex_lower(key)),
+        "key in: {text}"
+    );
+}
+
+fn hex_lower(key: &Key) -> String {
+    key.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn the_kernel_implementation_without_the_module_is_refused() {
+    let ns = Netns::new("tk");
+    let name = interface_name("k");
+    let _wg = WireguardGo::guard(&ns, &name);
+    let key = Key::generate_private();
+    let cfg = wireguard_config(&name, PORT, WireguardImplementation::Kernel);
+    let e = open(&ns, &cfg, &key).unwrap_err();
+    assert!(matches!(e, TunnelError::NoKernelModule(_)), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.contains("no WireGuard module") && shown.contains("\"userspace\""),
+        "{shown}"
+    );
+    assert_no_key(&e, &key);
+    assert_gone(&ns, &name);
+}
+
+#[test]
+fn bad_names_and_busy_ports_are_refused_and_leave_nothing() {
+    let ns = Netns::new("te");
+    let key = Key::generate_private();
+
+    let long = "bbt-0123456789ab";
+    assert_eq!(long.len(), 16);
+    let cfg = wireguard_config(long, PORT, WireguardImplementation::Auto);
+    let e = open(&ns, &cfg, &key).unwrap_err();
+    assert!(matches!(e, TunnelError::InvalidName(_)), "{e}");
+    assert!(e.to_string().contains("1 to 15 characters"), "{e}");
+    assert_gone(&ns, long);
+
+    // The port is taken in the namespace (IPv6 socket, dual-stack).
+    let name = interface_name("p");
+    let _wg = WireguardGo::guard(&ns, &name);
+    let busy = ns.run(|| UdpSocket::bind(("::", PORT)).expect("binding the port"));
+    let cfg = wireguard_config(&name, PORT, WireguardImplementation::Auto);
+    let e = open(&ns, &cfg, &key).unwrap_err();
+    assert!(
+        matches!(e, TunnelError::PortInUse { port: PORT, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("51820 is already in use"), "{e}");
+    assert_no_key(&e, &key);
+    // The half-made interface went away with its daemon.
+    assert_gone(&ns, &name);
+    drop(busy);
+}
+
+#[test]
+fn foreign_devices_and_other_namespaces_interfaces_are_not_adopted() {
+    let ns = Netns::new("tf");
+    let other = Netns::new("tg");
+    let key = Key::generate_private();
+
+    let veth = interface_name("v");
+    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "v1"]);
+    let e = open(
+        &ns,
+        &wireguard_config(&veth, PORT, WireguardImplementation::Auto),
+        &key,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TunnelError::NotWireguard { .. }), "{e}");
+    assert!(e.to_string().contains("a veth device"), "{e}");
+    assert!(ns.ip(&["link", "show", &veth]).contains(&veth));
+
+    // wireguard-go serves the name in `other`; `ns` cannot have it too.
+    let name = interface_name("o");
+    let _wg = WireguardGo::guard(&other, &name);
+    let cfg = wireguard_config(&name, PORT, WireguardImplementation::Auto);
+    let theirs = open(&other, &cfg, &key).unwrap();
+    theirs.set_peer(&[7; 32], net(PREFIX)).unwrap();
+    let e = open(&ns, &cfg, &key).unwrap_err();
+    assert!(matches!(e, TunnelError::OtherNamespace { .. }), "{e}");
+    assert!(e.to_string().contains("another one"), "{e}");
+    assert_eq!(
+        theirs.peers().unwrap().len(),
+        1,
+        "the other interface changed"
+    );
+}
