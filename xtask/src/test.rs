@@ -56,14 +56,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// Namespaces and pins left by a test run that was killed before its guards
-/// could clean up.
+/// Namespaces, pins and WireGuard interfaces left by a test run that was
+/// killed before its guards could clean up.
 fn remove_leftovers() {
     if let Some(list) = cmd::stdout_of(Command::new("ip").args(["netns", "list"])) {
         for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
             if ns.starts_with(TEST_PREFIX) {
                 eprintln!("test: removing leftover namespace {ns}");
                 let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+    // wireguard-go exits when its UAPI socket is removed.
+    if let Ok(dir) = std::fs::read_dir("/var/run/wireguard") {
+        for entry in dir.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEST_PREFIX) {
+                eprintln!("test: removing leftover WireGuard socket {name}");
+                let _ = std::fs::remove_file(entry.path());
             }
         }
     }
