@@ -2,7 +2,9 @@
 //! authenticated on-chain. The binary (`src/main.rs`) is a thin CLI over these
 //! modules.
 
+pub mod chain;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod ipam;
 pub mod ndp;
