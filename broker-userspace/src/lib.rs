@@ -4,7 +4,6 @@
 
 pub mod chain;
 pub mod config;
-pub mod daemon;
 pub mod db;
 pub mod ipam;
 pub mod ndp;
