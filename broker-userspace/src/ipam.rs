@@ -114,9 +114,11 @@ impl Pool {
         Some(offset.checked_shr(host_bits).unwrap_or(0))
     }
 
-    /// The broker's own address: the first of slot 0 after the network address.
+    /// The broker's own address, in slot 0: the upstream network + 2 (+1 is
+    /// by custom the provider's router on the upstream link). Clients get it
+    /// as their gateway, reachable through the tunnel.
     pub fn broker_address(&self) -> Ipv6Addr {
-        Ipv6Addr::from(u128::from(self.upstream.network()) + 1)
+        Ipv6Addr::from(u128::from(self.upstream.network()) + 2)
     }
 }
 
@@ -286,7 +288,7 @@ mod tests {
         assert_eq!(p.slots(), 1 << 56);
         assert_eq!(p.prefix(1).unwrap().to_string(), "2001:db8:0:1::100/120");
         assert_eq!(p.slot(&"2001:db8:0:1::100/120".parse().unwrap()), Some(1));
-        assert_eq!(p.broker_address().to_string(), "2001:db8:0:1::1");
+        assert_eq!(p.broker_address().to_string(), "2001:db8:0:1::2");
         let wide = pool("2001:db8::/48", 120);
         let last = wide.slots() - 1;
         let prefix = wide.prefix(last).unwrap();

@@ -9,6 +9,7 @@
 
 pub mod allocations;
 pub mod audit;
+pub mod chain_releases;
 pub mod cursors;
 pub mod requests;
 
@@ -100,6 +101,7 @@ impl Db {
         requests::create_tables(&txn)?;
         cursors::create_tables(&txn)?;
         audit::create_tables(&txn)?;
+        chain_releases::create_tables(&txn)?;
         txn.commit()?;
         Ok(Db { db, pool })
     }
@@ -163,6 +165,13 @@ mod tests {
 
     fn nft(n: u8) -> Address {
         Address::repeat_byte(n)
+    }
+
+    fn allocated(slot: u128) -> Stage {
+        Stage::Allocated {
+            slot,
+            server_pubkey: "04ab".into(),
+        }
     }
 
     fn open(dir: &tempfile::TempDir) -> Db {
@@ -274,7 +283,7 @@ mod tests {
             let pool = *db.pool();
             let t = db.write().unwrap();
             allocations::allocate(&t, &pool, CONTRACT, 1, nft(1), [1; 32]).unwrap();
-            requests::set(&t, CONTRACT, 1, Stage::Allocated { slot: 1 }).unwrap();
+            requests::set(&t, CONTRACT, 1, allocated(1)).unwrap();
             // Dropped without commit: a crash before the commit.
             drop(t);
         }
@@ -301,7 +310,7 @@ mod tests {
             )
             .unwrap();
         }
-        requests::set(&t, CONTRACT, 51, Stage::Allocated { slot: 1 }).unwrap();
+        requests::set(&t, CONTRACT, 51, allocated(1)).unwrap();
         let retry = Stage::Retry {
             attempts: 1,
             next_at: 0,

@@ -24,10 +24,12 @@ pub enum Stage {
     Rejected { reason: String },
     /// Nothing to do: not pending, expired or superseded when read.
     Skipped { reason: String },
-    /// A prefix is reserved; the response is still to be sent.
+    /// A prefix is reserved; the response is still to be sent (to
+    /// `server_pubkey`, hex, kept so that a restart can still send it).
     Allocated {
         #[serde(with = "super::slot_string")]
         slot: u128,
+        server_pubkey: String,
     },
     /// The response transaction was sent; waiting for its receipt.
     Sent {

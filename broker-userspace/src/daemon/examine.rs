@@ -1,0 +1,61 @@
+//! Reading one on-chain request and judging it, before any state changes:
+//! still worth answering? valid? Nothing here writes anything.
+
+use alloy::primitives::Address;
+use broker_contracts::protocol::{self, RequestPayload, ValidRequest};
+
+use crate::chain::{BlockRef, Chain, ChainError, NftCheck, OnchainRequest, RequestStatus};
+
+/// The verdict on one request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Nothing to do: no longer pending, expired or superseded.
+    Skip(String),
+    /// Invalid: record why, never answer, never retry.
+    Reject(String),
+    Valid {
+        request: OnchainRequest,
+        valid: ValidRequest,
+    },
+}
+
+/// Reads request `id` of `contract` at `at` and judges it. Only trouble
+/// reaching the chain is an error (the caller retries later).
+pub async fn examine(
+    chain: &Chain,
+    contract: Address,
+    id: u64,
+    at: &BlockRef,
+    ecies_secret: &[u8; 32],
+) -> Result<Verdict, ChainError> {
+    let request = chain.request(contract, id, at).await?;
+    if request.status != RequestStatus::Pending {
+        return Ok(Verdict::Skip(format!("status {:?}", request.status)));
+    }
+    let expiration = chain.expiration_time(contract, at).await?;
+    if at.timestamp >= request.submitted_at.saturating_add(expiration) {
+        return Ok(Verdict::Skip("expired".into()));
+    }
+    let current = chain
+        .current_request_id(contract, request.nft_contract, at)
+        .await?;
+    if current != id {
+        return Ok(Verdict::Skip(format!("superseded by request {current}")));
+    }
+    match chain
+        .verify_nft(request.nft_contract, request.requester)
+        .await?
+    {
+        NftCheck::Ok => {}
+        other => return Ok(Verdict::Reject(format!("NFT contract: {other:?}"))),
+    }
+    let plaintext = match protocol::decrypt(ecies_secret, &request.encrypted_payload) {
+        Ok(p) => p,
+        Err(e) => return Ok(Verdict::Reject(e.to_string())),
+    };
+    let valid = match RequestPayload::parse(&plaintext).and_then(|p| p.validate()) {
+        Ok(v) => v,
+        Err(e) => return Ok(Verdict::Reject(e.to_string())),
+    };
+    Ok(Verdict::Valid { request, valid })
+}

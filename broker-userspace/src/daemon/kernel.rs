@@ -1,0 +1,100 @@
+//! The kernel side of allocations: WireGuard peer, route, NDP map entry.
+//! Every operation is idempotent, and the database always leads: the kernel
+//! is changed only after the change it follows has committed, and at start
+//! it is made to match the database whatever happened before.
+
+use std::collections::{HashMap, HashSet};
+
+use ipnet::Ipv6Net;
+
+use crate::{
+    db::allocations::Allocation,
+    ndp::Responder,
+    tunnel::{Routes, Tunnel},
+};
+
+pub struct Kernel {
+    pub tunnel: Tunnel,
+    pub routes: Routes,
+    pub ndp: Responder,
+}
+
+impl Kernel {
+    /// Sets up `allocation` (after a rotation, dropping the old key's peer).
+    pub async fn apply(
+        &mut self,
+        allocation: &Allocation,
+        old_wg_key: Option<[u8; 32]>,
+    ) -> anyhow::Result<()> {
+        self.tunnel
+            .set_peer(&allocation.wg_key, allocation.prefix)?;
+        if let Some(old) = old_wg_key.filter(|k| k != &allocation.wg_key) {
+            self.tunnel.remove_peer(&old)?;
+        }
+        self.routes
+            .add(allocation.prefix, self.tunnel.index())
+            .await?;
+        self.ndp.insert(allocation.prefix)?;
+        Ok(())
+    }
+
+    /// Takes `allocation` down.
+    pub async fn remove(&mut self, allocation: &Allocation) -> anyhow::Result<()> {
+        self.ndp.remove(allocation.prefix)?;
+        self.routes
+            .remove(allocation.prefix, self.tunnel.index())
+            .await?;
+        self.tunnel.remove_peer(&allocation.wg_key)?;
+        Ok(())
+    }
+
+    /// Makes peers, routes and the NDP map hold exactly `allocations`.
+    /// Returns a one-line summary of what changed.
+    pub async fn reconcile(&mut self, allocations: &[Allocation]) -> anyhow::Result<String> {
+        let want_peers: HashMap<[u8; 32], Ipv6Net> =
+            allocations.iter().map(|a| (a.wg_key, a.prefix)).collect();
+        let mut peers_added = 0;
+        let mut peers_removed = 0;
+        for peer in self.tunnel.peers()? {
+            match want_peers.get(&peer.public_key) {
+                Some(prefix) if peer.allowed_ips == [*prefix] => {}
+                Some(_) => {}
+                None => {
+                    self.tunnel.remove_peer(&peer.public_key)?;
+                    peers_removed += 1;
+                }
+            }
+        }
+        let have: HashMap<[u8; 32], Vec<Ipv6Net>> = self
+            .tunnel
+            .peers()?
+            .into_iter()
+            .map(|p| (p.public_key, p.allowed_ips))
+            .collect();
+        for (key, prefix) in &want_peers {
+            if have.get(key).map(Vec::as_slice) != Some(&[*prefix][..]) {
+                self.tunnel.set_peer(key, *prefix)?;
+                peers_added += 1;
+            }
+        }
+
+        let want_routes: HashSet<Ipv6Net> = allocations.iter().map(|a| a.prefix).collect();
+        let index = self.tunnel.index();
+        let have_routes: HashSet<Ipv6Net> = self.routes.list(index).await?.into_iter().collect();
+        for extra in have_routes.difference(&want_routes) {
+            self.routes.remove(*extra, index).await?;
+        }
+        for missing in want_routes.difference(&have_routes) {
+            self.routes.add(*missing, index).await?;
+        }
+
+        let prefixes: Vec<Ipv6Net> = want_routes.iter().copied().collect();
+        let (ndp_added, ndp_removed) = self.ndp.reconcile(&prefixes)?;
+        Ok(format!(
+            "{} allocations; peers +{peers_added} -{peers_removed}, routes +{} -{}, NDP +{ndp_added} -{ndp_removed}",
+            allocations.len(),
+            want_routes.difference(&have_routes).count(),
+            have_routes.difference(&want_routes).count(),
+        ))
+    }
+}

@@ -1,0 +1,141 @@
+//! What each poll does besides new requests: tunnels that never came up,
+//! allocations their owners released on chain, on-chain releases still owed.
+
+use std::time::UNIX_EPOCH;
+
+use tracing::{info, warn};
+
+use super::Daemon;
+use crate::{
+    chain::BlockRef,
+    db::{
+        allocations::{self, Allocation},
+        chain_releases, cursors, now,
+    },
+};
+
+impl Daemon {
+    pub(super) async fn upkeep(&mut self, at: &BlockRef) -> anyhow::Result<()> {
+        self.watch_owner_releases(at).await?;
+        self.check_handshakes().await?;
+        self.send_owed_releases().await;
+        Ok(())
+    }
+
+    /// Frees `allocation` locally (database first, then the kernel); queues
+    /// the on-chain release when `on_chain`.
+    async fn release(
+        &mut self,
+        allocation: &Allocation,
+        reason: &str,
+        on_chain: bool,
+    ) -> anyhow::Result<()> {
+        let t = self.db.write()?;
+        let pool = *self.db.pool();
+        allocations::release(&t, &pool, allocation.slot, reason)?;
+        if on_chain && allocation.contract == self.contracts[0] {
+            chain_releases::queue(&t, allocation.contract, allocation.nft)?;
+        }
+        t.commit()?;
+        self.kernel.remove(allocation).await?;
+        info!(prefix = %allocation.prefix, nft = %allocation.nft, "released: {reason}");
+        Ok(())
+    }
+
+    /// Answered allocations whose peer has not completed a handshake by
+    /// their deadline are released; a handshake clears the deadline.
+    async fn check_handshakes(&mut self) -> anyhow::Result<()> {
+        let due: Vec<Allocation> = allocations::all(&self.db.read()?)?
+            .into_iter()
+            .filter(|a| a.handshake_deadline.is_some())
+            .collect();
+        for a in due {
+            let since = a.answered_at.unwrap_or(a.created_at);
+            let handshake = self
+                .kernel
+                .tunnel
+                .last_handshake(&a.wg_key)?
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            if handshake.is_some_and(|h| h >= since) {
+                let t = self.db.write()?;
+                let mut a = a;
+                a.handshake_deadline = None;
+                allocations::update(&t, &a)?;
+                t.commit()?;
+                info!(prefix = %a.prefix, "tunnel up");
+            } else if a.handshake_deadline.is_some_and(|d| now() >= d) {
+                let timeout = self.config.wireguard.handshake_timeout_secs;
+                self.release(&a, &format!("no handshake within {timeout} s"), true)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `AllocationReleased` events of the primary contract not sent by us:
+    /// the NFT owner gave the prefix back.
+    async fn watch_owner_releases(&mut self, at: &BlockRef) -> anyhow::Result<()> {
+        let contract = self.contracts[0];
+        let from = {
+            let t = self.db.write()?;
+            cursors::next_event_block(&t, contract, at.number)?
+        };
+        if from > at.number {
+            return Ok(());
+        }
+        let events = self
+            .chain
+            .released_events(contract, from, at.number)
+            .await?;
+        for ev in events {
+            if ev.by == self.chain.operator() {
+                continue;
+            }
+            let allocation = allocations::by_nft(&self.db.write()?, ev.nft)?;
+            if let Some(a) = allocation.filter(|a| a.contract == contract) {
+                self.release(&a, "released by the NFT owner on chain", false)
+                    .await?;
+            }
+        }
+        let t = self.db.write()?;
+        cursors::set_next_event_block(&t, contract, at.number + 1)?;
+        t.commit()?;
+        Ok(())
+    }
+
+    async fn send_owed_releases(&mut self) {
+        let pending = match self.db.write().and_then(|t| chain_releases::pending(&t)) {
+            Ok(p) => p,
+            Err(e) => return warn!("reading owed releases: {e}"),
+        };
+        for (contract, nft) in pending {
+            let result = self.chain.release_allocation(contract, nft).await;
+            let finished = match &result {
+                Ok(tx) => {
+                    info!(%nft, %tx, "released on chain");
+                    true
+                }
+                // Nothing (left) to release there.
+                Err(e) if e.is_reverted() => {
+                    warn!(%nft, "on-chain release refused, dropped: {e}");
+                    true
+                }
+                Err(e) => {
+                    warn!(%nft, "on-chain release will be retried: {e}");
+                    false
+                }
+            };
+            if finished {
+                let done = self
+                    .db
+                    .write()
+                    .and_then(|t| chain_releases::done(&t, contract, nft).map(|()| t))
+                    .and_then(|t| t.commit().map_err(Into::into));
+                if let Err(e) = done {
+                    warn!("recording the on-chain release: {e}");
+                }
+            }
+        }
+    }
+}
