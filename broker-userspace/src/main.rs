@@ -1,4 +1,4 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -9,26 +9,18 @@ mod commands;
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// bpffs directory holding the NDP responder's pinned maps and XDP link.
-    /// One directory per responder; the pins keep it answering while no
-    /// daemon runs.
-    #[arg(
-        long,
-        global = true,
-        env = "BLOCKHOST_BROKER_PIN_DIR",
-        default_value = broker_userspace::ndp::DEFAULT_PIN_DIR
-    )]
-    pin_dir: PathBuf,
-
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker: watch the requests contracts, allocate prefixes, set
+    /// up WireGuard peers, routes and the NDP responder, answer on chain,
+    /// release tunnels that never come up. Stops cleanly on SIGTERM.
+    Run(commands::check_config::CheckConfigArgs),
     /// The XDP Neighbor Discovery responder on the upstream interface.
-    #[command(subcommand)]
-    Ndp(commands::ndp::NdpCommand),
+    Ndp(commands::ndp::NdpArgs),
     /// Deploy this broker's BrokerRequests contract from the operator's key,
     /// on a real network.
     ///
@@ -61,9 +53,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let pins = broker_userspace::ndp::PinDir::new(cli.pin_dir);
     let result = match cli.command {
-        Command::Ndp(cmd) => commands::ndp::run(cmd, &pins),
+        Command::Run(args) => commands::run::run(args),
+        Command::Ndp(args) => commands::ndp::run(args),
         Command::DeployRequests(args) => commands::deploy_requests::run(args),
         Command::GenerateKey(args) => commands::generate_key::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),

@@ -150,7 +150,7 @@ fn remove_leftovers(bin: &Path) {
     if Path::new(PIN_DIR).exists() {
         println!("removing the pins of an earlier demo ({PIN_DIR})");
         let _ = Command::new(bin)
-            .args(["--pin-dir", PIN_DIR, "ndp", "detach"])
+            .args(["ndp", "--pin-dir", PIN_DIR, "detach"])
             .stdout(Stdio::null())
             .status();
     }
@@ -270,9 +270,9 @@ impl Demo {
              the peer has an XDP program too (real NICs need nothing)",
         );
         let args = [
+            "ndp",
             "--pin-dir",
             PIN_DIR,
-            "ndp",
             "serve",
             "--interface",
             BROKER_IF,
@@ -403,10 +403,10 @@ impl Demo {
 
         heading("6. The responder's counters");
         println!(
-            "$ nsenter --net=/run/netns/{BROKER_NS} blockhost-broker --pin-dir {PIN_DIR} ndp status"
+            "$ nsenter --net=/run/netns/{BROKER_NS} blockhost-broker ndp --pin-dir {PIN_DIR} status"
         );
         let out = in_netns(BROKER_NS, &self.bin)?
-            .args(["--pin-dir", PIN_DIR, "ndp", "status"])
+            .args(["ndp", "--pin-dir", PIN_DIR, "status"])
             .output()
             .context("running ndp status")?;
         let status = String::from_utf8_lossy(&out.stdout);
@@ -458,9 +458,9 @@ impl Demo {
         }
         let _ = std::fs::remove_file(PID_FILE);
         if Path::new(PIN_DIR).exists() {
-            println!("$ blockhost-broker --pin-dir {PIN_DIR} ndp detach");
+            println!("$ blockhost-broker ndp --pin-dir {PIN_DIR} detach");
             match Command::new(&self.bin)
-                .args(["--pin-dir", PIN_DIR, "ndp", "detach"])
+                .args(["ndp", "--pin-dir", PIN_DIR, "detach"])
                 .output()
             {
                 Ok(out) if out.status.success() => indent(&String::from_utf8_lossy(&out.stdout)),
@@ -508,7 +508,7 @@ fn try_it_yourself(bin: &Path) {
         format!("ip netns exec {ROUTER_NS} ping -c 1 2001:db8:100::42     # …reachable at once"),
         format!("ip -n {ROUTER_NS} -6 neigh show dev {ROUTER_IF}"),
         format!("ip netns exec {ROUTER_NS} ping -c 1 -W 1 {OUTSIDE}       # outside: no answer"),
-        format!("nsenter --net=/run/netns/{BROKER_NS} {b} --pin-dir {PIN_DIR} ndp status"),
+        format!("nsenter --net=/run/netns/{BROKER_NS} {b} ndp --pin-dir {PIN_DIR} status"),
         format!(
             "ip netns exec {ROUTER_NS} tcpdump -lni {ROUTER_IF} icmp6   # the NS and NA on the wire"
         ),

@@ -4,3 +4,4 @@ pub mod check_config;
 pub mod deploy_requests;
 pub mod generate_key;
 pub mod ndp;
+pub mod run;

@@ -1,7 +1,7 @@
 //! `blockhost-broker ndp …`: the responder on its own, with static prefixes
 //! (a drop-in for ndppd's static rules).
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use broker_userspace::ndp::{
@@ -9,6 +9,22 @@ use broker_userspace::ndp::{
 };
 use clap::{Subcommand, ValueEnum};
 use ipnet::IpNet;
+
+#[derive(clap::Args)]
+pub struct NdpArgs {
+    /// bpffs directory holding the responder's pinned maps and link. One
+    /// directory per responder; the pins keep it answering while no process
+    /// runs. (`run` takes it from the configuration's ndp_pin_dir.)
+    #[arg(
+        long,
+        global = true,
+        env = "BLOCKHOST_BROKER_PIN_DIR",
+        default_value = ndp::DEFAULT_PIN_DIR
+    )]
+    pin_dir: PathBuf,
+    #[command(subcommand)]
+    command: NdpCommand,
+}
 
 #[derive(Subcommand)]
 pub enum NdpCommand {
@@ -65,8 +81,9 @@ impl From<Mode> for AttachMode {
     }
 }
 
-pub fn run(cmd: NdpCommand, pins: &PinDir) -> anyhow::Result<ExitCode> {
-    match cmd {
+pub fn run(args: NdpArgs) -> anyhow::Result<ExitCode> {
+    let pins = &PinDir::new(args.pin_dir);
+    match args.command {
         NdpCommand::Serve {
             interface,
             prefixes,

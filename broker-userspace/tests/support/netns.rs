@@ -265,7 +265,8 @@ fn collect(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
 /// The broker binary with a pin directory, in a namespace, plain output.
 pub fn broker_command(ns: &Netns, pins: &PinDir) -> Command {
     let mut cmd = ns.command(BROKER_BIN);
-    cmd.arg("--pin-dir").arg(pins.path()).env("NO_COLOR", "1");
+    cmd.env("BLOCKHOST_BROKER_PIN_DIR", pins.path())
+        .env("NO_COLOR", "1");
     cmd
 }
 
