@@ -235,8 +235,14 @@ impl Daemon {
                     slot,
                     server_pubkey,
                 } => {
-                    self.respond(record.contract, record.id, slot, &server_pubkey)
-                        .await?;
+                    // A failure here must not hold up the requests behind
+                    // it: the request stays Allocated and comes back next poll.
+                    if let Err(e) = self
+                        .respond(record.contract, record.id, slot, &server_pubkey)
+                        .await
+                    {
+                        warn!(contract = %record.contract, id = record.id, "answer deferred: {e:#}");
+                    }
                 }
                 Stage::Retry { next_at, .. } if next_at <= crate::db::now() => {
                     self.handle(record.contract, record.id, at, false).await?;
@@ -276,17 +282,7 @@ impl Daemon {
                 "chain unreachable",
             ),
             Some(Verdict::Skip(reason)) => Stage::Skipped { reason },
-            Some(Verdict::Reject(reason)) => {
-                audit::record(
-                    &t,
-                    Event::Rejected {
-                        contract: contract.to_string(),
-                        request_id: id,
-                        reason: reason.clone(),
-                    },
-                )?;
-                Stage::Rejected { reason }
-            }
+            Some(Verdict::Reject(reason)) => reject(&t, contract, id, reason)?,
             Some(Verdict::Valid { request, valid }) => {
                 let pool = *self.db.pool();
                 match allocations::allocate(
@@ -316,18 +312,12 @@ impl Daemon {
                             server_pubkey: hex::encode(valid.server_pubkey),
                         }
                     }
-                    Decision::KeyInUse => {
-                        let reason = "its WireGuard key belongs to another allocation".to_string();
-                        audit::record(
-                            &t,
-                            Event::Rejected {
-                                contract: contract.to_string(),
-                                request_id: id,
-                                reason: reason.clone(),
-                            },
-                        )?;
-                        Stage::Rejected { reason }
-                    }
+                    Decision::KeyInUse => reject(
+                        &t,
+                        contract,
+                        id,
+                        "its WireGuard key belongs to another allocation".into(),
+                    )?,
                     Decision::PoolFull => retry_stage(None, "no prefix free"),
                 }
             }
@@ -346,12 +336,40 @@ impl Daemon {
 
         if let Some((allocation, old_key, server_pubkey)) = setup {
             info!(%contract, id, prefix = %allocation.prefix, nft = %allocation.nft, "allocated");
-            self.kernel.apply(&allocation, old_key).await?;
-            self.respond(contract, id, allocation.slot, &hex::encode(server_pubkey))
-                .await?;
+            // The decision is on disk: whatever fails from here on is
+            // resumed next poll (the request stays Allocated), without
+            // holding up the requests behind it.
+            let done = match self.kernel.apply(&allocation, old_key).await {
+                Ok(()) => {
+                    self.respond(contract, id, allocation.slot, &hex::encode(server_pubkey))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                warn!(%contract, id, "answer deferred: {e:#}");
+            }
         }
         Ok(())
     }
+}
+
+/// A silent rejection: audited, never answered, never retried.
+fn reject(
+    t: &redb::WriteTransaction,
+    contract: Address,
+    id: u64,
+    reason: String,
+) -> Result<Stage, crate::db::DbError> {
+    audit::record(
+        t,
+        Event::Rejected {
+            contract: contract.to_string(),
+            request_id: id,
+            reason: reason.clone(),
+        },
+    )?;
+    Ok(Stage::Rejected { reason })
 }
 
 /// The next retry after a transient failure: attempts count up, the wait
