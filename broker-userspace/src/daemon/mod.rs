@@ -8,6 +8,7 @@
 //! before the kernel or the chain is touched; the kernel follows the
 //! database, and is made to match it at every start.
 
+pub(crate) mod crash_points;
 mod examine;
 mod kernel;
 mod respond;
@@ -39,6 +40,7 @@ use crate::{
     ndp::{Interface, Responder, ResponderOptions},
     tunnel::{Routes, Tunnel},
 };
+use crash_points::crash_point;
 use examine::Verdict;
 use kernel::Kernel;
 
@@ -58,6 +60,7 @@ pub struct Daemon {
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    crash_points::setup();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watch(stop.clone())?;
     let mut daemon = Daemon::start(config, stop.clone()).await?;
@@ -336,11 +339,13 @@ impl Daemon {
 
         if let Some((allocation, old_key, server_pubkey)) = setup {
             info!(%contract, id, prefix = %allocation.prefix, nft = %allocation.nft, "allocated");
+            crash_point!("after-decision");
             // The decision is on disk: whatever fails from here on is
             // resumed next poll (the request stays Allocated), without
             // holding up the requests behind it.
             let done = match self.kernel.apply(&allocation, old_key).await {
                 Ok(()) => {
+                    crash_point!("after-kernel");
                     self.respond(contract, id, allocation.slot, &hex::encode(server_pubkey))
                         .await
                 }

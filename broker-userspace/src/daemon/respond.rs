@@ -6,7 +6,7 @@ use alloy::primitives::Address;
 use broker_contracts::protocol::{self, ResponsePayload};
 use tracing::{info, warn};
 
-use super::Daemon;
+use super::{Daemon, crash_point};
 use crate::db::{
     allocations,
     audit::{self, Event},
@@ -58,6 +58,7 @@ impl Daemon {
         let framed = protocol::frame_response(id, &ciphertext);
         match self.chain.submit_response(contract, id, framed).await {
             Ok(tx) => {
+                crash_point!("before-answered");
                 info!(%contract, id, %tx, prefix = %allocation.prefix, "answered");
                 self.answered(contract, id, slot, &tx.to_string())
             }

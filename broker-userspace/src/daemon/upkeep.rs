@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 
 use tracing::{info, warn};
 
-use super::Daemon;
+use super::{Daemon, crash_point};
 use crate::{
     chain::BlockRef,
     db::{
@@ -37,6 +37,7 @@ impl Daemon {
             chain_releases::queue(&t, allocation.contract, allocation.nft)?;
         }
         t.commit()?;
+        crash_point!("after-release");
         self.kernel.remove(allocation).await?;
         info!(prefix = %allocation.prefix, nft = %allocation.nft, "released: {reason}");
         Ok(())
@@ -50,7 +51,11 @@ impl Daemon {
             .filter(|a| a.handshake_deadline.is_some())
             .collect();
         for a in due {
-            let since = a.answered_at.unwrap_or(a.created_at);
+            // Any handshake of the current key's peer: it may precede the
+            // recorded answer (a restart between sending it and recording
+            // it), and the next one may come too late (WireGuard renews a
+            // session only every two minutes).
+            let since = a.key_set_at.or(a.answered_at).unwrap_or(a.created_at);
             let handshake = self
                 .kernel
                 .tunnel
@@ -113,6 +118,7 @@ impl Daemon {
             let result = self.chain.release_allocation(contract, nft).await;
             let finished = match &result {
                 Ok(tx) => {
+                    crash_point!("before-release-recorded");
                     info!(%nft, %tx, "released on chain");
                     true
                 }

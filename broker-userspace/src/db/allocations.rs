@@ -31,6 +31,13 @@ pub struct Allocation {
     #[serde(with = "hex_key")]
     pub wg_key: [u8; 32],
     pub created_at: u64,
+    /// When its current WireGuard key was decided (the allocation made, or
+    /// rotated to that key). The key's peer is configured after this, so a
+    /// handshake of that peer since then shows the tunnel up — also one
+    /// that came before `answered_at` (the client can read the answer on
+    /// chain before the broker has recorded sending it).
+    #[serde(default)]
+    pub key_set_at: Option<u64>,
     pub answered_at: Option<u64>,
     /// Released if no handshake is seen by then (set when answered, cleared
     /// by the first handshake).
@@ -133,6 +140,7 @@ pub fn allocate(
         allocation.wg_key = wg_key;
         allocation.contract = contract;
         allocation.request_id = request_id;
+        allocation.key_set_at = Some(now());
         allocation.answered_at = None;
         allocation.handshake_deadline = None;
         update(txn, &allocation)?;
@@ -165,6 +173,7 @@ pub fn allocate(
         request_id,
         wg_key,
         created_at: now(),
+        key_set_at: Some(now()),
         answered_at: None,
         handshake_deadline: None,
     };

@@ -1,0 +1,51 @@
+//! Crash points for the tests (cargo feature `failpoints`): with
+//! `FAILPOINTS=NAME=return` in its environment, the daemon SIGKILLs itself
+//! when it reaches the point NAME — no unwinding, no destructors, nothing
+//! flushed: what a power cut or the OOM killer leaves. Without the feature
+//! [`crash_point!`] expands to nothing, so a normal build has none of them.
+//!
+//! The points, in the order a request passes them:
+//! - `after-decision`: a valid request's decision (allocation and stage) has
+//!   committed; nothing is in the kernel yet;
+//! - `after-kernel`: its peer, route and NDP entry are set up; nothing was
+//!   sent;
+//! - `before-answered`: `submitResponse` was mined; the database does not
+//!   know yet;
+//! - `after-release`: a release has committed; the kernel still holds the
+//!   allocation and the on-chain release is still owed;
+//! - `before-release-recorded`: `releaseAllocation` was mined; the database
+//!   still owes it.
+
+/// Marks a crash point (see the module comment).
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        $crate::daemon::crash_points::reached($name);
+    };
+}
+pub(crate) use crash_point;
+
+/// Reads `FAILPOINTS` (once, at start).
+#[cfg(feature = "failpoints")]
+pub(super) fn setup() {
+    // The scenario is a guard that clears the configuration when dropped:
+    // it lives as long as the process.
+    std::mem::forget(fail::FailScenario::setup());
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub(super) fn setup() {}
+
+#[cfg(feature = "failpoints")]
+pub(crate) fn reached(name: &str) {
+    fail::eval(name, |_| {
+        tracing::warn!("crash point {name}: SIGKILL");
+        // SAFETY: kill(2) of our own process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        // SIGKILL to oneself is delivered before kill returns to user
+        // space; never go on past a crash point regardless.
+        loop {
+            std::thread::park();
+        }
+    });
+}

@@ -1,0 +1,93 @@
+//! A TCP relay to an RPC endpoint that can be stalled (it keeps accepting
+//! connections and reading requests, and answers nothing: an endpoint that
+//! hangs) and resumed. It listens in the network namespace of the thread
+//! that starts it.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+};
+
+pub struct Relay {
+    pub url: String,
+    stalled: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+    addr: std::net::SocketAddr,
+}
+
+impl Relay {
+    /// Relays 127.0.0.1:<free port> to `target` (`http://host:port`).
+    pub fn start(target: &str) -> Relay {
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the relay");
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
+        let stalled = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
+        let (flag, done) = (stalled.clone(), closed.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let flag = flag.clone();
+                thread::spawn(move || pump(client, server, Some(flag)));
+                thread::spawn(move || pump(s2, c2, None));
+            }
+        });
+        Relay {
+            url,
+            stalled,
+            closed,
+            addr,
+        }
+    }
+
+    /// From now on, requests get no answer (on old and new connections).
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// New requests are relayed again (a connection that swallowed one
+    /// stays dead; clients give up on it and open new ones).
+    pub fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees `closed`.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, stall: Option<Arc<AtomicBool>>) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if stall.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            // Swallow this and everything after it; keep the connection open.
+            while from.read(&mut buf).is_ok_and(|n| n > 0) {}
+            break;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+}
