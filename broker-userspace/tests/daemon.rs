@@ -162,8 +162,17 @@ impl Client {
 struct Settings {
     tag: &'static str,
     handshake_timeout_secs: u64,
-    /// The daemon reaches anvil through a relay that can stall.
-    relay: bool,
+    rpc: Rpc,
+}
+
+/// How the daemon reaches anvil.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    Direct,
+    /// Through a relay that can stall.
+    Relay,
+    /// At a port where nothing listens.
+    Nowhere,
 }
 
 impl Settings {
@@ -171,7 +180,7 @@ impl Settings {
         Settings {
             tag,
             handshake_timeout_secs: LONG_HANDSHAKE_TIMEOUT,
-            relay: false,
+            rpc: Rpc::Direct,
         }
     }
 }
@@ -305,10 +314,15 @@ impl Lab {
         let wg_if = interface_name("b");
         let client_if = interface_name("c");
         let broker_wg = WireguardGo::guard(&net.broker, &wg_if);
-        let relay = settings.relay.then(|| Relay::start(&dev.rpc_url));
-        let rpc_url = relay
-            .as_ref()
-            .map_or(dev.rpc_url.clone(), |r| r.url.clone());
+        let relay = (settings.rpc == Rpc::Relay).then(|| Relay::start(&dev.rpc_url));
+        let rpc_url = match (&relay, settings.rpc) {
+            (Some(relay), _) => relay.url.clone(),
+            (None, Rpc::Nowhere) => {
+                let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                format!("http://{}", closed.local_addr().unwrap())
+            }
+            (None, _) => dev.rpc_url.clone(),
+        };
         let db_path = dir.path().join("state/broker.redb");
         let config = dir.path().join("config.toml");
         let text = format!(
@@ -697,6 +711,18 @@ fn log_line<'a>(log: &'a str, needles: &[&str]) -> Option<&'a str> {
     log.lines().find(|l| needles.iter().all(|n| l.contains(n)))
 }
 
+/// The time of day of a log line, in seconds (tracing's RFC 3339 stamp).
+fn log_time(line: &str) -> f64 {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let time = stamp
+        .split_once('T')
+        .and_then(|(_, t)| t.strip_suffix('Z'))
+        .unwrap_or_else(|| panic!("no timestamp in {line}"));
+    time.split(':')
+        .map(|part| part.parse::<f64>().expect("a number"))
+        .fold(0.0, |acc, part| acc * 60.0 + part)
+}
+
 /// Checks an answer against the configuration; returns its prefix.
 fn check_answer(lab: &Lab, answer: &ResponsePayload) -> Ipv6Net {
     let prefix = net(&answer.prefix);
@@ -874,14 +900,23 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
         let answer = lab.wait_answer(valid, &valid_client, secs(30)).await;
         let prefix = check_answer(lab, &answer);
 
+        // 5. A WireGuard key that another allocation holds.
+        let nft = lab.nft(CLIENT).await;
+        let mut payload = client.payload(nft);
+        payload.wg_pubkey = valid_client.wg_public();
+        let key_in_use = lab
+            .submit(CLIENT, nft, lab.encrypt(&payload.to_json()))
+            .await;
+        lab.daemon().wait_log("rejected (silently)", 5, secs(15));
+
         let invalid = [
             (not_owner, "NotOwner"),
             (garbage, "does not decrypt"),
             (bad_wg, "wgPubkey"),
             (bad_server, "serverPubkey"),
+            (key_in_use, "belongs to another allocation"),
         ];
         // Still pending several polls later, each rejected once, for its reason.
-        let polls_before = lab.daemon().log().matches("rejected (silently)").count();
         tokio::time::sleep(secs(4)).await;
         let log = lab.daemon().log();
         for (id, reason) in invalid {
@@ -890,8 +925,7 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
                 .unwrap_or_else(|| panic!("no rejection of request {id} in:\n{log}"));
             assert!(line.contains(reason), "request {id}: {line}");
         }
-        assert_eq!(log.matches("rejected (silently)").count(), 4, "{log}");
-        assert_eq!(polls_before, 4);
+        assert_eq!(log.matches("rejected (silently)").count(), 5, "{log}");
         assert_eq!(
             lab.peers(),
             [(valid_client.wg_public(), prefix.to_string())]
@@ -906,7 +940,7 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
 #[test]
 fn an_rpc_outage_is_survived() {
     let settings = Settings {
-        relay: true,
+        rpc: Rpc::Relay,
         ..Settings::new("rpc")
     };
     lab_test(settings, async |lab: &mut Lab| {
@@ -916,6 +950,9 @@ fn an_rpc_outage_is_survived() {
         // The daemon is through its first polls.
         let first = lab.request_tunnel(&client, nft).await;
         lab.wait_answer(first, &client, secs(30)).await;
+        // ... and has its receipt (a stall now would hold it in the receipt
+        // wait, up to 180 s, rather than fail polls).
+        lab.daemon().wait_log("answered", 1, secs(10));
 
         lab.relay.as_ref().unwrap().stall();
         let stalled = Instant::now();
@@ -930,6 +967,14 @@ fn an_rpc_outage_is_survived() {
         let log = lab.daemon().log();
         let failure = log_line(&log, &["poll failed (1 in a row)"]).unwrap();
         assert!(failure.contains("no answer from"), "{failure}");
+        // Backed off: 10 s of RPC timeout plus a pause of 2 poll intervals
+        // (1 without back-off) between the two failures.
+        let second = log_line(&log, &["poll failed (2 in a row)"]).unwrap();
+        let between = log_time(second) - log_time(failure);
+        assert!(
+            between >= 11.6,
+            "{between:.2} s between:\n{failure}\n{second}"
+        );
         eprintln!(
             "an_rpc_outage_is_survived: two failed polls after {:.1} s",
             stalled.elapsed().as_secs_f64()
@@ -1006,6 +1051,8 @@ fn a_daemon_killed_anywhere_in_the_request_path_answers_exactly_once() {
                 // That handshake counts: the tunnel is up, and must not be
                 // released for want of another one.
                 lab.daemon().wait_log("tunnel up", 1, secs(10));
+                // The restart adopted the interface: the tunnel still works.
+                assert!(ping_within(&lab.net.server, GATEWAY, 5));
             }
             lab.daemon().stop();
             // The restart sent the answer itself, or found it on chain.
@@ -1300,5 +1347,108 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
             "{calls:?}"
         );
         assert_eq!(lab.status(id).await, EXPIRED);
+    });
+}
+
+#[test]
+fn an_owner_release_frees_the_prefix_but_never_a_newer_request() {
+    lab_test(Settings::new("own"), async |lab: &mut Lab| {
+        lab.start_daemon();
+        let nft = lab.nft(CLIENT).await;
+        let first = Client::new(CLIENT);
+        let id1 = lab.request_tunnel(&first, nft).await;
+        let answer = lab.wait_answer(id1, &first, secs(30)).await;
+        let prefix = check_answer(lab, &answer);
+
+        // The NFT's owner gives the prefix back on chain.
+        let owner = BrokerRequests::new(lab.dev.requests, lab.wallet(CLIENT));
+        let receipt = owner
+            .releaseOwnAllocation(nft)
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(receipt.status());
+        lab.daemon()
+            .wait_log("released by the NFT owner on chain", 1, secs(15));
+        assert_eq!(lab.peers(), []);
+        assert_eq!(lab.routes(), []);
+        assert_eq!(lab.ndp_prefixes(), []);
+
+        // Asked again, it gets a prefix again (the lowest free: the same).
+        let second = Client::new(CLIENT);
+        let id2 = lab.request_tunnel(&second, nft).await;
+        let answer = lab.wait_answer(id2, &second, secs(30)).await;
+        assert_eq!(check_answer(lab, &answer), prefix);
+
+        // Released and asked again in one block: the broker sees the new
+        // request before the release event, which must not take the new
+        // allocation away.
+        let third = Client::new(CLIENT);
+        let payload = lab.encrypt(&third.payload(nft).to_json());
+        let wallet = lab.wallet(CLIENT);
+        let contract = BrokerRequests::new(lab.dev.requests, &wallet);
+        lab.anvil("evm_setAutomine", json!([false])).await;
+        let released = contract.releaseOwnAllocation(nft).send().await.unwrap();
+        let submitted = contract
+            .submitRequest(nft, payload.into())
+            .send()
+            .await
+            .unwrap();
+        lab.anvil("evm_mine", json!([])).await;
+        lab.anvil("evm_setAutomine", json!([true])).await;
+        assert!(released.get_receipt().await.unwrap().status());
+        let receipt = submitted.get_receipt().await.unwrap();
+        assert!(receipt.status());
+        let id3 = receipt
+            .decoded_log::<BrokerRequests::RequestSubmitted>()
+            .unwrap()
+            .requestId
+            .to::<u64>();
+        let answer = lab.wait_answer(id3, &third, secs(30)).await;
+        assert_eq!(check_answer(lab, &answer), prefix);
+        // A few polls on, it is still there.
+        tokio::time::sleep(secs(3)).await;
+        assert_eq!(lab.peers(), [(third.wg_public(), prefix.to_string())]);
+        assert_eq!(lab.routes(), [prefix]);
+        assert_eq!(lab.ndp_prefixes(), [prefix]);
+
+        lab.daemon().stop();
+        let all = lab.assert_consistent();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].request_id, all[0].prefix), (id3, prefix));
+        // The owner's releases are not repeated by the broker.
+        let calls = lab.operator_calls().await;
+        assert_eq!(
+            Lab::count(&calls, &format!("releaseAllocation({nft})")),
+            0,
+            "{calls:?}"
+        );
+        let events = lab.released_events().await;
+        let by_owner = anvil_signer(CLIENT).address();
+        assert_eq!(events, [(id1, nft, by_owner), (id2, nft, by_owner)]);
+    });
+}
+
+#[test]
+fn sigterm_while_the_chain_is_unreachable_at_start_stops_cleanly() {
+    let settings = Settings {
+        rpc: Rpc::Nowhere,
+        ..Settings::new("down")
+    };
+    lab_test(settings, async |lab: &mut Lab| {
+        let daemon = lab.spawn_daemon(None);
+        daemon.wait_log("chain unreachable, retrying", 2, secs(30));
+        let (status, took) = daemon.terminate(secs(15));
+        assert!(
+            status.success(),
+            "exit status {status} after {took:?}:\n{}",
+            daemon.log()
+        );
+        assert!(took < secs(3), "SIGTERM took {took:?}");
+        // The kernel side was up and stays up; nothing else happened.
+        assert_eq!(lab.assert_consistent(), []);
     });
 }

@@ -63,7 +63,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crash_points::setup();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watch(stop.clone())?;
-    let mut daemon = Daemon::start(config, stop.clone()).await?;
+    let Some(mut daemon) = Daemon::start(config, stop.clone()).await? else {
+        info!("stopping before the chain ever answered: tunnels and the NDP responder stay up");
+        return Ok(());
+    };
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
         match daemon.poll().await {
@@ -112,7 +115,9 @@ fn spawn_signal_watch(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 }
 
 impl Daemon {
-    async fn start(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<Daemon> {
+    /// Sets up the kernel side, then connects to the chain, retrying while
+    /// it is unreachable: None when asked to stop meanwhile.
+    async fn start(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<Option<Daemon>> {
         let ecies_secret = keys::read_secret(&config.onchain.ecies_key_file)?;
         let operator = keys::read_signer(&config.onchain.operator_key_file)?;
         let wg_text = std::fs::read_to_string(&config.wireguard.private_key_file)
@@ -150,7 +155,10 @@ impl Daemon {
         let chain = loop {
             match Chain::connect(&config.onchain, operator.clone()).await {
                 Ok(chain) => break chain,
-                Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                Err(e) if e.is_transient() => {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
                     warn!("chain unreachable, retrying: {e}");
                     sleep_unless_stopped(
                         Duration::from_secs(config.onchain.poll_interval_secs),
@@ -173,7 +181,7 @@ impl Daemon {
             stop,
         };
         daemon.sync_capacity().await;
-        Ok(daemon)
+        Ok(Some(daemon))
     }
 
     fn stopping(&self) -> bool {

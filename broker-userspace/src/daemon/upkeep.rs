@@ -98,7 +98,12 @@ impl Daemon {
                 continue;
             }
             let allocation = allocations::by_nft(&self.db.write()?, ev.nft)?;
-            if let Some(a) = allocation.filter(|a| a.contract == contract) {
+            // The event ended the request that was current then. An
+            // allocation (re)configured by a later request — the NFT asked
+            // again after releasing, and this poll already answered it —
+            // is not the one released. Ids grow with time.
+            let released = |a: &Allocation| a.contract == contract && a.request_id <= ev.request_id;
+            if let Some(a) = allocation.filter(released) {
                 self.release(&a, "released by the NFT owner on chain", false)
                     .await?;
             }
