@@ -392,6 +392,15 @@ confirmations = 0
         self.daemon()
     }
 
+    /// Starts the daemon with crash points `points` (`NAME=return;…`).
+    fn spawn_crashing(&mut self, points: &str) -> &mut DaemonProcess {
+        let daemon = self.spawn_daemon(Some(points));
+        // Absent when the binary was built without the failpoints feature
+        // (a plain `cargo build` after `cargo test` replaces it).
+        daemon.wait_log("crash points armed", 1, secs(10));
+        daemon
+    }
+
     /// Starts the daemon and waits until its kernel side is up.
     fn start_daemon(&mut self) -> &mut DaemonProcess {
         let daemon = self.spawn_daemon(None);
@@ -1012,7 +1021,7 @@ fn a_daemon_killed_anywhere_in_the_request_path_answers_exactly_once() {
             let client = Client::new(account);
             let id = lab.request_tunnel(&client, nft).await;
 
-            let crashing = lab.spawn_daemon(Some(&format!("{point}=return")));
+            let crashing = lab.spawn_crashing(&format!("{point}=return"));
             let status = crashing.wait_exit(secs(30));
             assert!(
                 killed_by_sigkill(status),
@@ -1292,7 +1301,7 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
         let id = lab.request_tunnel(&client, nft).await;
 
         // Killed once the release has committed: the kernel still has it.
-        lab.spawn_daemon(Some("after-release=return"));
+        lab.spawn_crashing("after-release=return");
         let answer = lab.wait_answer(id, &client, secs(30)).await;
         let prefix = check_answer(lab, &answer);
         let crashing = lab.daemon();
@@ -1316,7 +1325,7 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
 
         // The restart clears the kernel, sends the release and is killed
         // before recording it.
-        let restarted = lab.spawn_daemon(Some("before-release-recorded=return"));
+        let restarted = lab.spawn_crashing("before-release-recorded=return");
         let status = restarted.wait_exit(secs(30));
         assert!(killed_by_sigkill(status), "{status}:\n{}", restarted.log());
         let log = restarted.log();

@@ -31,6 +31,9 @@ pub(super) fn setup() {
     // The scenario is a guard that clears the configuration when dropped:
     // it lives as long as the process.
     std::mem::forget(fail::FailScenario::setup());
+    if let Ok(points) = std::env::var("FAILPOINTS") {
+        tracing::warn!("crash points armed: {points}");
+    }
 }
 
 #[cfg(not(feature = "failpoints"))]

@@ -1,7 +1,7 @@
 //! `blockhost-broker run` as a process of the test: started in a namespace
 //! (setns before exec, see netns.rs), its log collected, stopped with
-//! SIGTERM or killed with SIGKILL. Killed on drop; when the test is failing,
-//! the log is printed then.
+//! SIGTERM or killed with SIGKILL. Killed on drop; when the test is failing
+//! (or BBT_DAEMON_LOGS is set), the log is printed then.
 
 use std::{
     io::Read as _,
@@ -181,7 +181,7 @@ pub fn killed_by_sigkill(status: ExitStatus) -> bool {
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
         self.kill();
-        if thread::panicking() {
+        if thread::panicking() || std::env::var_os("BBT_DAEMON_LOGS").is_some() {
             eprintln!(
                 "----- log of {} -----\n{}----- end of {} -----",
                 self.label,
