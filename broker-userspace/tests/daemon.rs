@@ -94,6 +94,10 @@ const OTHER_CLIENT: usize = 3;
 const PENDING: u8 = 0;
 const APPROVED: u8 = 1;
 const EXPIRED: u8 = 3;
+/// Gas limit of the clients' requests and releases. An estimate can fall
+/// short: made against the latest block, it misses that a later timestamp
+/// turns a no-op write (`respondedAt` set in the same second) into a real one.
+const BLOCK_TX_GAS: u64 = 1_000_000;
 /// Long enough that no test's tunnel is released unless it is about that.
 const LONG_HANDSHAKE_TIMEOUT: u64 = 120;
 /// The shortest the configuration allows.
@@ -438,6 +442,7 @@ confirmations = 0
     async fn submit(&self, account: usize, nft: Address, payload: Vec<u8>) -> u64 {
         let receipt = BrokerRequests::new(self.dev.requests, self.wallet(account))
             .submitRequest(nft, payload.into())
+            .gas(BLOCK_TX_GAS)
             .send()
             .await
             .expect("submitRequest sent")
@@ -863,11 +868,13 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
         lab.anvil("evm_setAutomine", json!([false])).await;
         let submitted = BrokerRequests::new(lab.dev.requests, &wallet)
             .submitRequest(sold, payload.into())
+            .gas(BLOCK_TX_GAS)
             .send()
             .await
             .expect("submitRequest sent");
         let transferred = TestNFT::new(sold, &wallet)
             .transferOwnership(anvil_signer(OTHER_CLIENT).address())
+            .gas(BLOCK_TX_GAS)
             .send()
             .await
             .expect("transferOwnership sent");
@@ -1373,6 +1380,7 @@ fn an_owner_release_frees_the_prefix_but_never_a_newer_request() {
         let owner = BrokerRequests::new(lab.dev.requests, lab.wallet(CLIENT));
         let receipt = owner
             .releaseOwnAllocation(nft)
+            .gas(BLOCK_TX_GAS)
             .send()
             .await
             .unwrap()
@@ -1400,17 +1408,27 @@ fn an_owner_release_frees_the_prefix_but_never_a_newer_request() {
         let wallet = lab.wallet(CLIENT);
         let contract = BrokerRequests::new(lab.dev.requests, &wallet);
         lab.anvil("evm_setAutomine", json!([false])).await;
-        let released = contract.releaseOwnAllocation(nft).send().await.unwrap();
+        let released = contract
+            .releaseOwnAllocation(nft)
+            .gas(BLOCK_TX_GAS)
+            .send()
+            .await
+            .unwrap();
         let submitted = contract
             .submitRequest(nft, payload.into())
+            .gas(BLOCK_TX_GAS)
             .send()
             .await
             .unwrap();
         lab.anvil("evm_mine", json!([])).await;
         lab.anvil("evm_setAutomine", json!([true])).await;
-        assert!(released.get_receipt().await.unwrap().status());
+        let release_receipt = released.get_receipt().await.unwrap();
         let receipt = submitted.get_receipt().await.unwrap();
-        assert!(receipt.status());
+        assert!(
+            release_receipt.status() && receipt.status(),
+            "{release_receipt:?}\n{receipt:?}\nrequest {id2}: {:?}",
+            lab.request(id2).await
+        );
         let id3 = receipt
             .decoded_log::<BrokerRequests::RequestSubmitted>()
             .unwrap()
