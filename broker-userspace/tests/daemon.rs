@@ -97,7 +97,7 @@ const EXPIRED: u8 = 3;
 /// Gas limit of the clients' requests and releases. An estimate can fall
 /// short: made against the latest block, it misses that a later timestamp
 /// turns a no-op write (`respondedAt` set in the same second) into a real one.
-const BLOCK_TX_GAS: u64 = 1_000_000;
+const CLIENT_TX_GAS: u64 = 1_000_000;
 /// Long enough that no test's tunnel is released unless it is about that.
 const LONG_HANDSHAKE_TIMEOUT: u64 = 120;
 /// The shortest the configuration allows.
@@ -382,7 +382,7 @@ confirmations = 0
             config,
             db_path,
             broker_public: wg_key.get_public(),
-            pool: Pool::new(net_of(UPSTREAM), ALLOCATION_SIZE).unwrap(),
+            pool: Pool::new(UPSTREAM.parse().unwrap(), ALLOCATION_SIZE).unwrap(),
         }
     }
 
@@ -442,7 +442,7 @@ confirmations = 0
     async fn submit(&self, account: usize, nft: Address, payload: Vec<u8>) -> u64 {
         let receipt = BrokerRequests::new(self.dev.requests, self.wallet(account))
             .submitRequest(nft, payload.into())
-            .gas(BLOCK_TX_GAS)
+            .gas(CLIENT_TX_GAS)
             .send()
             .await
             .expect("submitRequest sent")
@@ -711,10 +711,6 @@ confirmations = 0
     }
 }
 
-fn net_of(s: &str) -> Ipv6Net {
-    net(s)
-}
-
 /// Pings until answered, at most `tries` one-second attempts.
 fn ping_within(ns: &Netns, addr: &str, tries: u32) -> bool {
     (0..tries).any(|_| ns.ping(addr))
@@ -868,13 +864,13 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
         lab.anvil("evm_setAutomine", json!([false])).await;
         let submitted = BrokerRequests::new(lab.dev.requests, &wallet)
             .submitRequest(sold, payload.into())
-            .gas(BLOCK_TX_GAS)
+            .gas(CLIENT_TX_GAS)
             .send()
             .await
             .expect("submitRequest sent");
         let transferred = TestNFT::new(sold, &wallet)
             .transferOwnership(anvil_signer(OTHER_CLIENT).address())
-            .gas(BLOCK_TX_GAS)
+            .gas(CLIENT_TX_GAS)
             .send()
             .await
             .expect("transferOwnership sent");
@@ -1380,7 +1376,7 @@ fn an_owner_release_frees_the_prefix_but_never_a_newer_request() {
         let owner = BrokerRequests::new(lab.dev.requests, lab.wallet(CLIENT));
         let receipt = owner
             .releaseOwnAllocation(nft)
-            .gas(BLOCK_TX_GAS)
+            .gas(CLIENT_TX_GAS)
             .send()
             .await
             .unwrap()
@@ -1410,13 +1406,13 @@ fn an_owner_release_frees_the_prefix_but_never_a_newer_request() {
         lab.anvil("evm_setAutomine", json!([false])).await;
         let released = contract
             .releaseOwnAllocation(nft)
-            .gas(BLOCK_TX_GAS)
+            .gas(CLIENT_TX_GAS)
             .send()
             .await
             .unwrap();
         let submitted = contract
             .submitRequest(nft, payload.into())
-            .gas(BLOCK_TX_GAS)
+            .gas(CLIENT_TX_GAS)
             .send()
             .await
             .unwrap();

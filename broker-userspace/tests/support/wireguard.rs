@@ -144,9 +144,11 @@ impl ClientTunnel<'_> {
 
     /// Sets the private key (a new one after a rotation) and the broker peer.
     pub fn set_key(&self, key: &Key, broker_public: &Key) {
-        let key_file = self
-            .key_dir
-            .join(format!("{}-{}.key", self.name, &hex_of(&key.0)[..8]));
+        let key_file = self.key_dir.join(format!(
+            "{}-{}.key",
+            self.name,
+            &hex_of(&key.get_public().0)[..8]
+        ));
         if !key_file.exists() {
             write_private(&key_file, &key.to_base64());
         }
