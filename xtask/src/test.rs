@@ -56,12 +56,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
+/// Test objects are named `bbt-<pid>-…` (the WireGuard ones with the pid in
+/// hex): one whose process still runs belongs to a test in progress, maybe
+/// of another checkout, and is not a leftover.
+fn owner_alive(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(TEST_PREFIX) else {
+        return false;
+    };
+    rest.split('-').take(2).any(|token| {
+        [
+            token.parse::<u32>().ok(),
+            u32::from_str_radix(token, 16).ok(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    })
+}
+
 /// Namespaces, pins and WireGuard interfaces left by a test run that was
 /// killed before its guards could clean up.
 fn remove_leftovers() {
     if let Some(list) = cmd::stdout_of(Command::new("ip").args(["netns", "list"])) {
         for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if ns.starts_with(TEST_PREFIX) {
+            if ns.starts_with(TEST_PREFIX) && !owner_alive(ns) {
                 eprintln!("test: removing leftover namespace {ns}");
                 let _ = Command::new("ip").args(["netns", "del", ns]).status();
             }
@@ -71,7 +89,7 @@ fn remove_leftovers() {
     if let Ok(dir) = std::fs::read_dir("/var/run/wireguard") {
         for entry in dir.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TEST_PREFIX) {
+            if name.starts_with(TEST_PREFIX) && !owner_alive(&name) {
                 eprintln!("test: removing leftover WireGuard socket {name}");
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -80,7 +98,7 @@ fn remove_leftovers() {
     if let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") {
         for entry in dir.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TEST_PREFIX) {
+            if name.starts_with(TEST_PREFIX) && !owner_alive(&name) {
                 eprintln!("test: removing leftover pins /sys/fs/bpf/{name}");
                 if let Ok(pins) = std::fs::read_dir(entry.path()) {
                     for pin in pins.filter_map(Result::ok) {
