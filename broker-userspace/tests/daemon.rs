@@ -1319,6 +1319,7 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
             let db = lab.database();
             assert_eq!(allocations::all(&db.read().unwrap()).unwrap(), []);
             let owed = chain_releases::pending(&db.write().unwrap()).unwrap();
+            let owed: Vec<_> = owed.iter().map(|&(c, n, _)| (c, n)).collect();
             assert_eq!(owed, [(lab.dev.requests, nft)]);
         }
         assert_eq!(lab.peers(), [(client.wg_public(), prefix.to_string())]);
@@ -1359,6 +1360,49 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
             "{calls:?}"
         );
         assert_eq!(lab.status(id).await, EXPIRED);
+    });
+}
+
+/// An on-chain release owed for a tunnel that never came up must not end a
+/// newer request of the same NFT: `releaseAllocation` ends the NFT's current
+/// request, which by the time the release goes out may be a new one.
+#[test]
+fn an_owed_release_never_ends_a_newer_request_of_the_nft() {
+    let settings = Settings {
+        handshake_timeout_secs: SHORT_HANDSHAKE_TIMEOUT,
+        ..Settings::new("newer")
+    };
+    lab_test(settings, async |lab: &mut Lab| {
+        let nft = lab.nft(CLIENT).await;
+        let first = Client::new(CLIENT);
+        let id1 = lab.request_tunnel(&first, nft).await;
+        // Killed once the release of the unused tunnel has committed, with
+        // the on-chain release still owed.
+        lab.spawn_crashing("after-release=return");
+        lab.wait_answer(id1, &first, secs(30)).await;
+        let crashing = lab.daemon();
+        let status = crashing.wait_exit(secs(SHORT_HANDSHAKE_TIMEOUT + 30));
+        assert!(killed_by_sigkill(status), "{status}:\n{}", crashing.log());
+
+        // Meanwhile the owner asks again; the restart answers that request
+        // and leaves the release to it.
+        let second = first.rotated();
+        let id2 = lab.request_tunnel(&second, nft).await;
+        lab.start_daemon();
+        let answer2 = lab.wait_answer(id2, &second, secs(30)).await;
+        check_answer(lab, &answer2);
+        lab.daemon()
+            .wait_log("a newer request of the NFT decides", 1, secs(15));
+        lab.daemon().stop();
+        assert_eq!(lab.status(id2).await, APPROVED);
+        let calls = lab.operator_calls().await;
+        assert_eq!(
+            Lab::count(&calls, &format!("releaseAllocation({nft})")),
+            0,
+            "{calls:?}"
+        );
+        assert_eq!(lab.released_events().await, []);
+        assert_eq!(lab.assert_consistent().len(), 1);
     });
 }
 

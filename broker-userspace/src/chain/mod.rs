@@ -249,7 +249,18 @@ impl Chain {
         let latest = self
             .rpc("eth_blockNumber", self.provider.get_block_number())
             .await?;
-        let number = latest.saturating_sub(self.confirmations);
+        self.block(latest.saturating_sub(self.confirmations)).await
+    }
+
+    /// The latest block, for checks that must see the newest state.
+    pub async fn latest_block(&self) -> Result<BlockRef, ChainError> {
+        let latest = self
+            .rpc("eth_blockNumber", self.provider.get_block_number())
+            .await?;
+        self.block(latest).await
+    }
+
+    async fn block(&self, number: u64) -> Result<BlockRef, ChainError> {
         let call = format!("eth_getBlockByNumber({number})");
         let block = self
             .rpc(&call, self.provider.get_block_by_number(number.into()))

@@ -34,7 +34,12 @@ impl Daemon {
         let pool = *self.db.pool();
         allocations::release(&t, &pool, allocation.slot, reason)?;
         if on_chain && allocation.contract == self.contracts[0] {
-            chain_releases::queue(&t, allocation.contract, allocation.nft)?;
+            chain_releases::queue(
+                &t,
+                allocation.contract,
+                allocation.nft,
+                allocation.request_id,
+            )?;
         }
         t.commit()?;
         crash_point!("after-release");
@@ -119,7 +124,27 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => return warn!("reading owed releases: {e}"),
         };
-        for (contract, nft) in pending {
+        for (contract, nft, request_id) in pending {
+            // releaseAllocation ends the NFT's *current* request: if the
+            // owner has made a newer one meanwhile, that request decides
+            // the prefix (it is answered or rotated), and ending it would
+            // drop it unanswered.
+            let current = match self.chain.latest_block().await {
+                Ok(latest) => self.chain.current_request_id(contract, nft, &latest).await,
+                Err(e) => Err(e),
+            };
+            match current {
+                Ok(current) if current != request_id => {
+                    info!(%nft, request_id, current, "a newer request of the NFT decides; no on-chain release");
+                    self.forget_owed_release(contract, nft);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(%nft, "on-chain release will be retried: {e}");
+                    continue;
+                }
+            }
             let result = self.chain.release_allocation(contract, nft).await;
             let finished = match &result {
                 Ok(tx) => {
@@ -138,15 +163,23 @@ impl Daemon {
                 }
             };
             if finished {
-                let done = self
-                    .db
-                    .write()
-                    .and_then(|t| chain_releases::done(&t, contract, nft).map(|()| t))
-                    .and_then(|t| t.commit().map_err(Into::into));
-                if let Err(e) = done {
-                    warn!("recording the on-chain release: {e}");
-                }
+                self.forget_owed_release(contract, nft);
             }
+        }
+    }
+
+    fn forget_owed_release(
+        &self,
+        contract: alloy::primitives::Address,
+        nft: alloy::primitives::Address,
+    ) {
+        let done = self
+            .db
+            .write()
+            .and_then(|t| chain_releases::done(&t, contract, nft).map(|()| t))
+            .and_then(|t| t.commit().map_err(Into::into));
+        if let Err(e) = done {
+            warn!("recording the on-chain release: {e}");
         }
     }
 }

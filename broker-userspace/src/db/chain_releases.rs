@@ -7,7 +7,8 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::DbError;
 
-/// (requests contract ‖ NFT contract) → when it was queued.
+/// (requests contract ‖ NFT contract) → the request whose allocation was
+/// released (so a newer request of the NFT is never ended by it).
 const PENDING: TableDefinition<[u8; 40], u64> = TableDefinition::new("chain_releases_pending");
 
 fn key(contract: Address, nft: Address) -> [u8; 40] {
@@ -22,9 +23,14 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), DbError> {
     Ok(())
 }
 
-pub fn queue(txn: &WriteTransaction, contract: Address, nft: Address) -> Result<(), DbError> {
+pub fn queue(
+    txn: &WriteTransaction,
+    contract: Address,
+    nft: Address,
+    request_id: u64,
+) -> Result<(), DbError> {
     txn.open_table(PENDING)?
-        .insert(key(contract, nft), super::now())?;
+        .insert(key(contract, nft), request_id)?;
     Ok(())
 }
 
@@ -33,13 +39,18 @@ pub fn done(txn: &WriteTransaction, contract: Address, nft: Address) -> Result<(
     Ok(())
 }
 
-pub fn pending(txn: &WriteTransaction) -> Result<Vec<(Address, Address)>, DbError> {
+/// Owed releases: (requests contract, NFT contract, request id).
+pub fn pending(txn: &WriteTransaction) -> Result<Vec<(Address, Address, u64)>, DbError> {
     let table = txn.open_table(PENDING)?;
     let mut out = Vec::new();
     for item in table.iter()? {
-        let (k, _) = item?;
+        let (k, v) = item?;
         let k = k.value();
-        out.push((Address::from_slice(&k[..20]), Address::from_slice(&k[20..])));
+        out.push((
+            Address::from_slice(&k[..20]),
+            Address::from_slice(&k[20..]),
+            v.value(),
+        ));
     }
     Ok(out)
 }
