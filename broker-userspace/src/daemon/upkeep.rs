@@ -134,6 +134,12 @@ impl Daemon {
                 Err(e) => Err(e),
             };
             match current {
+                // An earlier run's release was mined before it was recorded.
+                Ok(0) => {
+                    info!(%nft, request_id, "already released on chain; dropped");
+                    self.forget_owed_release(contract, nft);
+                    continue;
+                }
                 Ok(current) if current != request_id => {
                     info!(%nft, request_id, current, "a newer request of the NFT decides; no on-chain release");
                     self.forget_owed_release(contract, nft);
