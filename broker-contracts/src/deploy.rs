@@ -16,14 +16,16 @@ use alloy::{
 };
 use thiserror::Error;
 
-use crate::{BrokerRegistry, BrokerRequests};
+use crate::{
+    BrokerRegistry, BrokerRequests,
+    error_text::{describe, one_line},
+};
 
 /// How long one RPC call may take before the endpoint counts as unreachable.
 const RPC_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for a deployment's receipt.
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Node messages quoted in errors are cut to this many characters.
-const MAX_REASON: usize = 300;
 
 #[derive(Debug, Error)]
 pub enum DeployError {
@@ -220,29 +222,6 @@ async fn rpc<T>(
     }
 }
 
-/// An error and its sources on one line ("error sending request …: tcp
-/// connect error: Connection refused"), each cause once, cut to a sane length.
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = one_line(&err.to_string());
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    one_line(&parts.join(": "))
-}
-
-fn one_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or_default().trim();
-    match line.char_indices().nth(MAX_REASON) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line.to_string(),
-    }
-}
-
 /// Deploys BrokerRequests from the operator's key (which becomes its owner),
 /// after checking the chain and the balance; waits for the receipt.
 pub async fn deploy_requests(
@@ -428,6 +407,6 @@ mod tests {
         let long = format!("first {}\nsecond", "x".repeat(1000));
         let line = one_line(&long);
         assert!(!line.contains('\n'));
-        assert_eq!(line.chars().count(), MAX_REASON + 1);
+        assert_eq!(line.chars().count(), crate::error_text::MAX_REASON + 1);
     }
 }

@@ -7,6 +7,7 @@ pub mod bindings;
 pub mod config_snippet;
 pub mod deploy;
 pub mod devchain;
+pub mod error_text;
 pub mod keys;
 pub mod protocol;
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use alloy::{primitives::Address, transports::http::reqwest::Url};
-use broker_contracts::keys;
+use broker_contracts::{error_text::describe, keys};
 use ipnet::Ipv6Net;
 use serde::Deserialize;
 
@@ -468,10 +468,10 @@ enum KeyKind {
 /// expected form. Problems name the file, never its content.
 fn check_key_file(what: &str, path: &Path, kind: KeyKind, problem: &mut impl FnMut(String)) {
     let checked = keys::check_private(path)
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| describe(&e))
         .and_then(|()| match kind {
             KeyKind::Secp256k1 => {
-                let secret = keys::read_secret(path).map_err(|e| error_chain(&e))?;
+                let secret = keys::read_secret(path).map_err(|e| describe(&e))?;
                 ecies::SecretKey::parse_slice(&secret)
                     .map(drop)
                     .map_err(|_| format!("{} is not a valid secp256k1 secret key", path.display()))
@@ -490,17 +490,6 @@ fn check_key_file(what: &str, path: &Path, kind: KeyKind, problem: &mut impl FnM
     if let Err(message) = checked {
         problem(format!("{what}: {message}"));
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -43,9 +43,7 @@ pub use nft::NftCheck;
 pub use requests::{OnchainRequest, RequestStatus};
 
 use crate::config;
-
-/// Node messages quoted in errors are cut to this many characters.
-const MAX_REASON: usize = 300;
+pub(crate) use broker_contracts::error_text::{describe, one_line};
 
 #[derive(Debug, Error)]
 pub enum ChainError {
@@ -457,28 +455,6 @@ fn revert_reason(data: &[u8]) -> String {
     )
 }
 
-/// An error and its sources on one line, each cause once.
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = one_line(&err.to_string());
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    one_line(&parts.join(": "))
-}
-
-fn one_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or_default().trim();
-    match line.char_indices().nth(MAX_REASON) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,6 +505,9 @@ mod tests {
     fn reasons_are_one_short_line() {
         let line = one_line(&format!("first {}\nsecond", "x".repeat(1000)));
         assert!(!line.contains('\n'));
-        assert_eq!(line.chars().count(), MAX_REASON + 1);
+        assert_eq!(
+            line.chars().count(),
+            broker_contracts::error_text::MAX_REASON + 1
+        );
     }
 }
