@@ -16,8 +16,6 @@ use std::{
     io::Write as _,
     net::{Ipv6Addr, UdpSocket},
     os::unix::fs::OpenOptionsExt as _,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -29,7 +27,7 @@ use broker_userspace::{
 use ipnet::Ipv6Net;
 use support::{
     netns::{Netns, run_bounded, veth},
-    pins::TEST_PREFIX,
+    wireguard::{WireguardGo, daemons, interface_name},
 };
 use wireguard_control::Key;
 
@@ -45,16 +43,6 @@ const CLIENT_UNDERLAY: &str = "192.0.2.2";
 
 fn net(s: &str) -> Ipv6Net {
     s.parse().unwrap()
-}
-
-/// `bbt-<pid in hex>-<n><tag>`: unique across test processes and calls,
-/// and at most 15 characters.
-fn interface_name(tag: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{TEST_PREFIX}{:x}-{n}{tag}", std::process::id());
-    assert!(name.len() <= 15, "{name} is too long for an interface");
-    name
 }
 
 fn wireguard_config(
@@ -88,63 +76,6 @@ fn in_ns<T: Send>(ns: &Netns, f: impl AsyncFnOnce() -> T + Send) -> T {
 /// Opens the tunnel in `ns`.
 fn open(ns: &Netns, cfg: &config::Wireguard, key: &Key) -> Result<Tunnel, TunnelError> {
     in_ns(ns, async || Tunnel::open(cfg, key, GATEWAY).await)
-}
-
-/// A wireguard-go interface of the test's: on drop (also when the test
-/// fails) the link is deleted and the socket removed, each of which stops
-/// the daemon; one still running after that is killed.
-struct WireguardGo {
-    ns: String,
-    name: String,
-}
-
-impl WireguardGo {
-    fn guard(ns: &Netns, name: &str) -> Self {
-        WireguardGo {
-            ns: ns.name().into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl Drop for WireguardGo {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["-n", &self.ns, "link", "del", &self.name])
-            .output();
-        let _ = fs::remove_file(socket_path(&self.name));
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !daemons(&self.name).is_empty() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        for pid in daemons(&self.name) {
-            eprintln!("killing wireguard-go {} (pid {pid})", self.name);
-            // SAFETY: plain kill(2) of a process found by its command line.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
-/// Pids of the running `wireguard-go NAME` processes.
-fn daemons(name: &str) -> Vec<i32> {
-    let want = format!("wireguard-go\0{name}\0");
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| cmdline.ends_with(want.as_bytes()) && is_argv0(&cmdline))
-        })
-        .collect()
-}
-
-/// argv[0] is wireguard-go, by whatever path.
-fn is_argv0(cmdline: &[u8]) -> bool {
-    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-    argv0 == b"wireguard-go" || argv0.ends_with(b"/wireguard-go")
 }
 
 /// Waits (at most 3 s) until nothing is left of `name`: no daemon, no
