@@ -52,6 +52,7 @@ use broker_common::ndp::{PREFIXES_MAP, PrefixKey, PrefixValue};
 use broker_contracts::{
     BrokerRequests::{self, BrokerRequestsCalls},
     TestNFT,
+    bindings::legacy_fixture::BrokerRequestsV1,
     devchain::{DevChain, Options, anvil_signer},
     keys,
     protocol::{self, RequestPayload, ResponsePayload},
@@ -167,6 +168,10 @@ struct Settings {
     tag: &'static str,
     handshake_timeout_secs: u64,
     rpc: Rpc,
+    /// Deploy a V1 requests contract and watch it as a legacy contract.
+    legacy_v1: bool,
+    start_request_id: u64,
+    max_requests_per_poll: u64,
 }
 
 /// How the daemon reaches anvil.
@@ -185,6 +190,9 @@ impl Settings {
             tag,
             handshake_timeout_secs: LONG_HANDSHAKE_TIMEOUT,
             rpc: Rpc::Direct,
+            legacy_v1: false,
+            start_request_id: 1,
+            max_requests_per_poll: 100,
         }
     }
 }
@@ -263,6 +271,8 @@ struct Lab {
     db_path: PathBuf,
     broker_public: Key,
     pool: Pool,
+    /// The V1 contract watched as legacy (`Settings::legacy_v1`).
+    legacy: Option<Address>,
 }
 
 /// Builds a lab and runs `body` with it, on a thread inside the broker
@@ -327,6 +337,20 @@ impl Lab {
             }
             (None, _) => dev.rpc_url.clone(),
         };
+        let legacy = if settings.legacy_v1 {
+            let provider = ProviderBuilder::new()
+                .wallet(EthereumWallet::from(dev.operator.clone()))
+                .connect_http(dev.rpc_url.parse().unwrap());
+            let v1 = BrokerRequestsV1::deploy(provider)
+                .await
+                .expect("V1 deploys from the operator");
+            Some(*v1.address())
+        } else {
+            None
+        };
+        let legacy_line = legacy.map_or_else(String::new, |a| {
+            format!("legacy_requests_contracts = [\"{a}\"]\n")
+        });
         let db_path = dir.path().join("state/broker.redb");
         let config = dir.path().join("config.toml");
         let text = format!(
@@ -356,7 +380,9 @@ operator_key_file = "{operator}"
 ecies_key_file = "{ecies}"
 poll_interval_secs = 1
 confirmations = 0
-"#,
+start_request_id = {start}
+max_requests_per_poll = {per_poll}
+{legacy_line}"#,
             pins = net.pins.dir.path().display(),
             wg_key = wg_key_file.display(),
             timeout = settings.handshake_timeout_secs,
@@ -365,6 +391,8 @@ confirmations = 0
             contract = dev.requests,
             operator = operator_key.display(),
             ecies = ecies_key.display(),
+            start = settings.start_request_id,
+            per_poll = settings.max_requests_per_poll,
         );
         std::fs::write(&config, text).unwrap();
         Lab {
@@ -383,6 +411,7 @@ confirmations = 0
             db_path,
             broker_public: wg_key.get_public(),
             pool: Pool::new(UPSTREAM.parse().unwrap(), ALLOCATION_SIZE).unwrap(),
+            legacy,
         }
     }
 
@@ -426,10 +455,6 @@ confirmations = 0
             .erased()
     }
 
-    fn contract(&self) -> BrokerRequests::BrokerRequestsInstance<DynProvider> {
-        BrokerRequests::new(self.dev.requests, self.wallet(0))
-    }
-
     /// A TestNFT owned by `owner`.
     async fn nft(&self, owner: usize) -> Address {
         *TestNFT::deploy(self.wallet(owner), anvil_signer(owner).address())
@@ -440,7 +465,19 @@ confirmations = 0
 
     /// `submitRequest(nft, payload)` from `account`; the request id.
     async fn submit(&self, account: usize, nft: Address, payload: Vec<u8>) -> u64 {
-        let receipt = BrokerRequests::new(self.dev.requests, self.wallet(account))
+        self.submit_to(self.dev.requests, account, nft, payload)
+            .await
+    }
+
+    /// `submit` to `contract` (V1 has the same call and event).
+    async fn submit_to(
+        &self,
+        contract: Address,
+        account: usize,
+        nft: Address,
+        payload: Vec<u8>,
+    ) -> u64 {
+        let receipt = BrokerRequests::new(contract, self.wallet(account))
             .submitRequest(nft, payload.into())
             .gas(CLIENT_TX_GAS)
             .send()
@@ -464,12 +501,21 @@ confirmations = 0
 
     /// A valid request from `client` for `nft`.
     async fn request_tunnel(&self, client: &Client, nft: Address) -> u64 {
+        self.request_tunnel_at(self.dev.requests, client, nft).await
+    }
+
+    async fn request_tunnel_at(&self, contract: Address, client: &Client, nft: Address) -> u64 {
         let payload = self.encrypt(&client.payload(nft).to_json());
-        self.submit(client.account, nft, payload).await
+        self.submit_to(contract, client.account, nft, payload).await
     }
 
     async fn request(&self, id: u64) -> BrokerRequests::Request {
-        self.contract()
+        self.request_at(self.dev.requests, id).await
+    }
+
+    /// `getRequest(id)` on `contract` (V1's `Request` has V2's layout).
+    async fn request_at(&self, contract: Address, id: u64) -> BrokerRequests::Request {
+        BrokerRequests::new(contract, self.wallet(0))
             .getRequest(U256::from(id))
             .call()
             .await
@@ -480,9 +526,20 @@ confirmations = 0
     /// reads the answer as the client does: the framed id must match, the
     /// rest decrypt with the client's key.
     async fn wait_answer(&mut self, id: u64, client: &Client, limit: Duration) -> ResponsePayload {
+        self.wait_answer_at(self.dev.requests, id, client, limit)
+            .await
+    }
+
+    async fn wait_answer_at(
+        &mut self,
+        contract: Address,
+        id: u64,
+        client: &Client,
+        limit: Duration,
+    ) -> ResponsePayload {
         let deadline = Instant::now() + limit;
         loop {
-            let request = self.request(id).await;
+            let request = self.request_at(contract, id).await;
             match request.status {
                 APPROVED => {
                     let (framed_id, ciphertext) =
@@ -522,8 +579,12 @@ confirmations = 0
 
     /// How many `ResponseSubmitted` events each request has.
     async fn response_events(&self) -> BTreeMap<u64, usize> {
+        self.response_events_at(self.dev.requests).await
+    }
+
+    async fn response_events_at(&self, contract: Address) -> BTreeMap<u64, usize> {
         let filter = Filter::new()
-            .address(self.dev.requests)
+            .address(contract)
             .event_signature(BrokerRequests::ResponseSubmitted::SIGNATURE_HASH)
             .from_block(0);
         let mut counts = BTreeMap::new();
@@ -1517,5 +1578,203 @@ fn sigterm_while_the_chain_is_unreachable_at_start_stops_cleanly() {
         assert!(took < secs(3), "SIGTERM took {took:?}");
         // The kernel side was up and stays up; nothing else happened.
         assert_eq!(lab.assert_consistent(), []);
+    });
+}
+
+#[test]
+fn a_legacy_v1_contract_is_watched_beside_the_primary_one() {
+    let settings = Settings {
+        legacy_v1: true,
+        ..Settings::new("v1")
+    };
+    lab_test(settings, async |lab: &mut Lab| {
+        let v1 = lab.legacy.expect("a V1 contract");
+        lab.start_daemon();
+        // The primary contract's capacity is the pool's (the broker's own
+        // slot excepted); V1 has no capacity to keep.
+        let capacity = BrokerRequests::new(lab.dev.requests, lab.wallet(0))
+            .totalCapacity()
+            .call()
+            .await
+            .unwrap();
+        assert_eq!(capacity, U256::from(lab.pool.slots() - 1));
+
+        let old = Client::new(CLIENT);
+        let old_nft = lab.nft(CLIENT).await;
+        let legacy_id = lab.request_tunnel_at(v1, &old, old_nft).await;
+        let new = Client::new(OTHER_CLIENT);
+        let new_nft = lab.nft(OTHER_CLIENT).await;
+        let id = lab.request_tunnel(&new, new_nft).await;
+        // Both contracts number from 1: the same id on each is a different
+        // request.
+        assert_eq!((legacy_id, id), (1, 1));
+
+        let legacy_answer = lab.wait_answer_at(v1, legacy_id, &old, secs(30)).await;
+        let answer = lab.wait_answer(id, &new, secs(30)).await;
+        let legacy_prefix = check_answer(lab, &legacy_answer);
+        assert_ne!(check_answer(lab, &answer), legacy_prefix);
+
+        // An old client's tunnel works like any other.
+        lab.bring_up_tunnel(&old, &legacy_answer);
+        assert!(
+            ping_within(&lab.net.server, GATEWAY, 10),
+            "the legacy client cannot reach the gateway through its tunnel"
+        );
+
+        lab.daemon().stop();
+        let all = lab.assert_consistent();
+        let legacy = all
+            .iter()
+            .find(|a| a.contract == v1)
+            .expect("V1's allocation");
+        assert_eq!((legacy.nft, legacy.request_id), (old_nft, legacy_id));
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            lab.response_events_at(v1).await,
+            BTreeMap::from([(legacy_id, 1)])
+        );
+        assert_eq!(lab.response_events().await, BTreeMap::from([(id, 1)]));
+        // Capacity was set once, at the first start, never on V1.
+        let calls = lab.operator_calls().await;
+        assert_eq!(Lab::count(&calls, "setTotalCapacity"), 1, "{calls:?}");
+    });
+}
+
+#[test]
+fn a_fresh_database_starts_at_start_request_id_and_takes_a_bounded_number_per_poll() {
+    let settings = Settings {
+        start_request_id: 3,
+        max_requests_per_poll: 1,
+        ..Settings::new("cur")
+    };
+    lab_test(settings, async |lab: &mut Lab| {
+        // History before the broker existed: ids 1 and 2.
+        let mut ids = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            let client = Client::new(CLIENT);
+            let nft = lab.nft(CLIENT).await;
+            ids.push(lab.request_tunnel(&client, nft).await);
+            clients.push(client);
+        }
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+
+        lab.start_daemon();
+        for (&id, client) in ids.iter().zip(&clients).skip(2) {
+            lab.wait_answer(id, client, secs(30)).await;
+        }
+        // One new request per poll (1 s apart): 3, 4 and 5 take two polls
+        // more than 3 alone; all in one poll would take a fraction of that.
+        let log = lab.daemon().log();
+        let answered = |id: u64| {
+            let line = log_line(&log, &["answered", &format!(" id={id}"), "tx=0x"])
+                .unwrap_or_else(|| panic!("request {id} answered but not logged:\n{log}"));
+            log_time(line)
+        };
+        let spread = answered(5) - answered(3);
+        assert!(
+            spread >= 1.5,
+            "requests 3 and 5 answered {spread:.2} s apart: more than one per poll"
+        );
+        assert_eq!(lab.status(1).await, PENDING);
+        assert_eq!(lab.status(2).await, PENDING);
+
+        lab.daemon().stop();
+        assert_eq!(lab.assert_consistent().len(), 3);
+        let db = lab.database();
+        let t = db.write().unwrap();
+        for id in [1, 2] {
+            assert_eq!(
+                requests::get(&t, lab.dev.requests, id).unwrap(),
+                None,
+                "request {id} is before start_request_id"
+            );
+        }
+        drop(t);
+        assert_eq!(
+            lab.response_events().await,
+            BTreeMap::from([(3, 1), (4, 1), (5, 1)])
+        );
+    });
+}
+
+#[test]
+fn sigterm_while_an_answer_waits_to_be_mined_stops_promptly_and_a_restart_answers_once() {
+    lab_test(Settings::new("mine"), async |lab: &mut Lab| {
+        lab.start_daemon();
+        lab.daemon()
+            .wait_log("set totalCapacity on chain", 1, secs(10));
+        // From here on nothing is mined until the test says so.
+        lab.anvil("evm_setAutomine", json!([false])).await;
+        let nft_tx = TestNFT::deploy_builder(lab.wallet(CLIENT), anvil_signer(CLIENT).address())
+            .send()
+            .await
+            .expect("TestNFT sent");
+        lab.anvil("evm_mine", json!([])).await;
+        let nft = nft_tx
+            .get_receipt()
+            .await
+            .expect("TestNFT mined")
+            .contract_address
+            .expect("a contract address");
+        let client = Client::new(CLIENT);
+        let payload = lab.encrypt(&client.payload(nft).to_json());
+        let sent = BrokerRequests::new(lab.dev.requests, lab.wallet(CLIENT))
+            .submitRequest(nft, payload.into())
+            .gas(CLIENT_TX_GAS)
+            .send()
+            .await
+            .expect("submitRequest sent");
+        lab.anvil("evm_mine", json!([])).await;
+        assert!(sent.get_receipt().await.unwrap().status());
+        let id = 1;
+
+        // The daemon sends its answer; it stays in the mempool.
+        let deadline = Instant::now() + secs(30);
+        loop {
+            let pool = lab.anvil("txpool_status", json!([])).await;
+            if pool["pending"].as_str() == Some("0x1") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no answer sent: {pool}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(secs(1)).await;
+        let (status, took) = lab.daemon().terminate(secs(30));
+        assert!(
+            status.success(),
+            "exit status {status}:\n{}",
+            lab.daemon().log()
+        );
+        // Without the stop the wait would last the receipt timeout (180 s).
+        assert!(took < secs(5), "SIGTERM took {took:?}");
+        assert!(
+            lab.daemon()
+                .log()
+                .contains("stopped while waiting for transaction"),
+            "{}",
+            lab.daemon().log()
+        );
+        eprintln!(
+            "sigterm_while_an_answer_waits_to_be_mined…: exit 0 after {:.0} ms",
+            took.as_secs_f64() * 1000.0
+        );
+
+        // The chain mines the answer while the broker is down; the restart
+        // finds it instead of sending another.
+        lab.anvil("evm_mine", json!([])).await;
+        lab.anvil("evm_setAutomine", json!([true])).await;
+        let answer = lab.wait_answer(id, &client, secs(5)).await;
+        check_answer(lab, &answer);
+        lab.start_daemon();
+        lab.daemon()
+            .wait_log("already answered on chain", 1, secs(30));
+        lab.daemon().stop();
+        let all = lab.assert_consistent();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].answered_at.is_some(), "{:?}", all[0]);
+        assert_eq!(lab.response_events().await, BTreeMap::from([(id, 1)]));
+        let calls = lab.operator_calls().await;
+        assert_eq!(Lab::count(&calls, "submitResponse(1)"), 1, "{calls:?}");
     });
 }

@@ -23,7 +23,15 @@ mod nft;
 mod requests;
 mod transactions;
 
-use std::{fmt, future::IntoFuture, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::IntoFuture,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use alloy::{
     eips::BlockId,
@@ -160,6 +168,10 @@ pub struct Chain {
     /// Held from choosing a nonce until the node accepted the transaction,
     /// so concurrent sends from clones never pick the same nonce.
     send_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Set when the daemon is asked to stop: a receipt wait gives up then
+    /// (the request's intent is on disk, and the chain is checked before
+    /// anything is sent again), so SIGTERM never waits out a slow chain.
+    stop: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Chain {
@@ -215,6 +227,7 @@ impl Chain {
             hidden_urls: Arc::new(hidden_urls),
             options,
             send_lock: Arc::default(),
+            stop: Arc::default(),
         };
         let actual = chain
             .rpc("eth_chainId", chain.provider.get_chain_id())
@@ -227,6 +240,16 @@ impl Chain {
             });
         }
         Ok(chain)
+    }
+
+    /// Gives up waiting for receipts once `stop` is set.
+    pub fn stop_on(mut self, stop: Arc<AtomicBool>) -> Chain {
+        self.stop = stop;
+        self
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     pub fn operator(&self) -> Address {

@@ -12,7 +12,8 @@
 //! 4. The receipt is polled until [`ChainOptions::receipt_timeout`]; a mined
 //!    revert is [`ChainError::Reverted`] with the transaction, no receipt in
 //!    time is [`ChainError::Transient`] (the transaction may still be mined:
-//!    check [`Chain::response_on_chain`] before sending again).
+//!    check [`Chain::response_on_chain`] before sending again). The wait
+//!    also ends, the same way, when the daemon is stopping.
 //!
 //! [`ChainOptions::receipt_timeout`]: super::ChainOptions::receipt_timeout
 
@@ -203,6 +204,15 @@ impl Chain {
                 }
                 Ok(None) => {}
                 Err(e) => last_trouble = Some(e),
+            }
+            if self.stopping() {
+                return Err(ChainError::transient(
+                    call,
+                    format!(
+                        "stopped while waiting for transaction {hash} to be mined (it may \
+                         still be: checked before sending again)"
+                    ),
+                ));
             }
             let now = Instant::now();
             if now >= deadline {

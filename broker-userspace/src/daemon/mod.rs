@@ -154,7 +154,7 @@ impl Daemon {
 
         let chain = loop {
             match Chain::connect(&config.onchain, operator.clone()).await {
-                Ok(chain) => break chain,
+                Ok(chain) => break chain.stop_on(stop.clone()),
                 Err(e) if e.is_transient() => {
                     if stop.load(Ordering::Relaxed) {
                         return Ok(None);
