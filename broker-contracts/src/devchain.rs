@@ -36,7 +36,9 @@ pub fn anvil_signer(index: usize) -> PrivateKeySigner {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Port on 127.0.0.1; a free one when None.
+    /// The address anvil listens on (another namespace's, for the lab).
+    pub host: std::net::IpAddr,
+    /// Port on `host`; a free one when None.
     pub port: Option<u16>,
     pub region: String,
     /// Broker capacity registered in the registry (0 = unlimited).
@@ -46,6 +48,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
             port: None,
             region: "dev".into(),
             capacity: 0,
@@ -75,21 +78,25 @@ pub fn anvil_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts/bin/anvil"))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+fn free_port(host: std::net::IpAddr) -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((host, 0)).context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
 impl DevChain {
-    /// Starts anvil and waits until it answers.
-    pub async fn start_anvil(port: Option<u16>) -> anyhow::Result<(Child, String)> {
+    /// Starts anvil on `host` and waits until it answers.
+    pub async fn start_anvil(
+        host: std::net::IpAddr,
+        port: Option<u16>,
+    ) -> anyhow::Result<(Child, String)> {
         let port = match port {
             Some(p) => p,
-            None => free_port()?,
+            None => free_port(host)?,
         };
+        let address = std::net::SocketAddr::new(host, port);
         let anvil = anvil_path();
         let mut child = Command::new(&anvil)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--host", &host.to_string(), "--port", &port.to_string()])
             .args(["--chain-id", &CHAIN_ID.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -101,7 +108,7 @@ impl DevChain {
                     anvil.display()
                 )
             })?;
-        let rpc_url = format!("http://127.0.0.1:{port}");
+        let rpc_url = format!("http://{address}");
         let provider = ProviderBuilder::new().connect_http(rpc_url.parse()?);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -126,7 +133,7 @@ impl DevChain {
 
     /// Starts anvil and deploys the contracts in three phases.
     pub async fn start(options: &Options) -> anyhow::Result<Self> {
-        let (anvil, rpc_url) = Self::start_anvil(options.port).await?;
+        let (anvil, rpc_url) = Self::start_anvil(options.host, options.port).await?;
         let deployer = anvil_signer(0);
         let operator = anvil_signer(1);
         let (secret, public) = ecies::utils::generate_keypair();

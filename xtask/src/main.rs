@@ -28,7 +28,9 @@ enum Command {
     /// Set up, then run every test: formatting, lints, unit tests, program
     /// tests through BPF_PROG_TEST_RUN and network-namespace tests (root).
     Test(test::Args),
-    /// Set up, then show the responder at work in network namespaces.
+    /// Set up, then bring the whole system up in network namespaces (chain,
+    /// router, internet host, broker, BlockHost servers), narrated; a server
+    /// gets a prefix and the internet reaches it. Ctrl-C tears it down.
     Demo(demo::Args),
     /// Set up, then run a benchmark (results in target/bench/).
     #[command(subcommand)]

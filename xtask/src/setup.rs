@@ -12,7 +12,15 @@ use crate::cmd;
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces, veth and SIT devices"),
     ("iputils-ping", "ping in the namespace tests and the demo"),
-    ("wireguard-tools", "the wg command"),
+    ("wireguard-tools", "the wg and wg-quick commands"),
+    (
+        "nftables",
+        "wg-quick's firewall rules for a tunnel that routes ::/0",
+    ),
+    (
+        "procps",
+        "sysctl, which wg-quick and the namespace tests call",
+    ),
     ("wireguard-go", "WireGuard where the kernel has no module"),
     ("ndppd", "the ndppd peer in the NDP benchmark"),
     (

@@ -1,0 +1,208 @@
+//! The whole path, end to end, with nothing stood in for: anvil with the
+//! contracts, `blockhost-broker run` with its XDP responder and wireguard-go,
+//! `broker-client` on BlockHost servers bringing up wg-quick tunnels, and an
+//! internet host behind the provider's router that reaches the servers in
+//! their prefixes (see broker-lab's `topology` for the map).
+//!
+//! Needs root (`cargo xtask test`). Each test builds its own lab, named
+//! `bbt-<pid>-<n>-…`; dropping it removes everything, also when the test
+//! fails (the broker's log is printed then).
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use alloy::{network::EthereumWallet, primitives::U256, providers::ProviderBuilder};
+use anyhow::{Context as _, bail, ensure};
+use broker_contracts::{BrokerRequests, protocol};
+use broker_lab::{Lab, Narrator, Options, process::tail};
+
+fn lab_test(tag: &str, body: impl AsyncFnOnce(&mut Lab) -> anyhow::Result<()> + Send) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let names = format!(
+        "bbt-{:x}-{}-",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let started = Instant::now();
+    let result = thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime")
+                .block_on(async {
+                    let options = Options {
+                        names,
+                        dir: dir.path().to_path_buf(),
+                        handshake_timeout_secs: 120,
+                    };
+                    let mut lab = Lab::start(options, Narrator::quiet()).await?;
+                    let result = body(&mut lab).await;
+                    if result.is_err() {
+                        eprintln!("{tag}: the broker's log:\n{}", tail(&lab.broker_log(), 60));
+                    }
+                    result
+                })
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    });
+    if let Err(e) = result {
+        panic!("{tag}: {e:#}");
+    }
+    eprintln!("{tag}: passed in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+fn field(value: &serde_json::Value, key: &str) -> anyhow::Result<String> {
+    value[key]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no {key} in {value}"))
+}
+
+/// The broker's WireGuard peers, as `wg show IF allowed-ips` lists them.
+fn broker_peers(lab: &Lab) -> anyhow::Result<String> {
+    lab.shell(
+        &lab.net.broker,
+        &["wg", "show", &lab.broker_interface, "allowed-ips"],
+    )
+}
+
+#[test]
+fn a_server_gets_a_prefix_reaches_the_internet_renews_and_survives_a_stale_answer() {
+    lab_test("story", async |lab: &mut Lab| {
+        lab.start_broker()?;
+        let prefix = lab.connect(1)?;
+        lab.check_traffic(1)?;
+        let files = lab.allocation(1)?;
+        let contract: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            lab.servers[0].config_dir.join("broker-contract.json"),
+        )?)?;
+        ensure!(
+            field(&contract, "requests_contract")?
+                .eq_ignore_ascii_case(&lab.chain.requests.to_string()),
+            "broker-contract.json names another contract: {contract}"
+        );
+        ensure!(
+            field(&contract, "broker_pubkey")? == hex::encode(lab.chain.ecies_public),
+            "{contract}"
+        );
+
+        // Renewal: a new WireGuard key, the same prefix, the tunnel back.
+        let old_key = field(&files, "wg_public_key")?;
+        lab.client(1, &["renew"])?;
+        let renewed = lab.allocation(1)?;
+        let new_key = field(&renewed, "wg_public_key")?;
+        ensure!(
+            lab.prefix(1)? == prefix,
+            "renew changed the prefix: {renewed}"
+        );
+        ensure!(new_key != old_key, "renew kept the WireGuard key");
+        let peers = broker_peers(lab)?;
+        ensure!(
+            peers.contains(&new_key) && !peers.contains(&old_key),
+            "the broker's peers after renew:\n{peers}"
+        );
+        lab.check_traffic(1)?;
+
+        // A stale answer (one framed for another request, as after a
+        // reinstall): the client notices and asks again by itself; the
+        // broker, back up, answers the new request with the same prefix.
+        lab.stop_broker()?;
+        let requests = BrokerRequests::new(
+            lab.chain.requests,
+            ProviderBuilder::new()
+                .wallet(EthereumWallet::from(lab.chain.operator.clone()))
+                .connect_http(lab.chain.rpc_url.parse()?),
+        );
+        let count = || async { anyhow::Ok(requests.getRequestCount().call().await?.to::<u64>()) };
+        let before = count().await?;
+        let nft = lab.servers[0].nft.to_string();
+        let args = ["request", "--nft-contract", &nft, "--force"];
+        let client = lab.spawn_client(1, &args)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count().await? == before {
+            ensure!(Instant::now() < deadline, "the client submitted no request");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let stale_id = before + 1;
+        let junk = protocol::encrypt(&lab.chain.ecies_public, b"not for you")?;
+        let receipt = requests
+            .submitResponse(
+                U256::from(stale_id),
+                protocol::frame_response(stale_id + 7, &junk).into(),
+            )
+            .send()
+            .await?
+            .get_receipt()
+            .await?;
+        ensure!(receipt.status(), "the stale answer reverted");
+        while count().await? == stale_id {
+            ensure!(
+                Instant::now() < deadline,
+                "the client did not ask again after a stale answer"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lab.start_broker()?;
+        let out = lab.finish_client(1, &args, client)?;
+        ensure!(
+            out.stderr.contains("stale answer"),
+            "the client did not report the stale answer:\n{}",
+            out.stderr
+        );
+        let again = lab.allocation(1)?;
+        ensure!(
+            again["request_id"].as_u64() == Some(stale_id + 1),
+            "the allocation is not the new request's: {again}"
+        );
+        ensure!(
+            lab.prefix(1)? == prefix,
+            "the re-request changed the prefix: {again}"
+        );
+        lab.client(1, &["install"])?;
+        lab.check_traffic(1)?;
+
+        lab.stop_broker()?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_released_prefix_goes_to_the_next_server_and_two_servers_work_at_once() {
+    lab_test("two", async |lab: &mut Lab| {
+        lab.start_broker()?;
+        let first = lab.connect(1)?;
+        lab.client(1, &["release", "--cleanup-wg"])?;
+        ensure!(
+            !lab.servers[0]
+                .config_dir
+                .join("broker-allocation.json")
+                .exists(),
+            "release left broker-allocation.json"
+        );
+        lab.wait_broker_log(&["released:", &first.to_string()], Duration::from_secs(30))?;
+        let peers = broker_peers(lab)?;
+        ensure!(peers.trim().is_empty(), "peers after the release:\n{peers}");
+
+        let second = lab.connect(2)?;
+        ensure!(
+            second == first,
+            "the released {first} was not reused: server2 got {second}"
+        );
+        lab.check_traffic(2)?;
+
+        let third = lab.connect(1)?;
+        if third == second {
+            bail!("server1 got server2's prefix {second}");
+        }
+        lab.check_traffic(1)?;
+        lab.check_traffic(2)?;
+        lab.stop_broker()?;
+        Ok(())
+    });
+}
