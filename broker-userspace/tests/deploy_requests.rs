@@ -31,7 +31,9 @@ struct Anvil {
 
 impl Anvil {
     async fn start() -> Self {
-        let (child, url) = DevChain::start_anvil(None).await.expect("anvil starts");
+        let (child, url) = DevChain::start_anvil(std::net::Ipv4Addr::LOCALHOST.into(), None)
+            .await
+            .expect("anvil starts");
         Anvil { child, url }
     }
 

@@ -4,7 +4,6 @@
 //! (or BBT_DAEMON_LOGS is set), the log is printed then.
 
 use std::{
-    io::Read as _,
     os::unix::process::ExitStatusExt as _,
     path::Path,
     process::{Child, ExitStatus, Stdio},
@@ -13,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::netns::{BROKER_BIN, Netns};
+use super::netns::{BROKER_BIN, Netns, stream};
 
 pub struct DaemonProcess {
     label: String,
@@ -42,20 +41,7 @@ impl DaemonProcess {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped");
-        let sink = Arc::clone(&log);
-        let reader = thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (log, reader) = stream(child.stderr.take().expect("piped"));
         DaemonProcess {
             label: label.into(),
             child: Some(child),
