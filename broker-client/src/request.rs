@@ -1,0 +1,425 @@
+//! `request` and `renew`: submit an encrypted request (wire-protocol §3) to
+//! a broker, wait for its answer, resubmit on stale answers (a bounded
+//! number of times), move on to the next broker when one fails, and record
+//! the allocation (§7).
+
+use std::{path::Path, time::Duration};
+
+use alloy::primitives::Address;
+use anyhow::Context as _;
+use broker_contracts::{BrokerRequests, protocol::RequestPayload};
+use serde_json::json;
+
+use crate::{
+    chain::{Chain, ChainError, parse_address},
+    cli::{Global, RenewArgs, RequestArgs},
+    files::{self, Allocation, BrokerContract},
+    install,
+    keys::{self, ServerKey, WgKeys},
+    registry::{self, ecies_key_from_hex},
+    response::{Outcome, Wait},
+};
+
+/// A broker as far as a request needs it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub broker_id: u64,
+    pub requests_contract: Address,
+    pub ecies_key: [u8; 65],
+}
+
+impl Target {
+    fn label(&self) -> String {
+        if self.broker_id == 0 {
+            format!("the broker at {}", self.requests_contract)
+        } else {
+            format!("broker #{}", self.broker_id)
+        }
+    }
+}
+
+/// Everything that stays the same across attempts.
+struct Session<'a> {
+    chain: &'a Chain,
+    nft: Address,
+    server: &'a ServerKey,
+    timeout: Duration,
+    poll: Duration,
+    attempts: u32,
+}
+
+/// Why a broker gave no allocation.
+struct Failure {
+    reason: String,
+    /// A request of ours may still be pending there.
+    pending: bool,
+}
+
+pub fn durations(global: &Global) -> anyhow::Result<(Duration, Duration)> {
+    let secs = |what: &str, v: f64| {
+        Duration::try_from_secs_f64(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("--{what} must be a positive number of seconds, not {v}"))
+    };
+    Ok((
+        secs("timeout", global.timeout)?,
+        secs("poll-interval", global.poll_interval)?,
+    ))
+}
+
+pub async fn request(
+    global: &Global,
+    args: &RequestArgs,
+    chain: &Chain,
+    registry_contract: Address,
+) -> anyhow::Result<()> {
+    let config_dir = &global.config_dir;
+    if !args.force
+        && let Some(existing) = files::read_allocation(config_dir)?
+    {
+        anyhow::bail!(
+            "{} already holds prefix {} (request {}): use `renew` to change its key, `release` to give it up, or --force",
+            files::allocation_path(config_dir).display(),
+            existing.prefix,
+            existing.request_id
+        );
+    }
+    if args.attempts == 0 {
+        anyhow::bail!("--attempts must be at least 1");
+    }
+    let (timeout, poll) = durations(global)?;
+    chain
+        .require_contract("the NFT contract", args.nft_contract)
+        .await?;
+    let server = keys::server_key(config_dir)?;
+    let brokers = registry::list(chain, registry_contract).await?;
+    let (candidates, skipped) =
+        registry::candidates(&brokers, args.region.as_deref(), args.broker_id)?;
+    for reason in skipped {
+        eprintln!("skipping broker {reason}");
+    }
+    let session = Session {
+        chain,
+        nft: args.nft_contract,
+        server: &server,
+        timeout,
+        poll,
+        attempts: args.attempts,
+    };
+    let mut failures = Vec::new();
+    for (i, broker) in candidates.iter().enumerate() {
+        let target = Target {
+            broker_id: broker.id,
+            requests_contract: broker.requests_contract,
+            ecies_key: broker.ecies_key().expect("candidates have valid keys"),
+        };
+        eprintln!(
+            "trying broker #{} (region {:?}, requests contract {})",
+            broker.id, broker.region, broker.requests_contract
+        );
+        match session.obtain(&target).await {
+            Ok(allocation) => return finish(config_dir, &target, &allocation, None),
+            Err(failure) => {
+                let more = i + 1 < candidates.len();
+                eprintln!(
+                    "broker #{} failed: {}{}",
+                    broker.id,
+                    failure.reason,
+                    if more { "; trying the next broker" } else { "" }
+                );
+                if failure.pending {
+                    session.withdraw(&target).await;
+                }
+                failures.push(format!("#{}: {}", broker.id, failure.reason));
+            }
+        }
+    }
+    anyhow::bail!("no broker gave an allocation: {}", failures.join("; "))
+}
+
+pub async fn renew(
+    global: &Global,
+    args: &RenewArgs,
+    chain: &Chain,
+    registry_contract: Option<Address>,
+) -> anyhow::Result<()> {
+    let config_dir = &global.config_dir;
+    let (timeout, poll) = durations(global)?;
+    if args.attempts == 0 {
+        anyhow::bail!("--attempts must be at least 1");
+    }
+    let (old, contract) = current(config_dir)?;
+    let nft = parse_address("nft_contract in the allocation file", &old.nft_contract)?;
+    let requests = parse_address(
+        "requests_contract in broker-contract.json",
+        &contract.requests_contract,
+    )?;
+    let mut ecies_key = ecies_key_from_hex(&contract.broker_pubkey).with_context(|| {
+        format!(
+            "broker_pubkey in {} is not a secp256k1 public key",
+            files::contract_path(config_dir).display()
+        )
+    })?;
+    // The broker may have rotated its key since: the registry has the
+    // current one.
+    if let Some(registry_contract) = registry_contract
+        && contract.broker_id != 0
+    {
+        let brokers = registry::list(chain, registry_contract).await?;
+        match brokers.iter().find(|b| b.id == contract.broker_id) {
+            Some(b) if b.requests_contract == requests => {
+                if let Some(key) = b.ecies_key() {
+                    ecies_key = key;
+                }
+            }
+            _ => eprintln!(
+                "note: broker #{} of the registry is not the one of {}; using the recorded key",
+                contract.broker_id,
+                files::contract_path(config_dir).display()
+            ),
+        }
+    }
+    let server = keys::server_key(config_dir)?;
+    let target = Target {
+        broker_id: contract.broker_id,
+        requests_contract: requests,
+        ecies_key,
+    };
+    let session = Session {
+        chain,
+        nft,
+        server: &server,
+        timeout,
+        poll,
+        attempts: args.attempts,
+    };
+    eprintln!(
+        "renewing prefix {} with {} (new WireGuard key)",
+        old.prefix,
+        target.label()
+    );
+    let allocation = session
+        .obtain(&target)
+        .await
+        .map_err(|f| anyhow::anyhow!("{} failed: {}", target.label(), f.reason))?;
+    if allocation.prefix != old.prefix {
+        eprintln!(
+            "note: the broker answered with prefix {}, not {}",
+            allocation.prefix, old.prefix
+        );
+    }
+    finish(config_dir, &target, &allocation, Some(&old))?;
+    // An installed tunnel must follow the new key, or it stops working.
+    let conf = install::conf_path(&args.tunnel)?;
+    if conf.exists() {
+        eprintln!("updating the installed tunnel {}", conf.display());
+        install::apply(&args.tunnel, &allocation, None).await?;
+    }
+    Ok(())
+}
+
+/// The allocation and broker files, both required.
+pub fn current(config_dir: &Path) -> anyhow::Result<(Allocation, BrokerContract)> {
+    let allocation = files::read_allocation(config_dir)?.with_context(|| {
+        format!(
+            "no allocation: {} does not exist (run `request` first)",
+            files::allocation_path(config_dir).display()
+        )
+    })?;
+    let contract = files::read_contract(config_dir)?.with_context(|| {
+        format!(
+            "{} does not exist (run `request` first)",
+            files::contract_path(config_dir).display()
+        )
+    })?;
+    Ok((allocation, contract))
+}
+
+/// Writes both files and prints the result on stdout (one JSON line).
+fn finish(
+    config_dir: &Path,
+    target: &Target,
+    allocation: &Allocation,
+    previous: Option<&Allocation>,
+) -> anyhow::Result<()> {
+    let contract = BrokerContract {
+        requests_contract: target.requests_contract.to_string(),
+        broker_pubkey: hex::encode(target.ecies_key),
+        broker_id: target.broker_id,
+    };
+    let path = files::write_allocation(config_dir, allocation)?;
+    files::write_contract(config_dir, &contract)?;
+    eprintln!(
+        "allocated {} (gateway {}, endpoint {}); wrote {}",
+        allocation.prefix,
+        allocation.gateway,
+        allocation.broker_endpoint,
+        path.display()
+    );
+    let mut summary = json!({
+        "prefix": allocation.prefix,
+        "gateway": allocation.gateway,
+        "tunnel_address": install::tunnel_address(&allocation.prefix)?.to_string(),
+        "broker_endpoint": allocation.broker_endpoint,
+        "broker_id": target.broker_id,
+        "requests_contract": contract.requests_contract,
+        "request_id": allocation.request_id,
+        "wg_public_key": allocation.wg_public_key,
+    });
+    if let Some(old) = previous {
+        summary["previous_request_id"] = json!(old.request_id);
+        summary["prefix_kept"] = json!(old.prefix == allocation.prefix);
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+impl Session<'_> {
+    /// Requests from one broker until it answers, gives a non-stale
+    /// failure, or `attempts` answers were stale.
+    async fn obtain(&self, target: &Target) -> Result<Allocation, Failure> {
+        let wg = WgKeys::generate();
+        let payload = RequestPayload {
+            wg_pubkey: wg.public.to_base64(),
+            nft_contract: self.nft.to_string(),
+            server_pubkey: self.server.public_hex(),
+        }
+        .to_json();
+        let mut stale = Vec::new();
+        for attempt in 1..=self.attempts {
+            let request_id = self.submit(target, payload.as_bytes()).await.map_err(|e| {
+                Failure {
+                    reason: e,
+                    // A failed submission leaves an earlier attempt's
+                    // request as the NFT contract's current one.
+                    pending: attempt > 1,
+                }
+            })?;
+            let wait = Wait {
+                chain: self.chain,
+                requests: target.requests_contract,
+                request_id,
+                server_secret: &self.server.secret,
+                timeout: self.timeout,
+                poll: self.poll,
+                label: &target.label(),
+            };
+            match wait.run().await {
+                Outcome::Answer(answer) => {
+                    let broker_wallet = self.answerer(target).await;
+                    let p = answer.payload;
+                    return Ok(Allocation {
+                        prefix: answer.prefix.to_string(),
+                        gateway: p.gateway,
+                        broker_pubkey: p.broker_pubkey,
+                        broker_endpoint: p.broker_endpoint,
+                        nft_contract: self.nft.to_string(),
+                        request_id,
+                        wg_private_key: wg.private.to_base64(),
+                        wg_public_key: wg.public.to_base64(),
+                        allocated_at: files::now_iso8601(),
+                        broker_wallet,
+                        dns_zone: p.dns_zone.unwrap_or_default(),
+                    });
+                }
+                Outcome::Stale(reason) | Outcome::Ended(reason) => {
+                    eprintln!(
+                        "stale answer to request {request_id}: {reason}{}",
+                        if attempt < self.attempts {
+                            format!(
+                                "; submitting a new request (attempt {} of {})",
+                                attempt + 1,
+                                self.attempts
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                    stale.push(reason);
+                }
+                Outcome::Bad(reason) => {
+                    return Err(Failure {
+                        reason: format!("unusable answer to request {request_id}: {reason}"),
+                        pending: false,
+                    });
+                }
+                Outcome::Timeout => {
+                    return Err(Failure {
+                        reason: format!(
+                            "no answer to request {request_id} within {:.0}s",
+                            self.timeout.as_secs_f64()
+                        ),
+                        pending: true,
+                    });
+                }
+            }
+        }
+        Err(Failure {
+            reason: format!(
+                "{} requests, no valid answer (last: {})",
+                self.attempts,
+                stale.last().map(String::as_str).unwrap_or("none")
+            ),
+            pending: true,
+        })
+    }
+
+    /// `submitRequest(nft, ECIES(payload))`; the new request's id.
+    async fn submit(&self, target: &Target, payload: &[u8]) -> Result<u64, String> {
+        let ciphertext = broker_contracts::protocol::encrypt(&target.ecies_key, payload)
+            .map_err(|e| format!("encrypting the request: {e}"))?;
+        let contract = BrokerRequests::new(target.requests_contract, self.chain.provider());
+        let tx = contract
+            .submitRequest(self.nft, ciphertext.into())
+            .into_transaction_request();
+        let receipt = self
+            .chain
+            .transact("submitRequest", tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        let event = receipt
+            .decoded_log::<BrokerRequests::RequestSubmitted>()
+            .ok_or("submitRequest: no RequestSubmitted event in the receipt")?;
+        let id = u64::try_from(event.requestId)
+            .map_err(|_| format!("request id {} does not fit 64 bits", event.requestId))?;
+        eprintln!(
+            "submitted request {id} to {} (transaction {})",
+            target.label(),
+            receipt.transaction_hash
+        );
+        Ok(id)
+    }
+
+    /// The account that answers for the broker: the requests contract's
+    /// owner (only it may call submitResponse). Empty when unreadable.
+    async fn answerer(&self, target: &Target) -> String {
+        let contract = BrokerRequests::new(target.requests_contract, self.chain.provider());
+        match self.chain.view("owner", contract.owner().call()).await {
+            Ok(owner) => owner.to_string(),
+            Err(e) => {
+                eprintln!("note: reading the broker's wallet: {e}");
+                String::new()
+            }
+        }
+    }
+
+    /// Ends a request left pending at a broker we give up on, so a late
+    /// answer cannot give the NFT contract a second allocation.
+    async fn withdraw(&self, target: &Target) {
+        let contract = BrokerRequests::new(target.requests_contract, self.chain.provider());
+        let tx = contract
+            .releaseOwnAllocation(self.nft)
+            .into_transaction_request();
+        match self.chain.transact("releaseOwnAllocation", tx).await {
+            Ok(_) => eprintln!("withdrew the pending request at {}", target.label()),
+            Err(e @ ChainError::Reverted { .. }) => {
+                eprintln!("note: nothing to withdraw at {}: {e}", target.label())
+            }
+            Err(e) => eprintln!(
+                "warning: could not withdraw the pending request at {}: {e}",
+                target.label()
+            ),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `install` for real, as root, in network namespaces: a "broker" namespace
+//! with a wireguard-go interface standing in for the broker (its WireGuard
+//! key, the gateway address, a route to the allocated prefix), joined by a
+//! veth to a "server" namespace where the client runs `install` (wg-quick,
+//! falling back to wireguard-go without the kernel module) from an
+//! allocation file, then `release`-free clean-up through the guards.
+
+mod support;
+
+use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Instant};
+
+use support::{
+    CLIENT_BIN, Run,
+    netns::{Netns, WireguardGo, unique_name},
+    write_file,
+};
+use wireguard_control::Key;
+
+const PREFIX: &str = "2001:db8:0:1::100/120";
+const GATEWAY: &str = "2001:db8:0:1::2";
+
+fn missing_tools() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "wg", "wg-quick", "wireguard-go", "ping"] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
+    if let Some(why) = missing_tools() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let started = Instant::now();
+    let broker_ns = Netns::new("b");
+    let server_ns = Netns::new("s");
+    let veth_b = "veth-b";
+    broker_ns.ip(&[
+        "link",
+        "add",
+        veth_b,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-s",
+        "netns",
+        server_ns.name(),
+    ]);
+    broker_ns.ip(&["link", "set", veth_b, "up"]);
+    server_ns.ip(&["link", "set", "veth-s", "up"]);
+    broker_ns.ip(&["-6", "addr", "add", "fd00:bb::1/64", "dev", veth_b, "nodad"]);
+    server_ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:bb::2/64",
+        "dev",
+        "veth-s",
+        "nodad",
+    ]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker_key = Key::generate_private();
+    let client_key = Key::generate_private();
+
+    // The broker's end: wireguard-go, its key from a 0600 file, the client
+    // as a peer allowed the prefix, the gateway address, a route.
+    let broker_if = unique_name("b");
+    let _broker_wg = WireguardGo::guard(&broker_ns, &broker_if);
+    let mut start = broker_ns.command("wireguard-go");
+    start.arg(&broker_if).env_remove("WG_PROCESS_FOREGROUND");
+    support::netns::run_ok(&mut start);
+    let key_file = dir.path().join("broker-wg.key");
+    write_file(&key_file, &broker_key.to_base64(), 0o600);
+    broker_ns.exec_ok(
+        "wg",
+        &[
+            "set",
+            &broker_if,
+            "listen-port",
+            "51820",
+            "private-key",
+            key_file.to_str().unwrap(),
+            "peer",
+            &client_key.get_public().to_base64(),
+            "allowed-ips",
+            PREFIX,
+        ],
+    );
+    broker_ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{GATEWAY}/128"),
+        "dev",
+        &broker_if,
+        "nodad",
+    ]);
+    broker_ns.ip(&["link", "set", &broker_if, "up"]);
+    broker_ns.ip(&["-6", "route", "add", PREFIX, "dev", &broker_if]);
+
+    // The server's end: the allocation file as `request` writes it.
+    let config_dir = dir.path().join("etc");
+    std::fs::create_dir(&config_dir).unwrap();
+    let allocation = serde_json::json!({
+        "prefix": PREFIX,
+        "gateway": GATEWAY,
+        "broker_pubkey": broker_key.get_public().to_base64(),
+        "broker_endpoint": "[fd00:bb::1]:51820",
+        "nft_contract": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+        "request_id": 1,
+        "wg_private_key": client_key.to_base64(),
+        "wg_public_key": client_key.get_public().to_base64(),
+        "allocated_at": "2026-11-03T18:34:23+00:00",
+        "broker_wallet": "",
+        "dns_zone": "",
+    });
+    write_file(
+        &config_dir.join("broker-allocation.json"),
+        &serde_json::to_string_pretty(&allocation).unwrap(),
+        0o640,
+    );
+    let wg_dir = dir.path().join("wireguard");
+    let client_if = unique_name("s");
+    let _client_wg = WireguardGo::guard(&server_ns, &client_if);
+
+    let mut cmd = server_ns.command(CLIENT_BIN);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BLOCKHOST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["install", "--interface", &client_if])
+        .arg("--config-dir")
+        .arg(&config_dir)
+        .arg("--wg-config-dir")
+        .arg(&wg_dir)
+        .args(["--service-manager", "direct", "--check-timeout", "20"]);
+    let run: Run = support::run(cmd).await;
+    let out = run.ok().json();
+    assert_eq!(out["mode"], "direct");
+    assert_eq!(out["gateway_answers"], true, "{}", run.stderr);
+    assert_eq!(out["address"], "2001:db8:0:1::101");
+    assert!(run.stderr.contains("brought"), "{}", run.stderr);
+
+    let conf = wg_dir.join(format!("{client_if}.conf"));
+    assert_eq!(mode(&conf), 0o600);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("Address = 2001:db8:0:1::101/128"), "{text}");
+    assert!(text.contains("AllowedIPs = ::/0"), "{text}");
+    assert!(text.contains("PersistentKeepalive = 25"), "{text}");
+    // The tunnel address is on the interface, and the broker saw a handshake.
+    let addrs = server_ns.ip(&["-6", "addr", "show", "dev", &client_if]);
+    assert!(addrs.contains("2001:db8:0:1::101/128"), "{addrs}");
+    let handshakes = broker_ns.exec_ok("wg", &["show", &broker_if, "latest-handshakes"]);
+    let handshakes = String::from_utf8_lossy(&handshakes.stdout);
+    assert!(
+        handshakes
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|t| t != "0"),
+        "{handshakes}"
+    );
+
+    // Installing again replaces the running tunnel (as after `renew`).
+    let mut again = server_ns.command(CLIENT_BIN);
+    again
+        .args(["install", "--interface", &client_if])
+        .arg("--config-dir")
+        .arg(&config_dir)
+        .arg("--wg-config-dir")
+        .arg(&wg_dir)
+        .args(["--service-manager", "direct", "--check-timeout", "20"]);
+    let again = support::run(again).await;
+    assert_eq!(again.ok().json()["gateway_answers"], true);
+    eprintln!(
+        "install_brings_the_tunnel_up_and_the_gateway_answers: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
