@@ -7,67 +7,66 @@
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Instant};
-
-use support::{
-    CLIENT_BIN, Run,
-    netns::{Netns, WireguardGo, unique_name},
-    write_file,
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Instant,
 };
+
+use broker_lab::{
+    netns::{Netns, run, veth},
+    process::stop_wireguard_go,
+};
+use support::{CLIENT_BIN, Run, write_file};
 use wireguard_control::Key;
+
+/// `bbt-<pid in hex>-<n><tag>`: unique across test processes, at most 15
+/// characters (an interface name; the UAPI sockets under
+/// /var/run/wireguard are shared by every namespace).
+fn unique_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("bbt-{:x}-{n}{tag}", std::process::id());
+    assert!(name.len() <= 15, "{name} is too long for an interface");
+    name
+}
+
+/// Stops a wireguard-go interface when dropped, also when the test fails.
+struct WireguardGo(String);
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        stop_wireguard_go(&self.0);
+    }
+}
 
 const PREFIX: &str = "2001:db8:0:1::100/120";
 const GATEWAY: &str = "2001:db8:0:1::2";
 
-fn missing_tools() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
+/// `cargo xtask setup` installs them; a missing one fails the test.
+fn check_tools() {
     for tool in ["ip", "wg", "wg-quick", "wireguard-go", "ping"] {
         let found = std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
+        assert!(found, "{tool} is not installed: run `cargo xtask setup`");
     }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
-    if let Some(why) = missing_tools() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    check_tools();
     let started = Instant::now();
-    let broker_ns = Netns::new("b");
-    let server_ns = Netns::new("s");
+    let broker_ns = Netns::new(&unique_name("b"), false).unwrap();
+    let server_ns = Netns::new(&unique_name("s"), false).unwrap();
     let veth_b = "veth-b";
-    broker_ns.ip(&[
-        "link",
-        "add",
-        veth_b,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-s",
-        "netns",
-        server_ns.name(),
-    ]);
-    broker_ns.ip(&["link", "set", veth_b, "up"]);
-    server_ns.ip(&["link", "set", "veth-s", "up"]);
-    broker_ns.ip(&["-6", "addr", "add", "fd00:bb::1/64", "dev", veth_b, "nodad"]);
-    server_ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd00:bb::2/64",
-        "dev",
-        "veth-s",
-        "nodad",
-    ]);
+    veth(&broker_ns, veth_b, &server_ns, "veth-s").unwrap();
+    broker_ns
+        .ip(&["-6", "addr", "add", "fd00:bb::1/64", "dev", veth_b])
+        .unwrap();
+    server_ns
+        .ip(&["-6", "addr", "add", "fd00:bb::2/64", "dev", "veth-s"])
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let broker_key = Key::generate_private();
@@ -76,38 +75,39 @@ async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
     // The broker's end: wireguard-go, its key from a 0600 file, the client
     // as a peer allowed the prefix, the gateway address, a route.
     let broker_if = unique_name("b");
-    let _broker_wg = WireguardGo::guard(&broker_ns, &broker_if);
+    let _broker_wg = WireguardGo(broker_if.clone());
     let mut start = broker_ns.command("wireguard-go");
     start.arg(&broker_if).env_remove("WG_PROCESS_FOREGROUND");
-    support::netns::run_ok(&mut start);
+    run(&mut start).unwrap();
     let key_file = dir.path().join("broker-wg.key");
     write_file(&key_file, &broker_key.to_base64(), 0o600);
-    broker_ns.exec_ok(
-        "wg",
-        &[
-            "set",
-            &broker_if,
-            "listen-port",
-            "51820",
-            "private-key",
-            key_file.to_str().unwrap(),
-            "peer",
-            &client_key.get_public().to_base64(),
-            "allowed-ips",
-            PREFIX,
-        ],
-    );
-    broker_ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{GATEWAY}/128"),
-        "dev",
+    run(broker_ns.command("wg").args([
+        "set",
         &broker_if,
-        "nodad",
-    ]);
-    broker_ns.ip(&["link", "set", &broker_if, "up"]);
-    broker_ns.ip(&["-6", "route", "add", PREFIX, "dev", &broker_if]);
+        "listen-port",
+        "51820",
+        "private-key",
+        key_file.to_str().unwrap(),
+        "peer",
+        &client_key.get_public().to_base64(),
+        "allowed-ips",
+        PREFIX,
+    ]))
+    .unwrap();
+    for args in [
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{GATEWAY}/128"),
+            "dev",
+            &broker_if,
+        ][..],
+        &["link", "set", &broker_if, "up"],
+        &["-6", "route", "add", PREFIX, "dev", &broker_if],
+    ] {
+        broker_ns.ip(args).unwrap();
+    }
 
     // The server's end: the allocation file as `request` writes it.
     let config_dir = dir.path().join("etc");
@@ -132,7 +132,7 @@ async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
     );
     let wg_dir = dir.path().join("wireguard");
     let client_if = unique_name("s");
-    let _client_wg = WireguardGo::guard(&server_ns, &client_if);
+    let _client_wg = WireguardGo(client_if.clone());
 
     let mut cmd = server_ns.command(CLIENT_BIN);
     for (k, _) in std::env::vars_os() {
@@ -146,12 +146,12 @@ async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
         .arg("--wg-config-dir")
         .arg(&wg_dir)
         .args(["--service-manager", "direct", "--check-timeout", "20"]);
-    let run: Run = support::run(cmd).await;
-    let out = run.ok().json();
+    let installed: Run = support::run(cmd).await;
+    let out = installed.ok().json();
     assert_eq!(out["mode"], "direct");
-    assert_eq!(out["gateway_answers"], true, "{}", run.stderr);
+    assert_eq!(out["gateway_answers"], true, "{}", installed.stderr);
     assert_eq!(out["address"], "2001:db8:0:1::101");
-    assert!(run.stderr.contains("brought"), "{}", run.stderr);
+    assert!(installed.stderr.contains("brought"), "{}", installed.stderr);
 
     let conf = wg_dir.join(format!("{client_if}.conf"));
     assert_eq!(mode(&conf), 0o600);
@@ -160,9 +160,14 @@ async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
     assert!(text.contains("AllowedIPs = ::/0"), "{text}");
     assert!(text.contains("PersistentKeepalive = 25"), "{text}");
     // The tunnel address is on the interface, and the broker saw a handshake.
-    let addrs = server_ns.ip(&["-6", "addr", "show", "dev", &client_if]);
+    let addrs = server_ns
+        .ip(&["-6", "addr", "show", "dev", &client_if])
+        .unwrap();
     assert!(addrs.contains("2001:db8:0:1::101/128"), "{addrs}");
-    let handshakes = broker_ns.exec_ok("wg", &["show", &broker_if, "latest-handshakes"]);
+    let handshakes = run(broker_ns
+        .command("wg")
+        .args(["show", &broker_if, "latest-handshakes"]))
+    .unwrap();
     let handshakes = String::from_utf8_lossy(&handshakes.stdout);
     assert!(
         handshakes

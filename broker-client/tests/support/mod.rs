@@ -30,8 +30,6 @@ use ipnet::Ipv6Net;
 use serde_json::json;
 use wireguard_control::Key;
 
-pub mod netns;
-
 pub const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_broker-client");
 /// anvil account of the BlockHost server's wallet.
 pub const CLIENT: usize = 2;
