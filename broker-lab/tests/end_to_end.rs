@@ -185,6 +185,11 @@ fn a_released_prefix_goes_to_the_next_server_and_two_servers_work_at_once() {
                 .exists(),
             "release left broker-allocation.json"
         );
+        let interface = &lab.servers[0].interface;
+        ensure!(
+            lab.net.servers[0].ip(&["link", "show", interface]).is_err(),
+            "release --cleanup-wg left the tunnel {interface} up"
+        );
         lab.wait_broker_log(&["released:", &first.to_string()], Duration::from_secs(30))?;
         let peers = broker_peers(lab)?;
         ensure!(peers.trim().is_empty(), "peers after the release:\n{peers}");
