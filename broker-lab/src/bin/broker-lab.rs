@@ -67,7 +67,7 @@ fn demo(exit: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(run(exit));
-    println!("\n\x1b[1mTearing down\x1b[0m (namespaces, processes, pins, files)");
+    println!("\nTearing down (namespaces, processes, pins, files)");
     let _ = fs::remove_dir_all(DIR);
     result
 }
@@ -111,7 +111,8 @@ fn try_it_yourself(lab: &Lab, server: String) {
     let broker = lab.binary("blockhost-broker").display().to_string();
     let client = lab.binary("broker-client").display().to_string();
     let [server1, server2] = [&lab.servers[0], &lab.servers[1]];
-    println!("\n\x1b[1mTry it yourself\x1b[0m (as root, in another terminal)");
+    lab.narrator
+        .heading("Try it yourself (as root, in another terminal)");
     println!(
         "  export BLOCKHOST_RPC_URL={} BLOCKHOST_CHAIN_ID={} BLOCKHOST_REGISTRY_CONTRACT={}",
         lab.chain.rpc_url, lab.chain.chain_id, lab.chain.registry
