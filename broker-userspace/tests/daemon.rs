@@ -1589,7 +1589,8 @@ fn a_legacy_v1_contract_is_watched_beside_the_primary_one() {
     };
     lab_test(settings, async |lab: &mut Lab| {
         let v1 = lab.legacy.expect("a V1 contract");
-        lab.start_daemon();
+        lab.start_daemon()
+            .wait_log("set totalCapacity on chain", 1, secs(30));
         // The primary contract's capacity is the pool's (the broker's own
         // slot excepted); V1 has no capacity to keep.
         let capacity = BrokerRequests::new(lab.dev.requests, lab.wallet(0))
