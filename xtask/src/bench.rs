@@ -10,14 +10,14 @@ use crate::cmd;
 #[derive(Subcommand)]
 pub enum Bench {
     /// The NDP responder against the designs it replaces, on this machine:
-    /// 1. in-kernel cost per packet as allocations grow (BPF_PROG_TEST_RUN),
-    /// with the empty program as baseline; 2. answered solicitations per
-    /// second across a veth between two namespaces, for our responder
-    /// (native and generic XDP), the kernel's proxy_ndp with per-address
-    /// entries and ndppd; 3. resolution latency, multicast and unicast;
-    /// 4. time and memory to install 1,000 and 10,000 allocations, and how
-    /// much of each allocation is answered. Takes several minutes. Writes
-    /// target/bench/ndp.json, ndp.md and PNG plots, and prints a summary.
+    /// in-kernel cost per packet as allocations grow (BPF_PROG_TEST_RUN,
+    /// empty program as baseline); answered solicitations per second across
+    /// a veth between two namespaces for our responder (native and generic
+    /// XDP), the kernel's proxy_ndp with per-address entries and ndppd;
+    /// resolution latency, multicast and unicast; time and memory to install
+    /// 1,000 and 10,000 allocations and how much of each is answered. Takes
+    /// several minutes. Writes target/bench/ndp.json, ndp.md and PNG plots,
+    /// and prints a summary.
     Ndp {
         /// Allocation size the map is filled with (49..=128, inside a /48).
         #[arg(long, default_value_t = 120)]

@@ -27,9 +27,11 @@ pub struct Plan {
     /// Allocations every design answers for in the link lab.
     pub allocations: usize,
     pub flood: Duration,
-    /// After the flood, before the final count: the kernel proxy's answers
-    /// come up to 0.8 s late.
+    /// After sending, before the final count, for the kernel proxy: its
+    /// answers come up to 0.8 s (proxy_delay) late.
     pub drain: Duration,
+    /// The same for the other designs, which answer at once.
+    pub drain_prompt: Duration,
     pub coverage_samples: u64,
     /// Slow enough for the kernel proxy's 64-deep delay queue.
     pub coverage_rate: f64,
@@ -44,6 +46,7 @@ impl Plan {
             allocations: 100,
             flood: Duration::from_secs(3),
             drain: Duration::from_millis(1200),
+            drain_prompt: Duration::from_millis(300),
             coverage_samples: 256,
             coverage_rate: 50.0,
             sweep_max: 1 << 20,
@@ -56,10 +59,21 @@ impl Plan {
             allocations: 16,
             flood: Duration::from_millis(500),
             drain: Duration::from_millis(1000),
+            drain_prompt: Duration::from_millis(200),
             coverage_samples: 32,
             coverage_rate: 50.0,
             sweep_max: 1 << 20,
             sweep_rate: 10_000.0,
+        }
+    }
+}
+
+impl Plan {
+    pub fn drain_for(&self, design: Design) -> Duration {
+        if design == Design::KernelProxy {
+            self.drain
+        } else {
+            self.drain_prompt
         }
     }
 }
@@ -120,7 +134,7 @@ pub fn flood(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Rate> {
         },
     )?;
     let answered_at_stop = lab.counter.advertisements()? - before;
-    std::thread::sleep(plan.drain);
+    std::thread::sleep(plan.drain_for(lab.design));
     let answered = lab.counter.advertisements()? - before;
     let ours_after = lab.responder_counters()?;
     let (responder_seen, responder_answered) = match (ours_before, ours_after) {
@@ -165,7 +179,8 @@ fn paced(
 /// Random addresses of the allocations, at a pace every design keeps up with.
 pub fn coverage(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Coverage> {
     let frames = random_targets(lab, plan.coverage_samples as usize, 2);
-    paced(lab, &frames, plan.coverage_rate, plan.drain)
+    let drain = plan.drain_for(lab.design);
+    paced(lab, &frames, plan.coverage_rate, drain)
 }
 
 /// Every address of every allocation once (None when there are too many, or
@@ -185,7 +200,8 @@ pub fn sweep(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Option<Coverage>> {
             frames.push(Ns::multicast(host(*net, i)).frame());
         }
     }
-    paced(lab, &frames, plan.sweep_rate, plan.drain).map(Some)
+    let drain = plan.drain_for(lab.design);
+    paced(lab, &frames, plan.sweep_rate, drain).map(Some)
 }
 
 /// Everything measured in one design's link lab.

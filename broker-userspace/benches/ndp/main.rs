@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("--allocation-size must be 49..=128 (allocations inside a /48)");
     }
     let started = Instant::now();
+    let load_before = report::load_average();
     let (cost_plan, link_plan, latency_plan, provisioning_plan) = if full {
         (
             kernel_cost::Plan::full(allocation_size),
@@ -90,9 +91,11 @@ fn main() -> anyhow::Result<()> {
         link_allocations: link_plan.allocations,
         link_flood_seconds: link_plan.flood.as_secs_f64(),
         link_drain_seconds: link_plan.drain.as_secs_f64(),
+        link_drain_prompt_seconds: link_plan.drain_prompt.as_secs_f64(),
         link,
         provisioning,
         seconds: started.elapsed().as_secs_f64(),
+        load_average: (load_before, report::load_average()),
     };
     report.print_summary();
     if full {

@@ -219,6 +219,13 @@ fn bars_log(
             }
         })
         .y_desc(y_desc)
+        .y_label_formatter(&|v| {
+            if *v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v}")
+            }
+        })
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(err)?;

@@ -28,10 +28,23 @@ pub struct Report {
     pub link_allocations: usize,
     pub link_flood_seconds: f64,
     pub link_drain_seconds: f64,
+    pub link_drain_prompt_seconds: f64,
     pub link: Vec<DesignRun>,
     pub provisioning: Vec<Install>,
     /// The whole run, wall clock.
     pub seconds: f64,
+    /// The 1-minute load average when the run started and ended: the
+    /// machine may be shared, and other work there weighs on every figure.
+    pub load_average: (Option<f64>, Option<f64>),
+}
+
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub struct Machine {
@@ -372,7 +385,16 @@ impl Report {
         print!("{}", self.install_table());
         print!("{}", self.coverage_table());
         println!("{}", self.every_address_line());
-        println!("whole run: {:.0} s", self.seconds);
+        println!(
+            "whole run: {:.0} s; 1-minute load average at start {} and end {}",
+            self.seconds,
+            self.load_average
+                .0
+                .map_or("-".into(), |l| format!("{l:.2}")),
+            self.load_average
+                .1
+                .map_or("-".into(), |l| format!("{l:.2}")),
+        );
     }
 
     /// For the smoke run: every part produced numbers, and they are not
@@ -502,6 +524,7 @@ impl Report {
             },
             "full_run": self.full,
             "run_seconds": self.seconds,
+            "load_average_1min": {"start": self.load_average.0, "end": self.load_average.1},
             "allocation_size": self.allocation_size,
             "kernel_cost": {
                 "method": "BPF_PROG_TEST_RUN with in-kernel repeats, kernel-reported mean ns per packet, median of runs; answered and not-ours cases re-arm the frame from a map before each run and have that cost subtracted",
@@ -512,7 +535,8 @@ impl Report {
                 "method": "two network namespaces joined by a veth; AF_PACKET TX ring (TPACKET_V2, PACKET_QDISC_BYPASS) sends multicast NS for 4096 targets spread over the allocations; an XDP program on the generator's veth counts the NAs; answered counted after a drain period following the flood",
                 "allocations": self.link_allocations,
                 "flood_seconds": self.link_flood_seconds,
-                "drain_seconds": self.link_drain_seconds,
+                "drain_seconds_kernel_proxy": self.link_drain_seconds,
+                "drain_seconds_others": self.link_drain_prompt_seconds,
                 "rate_target": RATE_TARGET,
                 "designs": designs,
             },
@@ -541,9 +565,17 @@ impl Report {
         let _ = write!(
             md,
             "# NDP responder benchmark\n\nMachine: {}. Every figure below comes from one run of \
-             `cargo xtask bench ndp` ({:.0} s) on it; the raw numbers are in `ndp.json`.\n\n",
+             `cargo xtask bench ndp` ({:.0} s) on it; the raw numbers are in `ndp.json`. \
+             1-minute load average at the start and the end of the run: {} and {} (other work \
+             on the machine weighs on every figure).\n\n",
             self.machine.line(),
-            self.seconds
+            self.seconds,
+            self.load_average
+                .0
+                .map_or("-".into(), |l| format!("{l:.2}")),
+            self.load_average
+                .1
+                .map_or("-".into(), |l| format!("{l:.2}")),
         );
         let _ = write!(
             md,
@@ -567,7 +599,9 @@ impl Report {
              PACKET_QDISC_BYPASS on one core; an XDP program on the generator's veth counts the \
              advertisements that come back (it is also the XDP program native mode needs on the \
              peer veth; it runs in every design). Answers are counted until {:.1} s after the \
-             flood, since the kernel proxy answers late on purpose. Our responder runs in the \
+             flood for the kernel proxy, which answers late on purpose ({:.1} s for the others). \
+             The receiving side's work shares the two cores with the generator, so how fast a \
+             design takes solicitations off the link also sets the rate it is offered. Our responder runs in the \
              mode its row names (native = XDP driver mode on the veth, generic = SKB mode); the \
              kernel proxy has `proxy_ndp` on and 256 `ip -6 neigh add proxy` entries per \
              allocation (the old broker's design; default proxy_delay and proxy_qlen); ndppd \
@@ -576,6 +610,7 @@ impl Report {
             self.allocation_size,
             self.link_flood_seconds,
             self.link_drain_seconds,
+            self.link_drain_prompt_seconds,
             self.rate_table(),
             self.rate_target_line()
         );
@@ -597,7 +632,9 @@ impl Report {
              design).\n\n{}\n\nHow much of each allocation is answered, measured in the link labs \
              of part 2: solicitations for random addresses of the allocations at 50 a second \
              (slow enough for the kernel proxy's queue), and, where it takes seconds, every \
-             address of every allocation once at 10,000 a second.\n\n{}\n{}\n\n",
+             address of every allocation once at 10,000 a second (a design that answers fewer \
+             than that loses some there: for it, that column measures its rate, not its \
+             coverage).\n\n{}\n{}\n\n",
             self.allocation_size,
             self.install_table(),
             self.coverage_table(),
