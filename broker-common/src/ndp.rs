@@ -156,3 +156,13 @@ pub struct BenchFrame {
 #[cfg(feature = "user")]
 // SAFETY: a byte array.
 unsafe impl aya::Pod for BenchFrame {}
+
+/// Link benchmarks: `xdp_count_na` (broker-ebpf's `xdp-count-na` object)
+/// counts advertisements arriving on the solicitor's veth.
+pub const COUNT_PROGRAM_NAME: &str = "xdp_count_na";
+/// `PerCpuArray<u64>` of two: [`COUNT_NA`] and [`COUNT_OTHER`].
+pub const COUNT_MAP: &str = "NA_COUNTS";
+/// `Array<u32>`, one entry: nonzero passes advertisements to the kernel.
+pub const COUNT_PASS_MAP: &str = "NA_PASS";
+pub const COUNT_NA: u32 = 0;
+pub const COUNT_OTHER: u32 = 1;

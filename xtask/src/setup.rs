@@ -23,6 +23,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("wireguard-go", "WireGuard where the kernel has no module"),
     ("ndppd", "the ndppd peer in the NDP benchmark"),
+    ("fonts-dejavu-core", "the text of the NDP benchmark's plots"),
     (
         "nodejs",
         "the contracts' toolchain (forge, anvil, solc from npm)",

@@ -25,7 +25,7 @@ use ipnet::Ipv6Net;
 use crate::frames::{BROKER_MAC, Ns};
 
 /// The upstream prefix allocations are carved from.
-const UPSTREAM: u128 = 0x2001_0db8_0100_0000_0000_0000_0000_0000;
+pub const UPSTREAM: u128 = 0x2001_0db8_0100_0000_0000_0000_0000_0000;
 
 pub struct Plan {
     pub allocation_size: u8,
@@ -98,7 +98,7 @@ pub struct Point {
 
 /// The `i`-th allocation: indices are spread over the whole upstream by an
 /// odd multiplier, a bijection modulo 2^bits, so no two collide.
-fn allocation(i: u64, size: u8) -> Ipv6Net {
+pub fn allocation(i: u64, size: u8) -> Ipv6Net {
     let bits = u32::from(size) - 48;
     let index = u128::from(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) & ((1u128 << bits) - 1);
     let network = UPSTREAM | (index << (128 - u32::from(size)));
