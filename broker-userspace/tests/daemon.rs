@@ -1666,6 +1666,9 @@ fn a_fresh_database_starts_at_start_request_id_and_takes_a_bounded_number_per_po
         }
         // One new request per poll (1 s apart): 3, 4 and 5 take two polls
         // more than 3 alone; all in one poll would take a fraction of that.
+        // (The daemon logs an answer after its receipt, which can be after
+        // the test saw the request approved.)
+        lab.daemon().wait_log("answered contract=", 3, secs(10));
         let log = lab.daemon().log();
         let answered = |id: u64| {
             let line = log_line(&log, &["answered", &format!(" id={id}"), "tx=0x"])
