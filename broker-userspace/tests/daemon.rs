@@ -162,6 +162,15 @@ impl Client {
     }
 }
 
+/// What [`Lab::serve`] gives.
+struct Served {
+    client: Client,
+    nft: Address,
+    id: u64,
+    answer: ResponsePayload,
+    prefix: Ipv6Net,
+}
+
 // ---------------------------------------------------------------- the lab
 
 struct Settings {
@@ -522,6 +531,23 @@ max_requests_per_poll = {per_poll}
             .unwrap_or_else(|e| panic!("getRequest({id}): {e}"))
     }
 
+    /// A new server (anvil `account`, an NFT of its own) whose request the
+    /// daemon answered, the answer checked against the configuration.
+    async fn serve(&mut self, account: usize) -> Served {
+        let nft = self.nft(account).await;
+        let client = Client::new(account);
+        let id = self.request_tunnel(&client, nft).await;
+        let answer = self.wait_answer(id, &client, secs(30)).await;
+        let prefix = check_answer(self, &answer);
+        Served {
+            client,
+            nft,
+            id,
+            answer,
+            prefix,
+        }
+    }
+
     /// Polls `getRequest(id)` until it is Approved (at most `limit`) and
     /// reads the answer as the client does: the framed id must match, the
     /// rest decrypt with the client's key.
@@ -819,11 +845,13 @@ fn check_answer(lab: &Lab, answer: &ResponsePayload) -> Ipv6Net {
 fn a_request_is_answered_and_its_tunnel_carries_traffic() {
     lab_test(Settings::new("ans"), async |lab: &mut Lab| {
         lab.start_daemon();
-        let nft = lab.nft(CLIENT).await;
-        let client = Client::new(CLIENT);
-        let id = lab.request_tunnel(&client, nft).await;
-        let answer = lab.wait_answer(id, &client, secs(30)).await;
-        let prefix = check_answer(lab, &answer);
+        let Served {
+            client,
+            nft,
+            id,
+            answer,
+            prefix,
+        } = lab.serve(CLIENT).await;
 
         assert_eq!(
             lab.peers(),
@@ -869,11 +897,13 @@ fn a_request_is_answered_and_its_tunnel_carries_traffic() {
 fn a_new_request_of_the_same_nft_rotates_the_key_and_keeps_the_prefix() {
     lab_test(Settings::new("rot"), async |lab: &mut Lab| {
         lab.start_daemon();
-        let nft = lab.nft(CLIENT).await;
-        let first = Client::new(CLIENT);
-        let id1 = lab.request_tunnel(&first, nft).await;
-        let answer1 = lab.wait_answer(id1, &first, secs(30)).await;
-        let prefix = check_answer(lab, &answer1);
+        let Served {
+            client: first,
+            nft,
+            id: id1,
+            answer: answer1,
+            prefix,
+        } = lab.serve(CLIENT).await;
         lab.bring_up_tunnel(&first, &answer1);
         assert!(ping_within(&lab.net.server, GATEWAY, 10));
         lab.daemon().wait_log("tunnel up", 1, secs(15));
@@ -967,11 +997,12 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
             .await;
 
         // A valid request after them is answered.
-        let nft = lab.nft(OTHER_CLIENT).await;
-        let valid_client = Client::new(OTHER_CLIENT);
-        let valid = lab.request_tunnel(&valid_client, nft).await;
-        let answer = lab.wait_answer(valid, &valid_client, secs(30)).await;
-        let prefix = check_answer(lab, &answer);
+        let Served {
+            client: valid_client,
+            id: valid,
+            prefix,
+            ..
+        } = lab.serve(OTHER_CLIENT).await;
 
         // 5. A WireGuard key that another allocation holds.
         let nft = lab.nft(CLIENT).await;
@@ -1178,12 +1209,10 @@ fn a_tunnel_that_never_comes_up_is_released() {
     };
     lab_test(settings, async |lab: &mut Lab| {
         lab.start_daemon();
-        let nft = lab.nft(CLIENT).await;
-        let client = Client::new(CLIENT);
-        let id = lab.request_tunnel(&client, nft).await;
-        let answer = lab.wait_answer(id, &client, secs(30)).await;
+        let Served {
+            nft, id, prefix, ..
+        } = lab.serve(CLIENT).await;
         let answered = Instant::now();
-        let prefix = check_answer(lab, &answer);
         assert_eq!(lab.routes(), [prefix]);
 
         // The client never brings its tunnel up.
@@ -1236,11 +1265,9 @@ fn a_tunnel_that_never_comes_up_is_released() {
 fn a_restart_repairs_tampered_kernel_state() {
     lab_test(Settings::new("tamp"), async |lab: &mut Lab| {
         lab.start_daemon();
-        let nft = lab.nft(CLIENT).await;
-        let client = Client::new(CLIENT);
-        let id = lab.request_tunnel(&client, nft).await;
-        let answer = lab.wait_answer(id, &client, secs(30)).await;
-        let prefix = check_answer(lab, &answer);
+        let Served {
+            client, id, prefix, ..
+        } = lab.serve(CLIENT).await;
         lab.daemon().stop();
 
         // Behind the stopped daemon's back: its peer, route and NDP entry go,
@@ -1317,11 +1344,9 @@ fn a_restart_repairs_tampered_kernel_state() {
 fn sigterm_while_idle_stops_cleanly_and_a_restart_goes_on() {
     lab_test(Settings::new("term"), async |lab: &mut Lab| {
         lab.start_daemon();
-        let nft = lab.nft(CLIENT).await;
-        let client = Client::new(CLIENT);
-        let id = lab.request_tunnel(&client, nft).await;
-        let answer = lab.wait_answer(id, &client, secs(30)).await;
-        let first = check_answer(lab, &answer);
+        let Served {
+            id, prefix: first, ..
+        } = lab.serve(CLIENT).await;
         // Idle for a few polls.
         tokio::time::sleep(secs(3)).await;
 
@@ -1338,11 +1363,11 @@ fn sigterm_while_idle_stops_cleanly_and_a_restart_goes_on() {
         assert_eq!((all[0].request_id, all[0].prefix), (id, first));
 
         lab.start_daemon();
-        let nft = lab.nft(OTHER_CLIENT).await;
-        let other = Client::new(OTHER_CLIENT);
-        let id2 = lab.request_tunnel(&other, nft).await;
-        let answer = lab.wait_answer(id2, &other, secs(30)).await;
-        let second = check_answer(lab, &answer);
+        let Served {
+            id: id2,
+            prefix: second,
+            ..
+        } = lab.serve(OTHER_CLIENT).await;
         assert_ne!(second, first);
         lab.daemon().stop();
         assert_eq!(lab.assert_consistent().len(), 2);
