@@ -80,11 +80,8 @@ async fn request_writes_the_files_of_section_7() {
     let broker = env.first_broker();
     let responder = Responder::start(&env.dev.rpc_url, &broker, |_| Reply::Proper);
     let nft = env.nft.to_string();
-    let wallet = env.wallet_key.to_str().unwrap();
 
-    let run = env
-        .run(&["request", "--nft-contract", &nft, "--wallet-key", wallet])
-        .await;
+    let run = env.request(&[]).await;
     let summary = run.ok().json();
     assert_eq!(summary["prefix"], "2001:db8:0:1::100/120");
     assert_eq!(summary["tunnel_address"], "2001:db8:0:1::101");
@@ -186,9 +183,7 @@ async fn request_writes_the_files_of_section_7() {
     assert!(text.ok().stdout.contains("prefix: 2001:db8:0:1::100/120"));
 
     // A second request is refused while the allocation exists.
-    let again = env
-        .run(&["request", "--nft-contract", &nft, "--wallet-key", wallet])
-        .await;
+    let again = env.request(&[]).await;
     assert!(again.one_line_error().contains("use `renew`"));
     env.done("request_writes_the_files_of_section_7");
 }
@@ -202,16 +197,7 @@ async fn stale_answers_make_the_client_request_again() {
         1 => Reply::OtherKey,
         _ => Reply::Proper,
     });
-    let nft = env.nft.to_string();
-    let run = env
-        .run(&[
-            "request",
-            "--nft-contract",
-            &nft,
-            "--wallet-key",
-            env.wallet_key.to_str().unwrap(),
-        ])
-        .await;
+    let run = env.request(&[]).await;
     let summary = run.ok().json();
     assert_eq!(summary["request_id"], 3, "{}", run.stderr);
     assert!(
@@ -243,17 +229,7 @@ async fn only_stale_answers_end_in_a_one_line_error() {
     let env = Env::start().await;
     let broker = env.first_broker();
     let _responder = Responder::start(&env.dev.rpc_url, &broker, |_| Reply::WrongId);
-    let run = env
-        .run(&[
-            "request",
-            "--nft-contract",
-            &env.nft.to_string(),
-            "--wallet-key",
-            env.wallet_key.to_str().unwrap(),
-            "--attempts",
-            "2",
-        ])
-        .await;
+    let run = env.request(&["--attempts", "2"]).await;
     let line = run.one_line_error();
     assert!(line.contains("2 requests, no valid answer"), "{line}");
     assert!(!env.config_dir().join("broker-allocation.json").exists());
@@ -273,17 +249,7 @@ async fn brokers_without_capacity_or_answer_are_skipped() {
     let silent_seen = Responder::start(&env.dev.rpc_url, &silent, |_| Reply::Silent);
     let _good = Responder::start(&env.dev.rpc_url, &good, |_| Reply::Proper);
 
-    let run = env
-        .run(&[
-            "request",
-            "--nft-contract",
-            &env.nft.to_string(),
-            "--wallet-key",
-            env.wallet_key.to_str().unwrap(),
-            "--timeout",
-            "3",
-        ])
-        .await;
+    let run = env.request(&["--timeout", "3"]).await;
     let summary = run.ok().json();
     assert_eq!(summary["broker_id"], good.id, "{}", run.stderr);
     assert!(
@@ -308,17 +274,7 @@ async fn brokers_without_capacity_or_answer_are_skipped() {
 
     // --broker-id naming the full one: a clear refusal.
     std::fs::remove_file(env.config_dir().join("broker-allocation.json")).unwrap();
-    let run = env
-        .run(&[
-            "request",
-            "--nft-contract",
-            &env.nft.to_string(),
-            "--wallet-key",
-            env.wallet_key.to_str().unwrap(),
-            "--broker-id",
-            "1",
-        ])
-        .await;
+    let run = env.request(&["--broker-id", "1"]).await;
     let line = run.one_line_error();
     assert!(line.contains("#1 no free capacity"), "{line}");
     env.done("brokers_without_capacity_or_answer_are_skipped");
@@ -330,15 +286,7 @@ async fn renew_keeps_the_prefix_under_a_new_key() {
     let broker = env.first_broker();
     let _responder = Responder::start(&env.dev.rpc_url, &broker, |_| Reply::Proper);
     let wallet = env.wallet_key.to_str().unwrap();
-    env.run(&[
-        "request",
-        "--nft-contract",
-        &env.nft.to_string(),
-        "--wallet-key",
-        wallet,
-    ])
-    .await
-    .ok();
+    env.request(&[]).await.ok();
     let path = env.config_dir().join("broker-allocation.json");
     let before = read_json(&path);
     let contract_before =
@@ -378,15 +326,7 @@ async fn release_frees_the_allocation_on_chain_and_locally() {
     let broker = env.first_broker();
     let _responder = Responder::start(&env.dev.rpc_url, &broker, |_| Reply::Proper);
     let wallet = env.wallet_key.to_str().unwrap();
-    env.run(&[
-        "request",
-        "--nft-contract",
-        &env.nft.to_string(),
-        "--wallet-key",
-        wallet,
-    ])
-    .await
-    .ok();
+    env.request(&[]).await.ok();
     // An installed-looking tunnel configuration for --cleanup-wg to remove
     // (no interface of that name exists, so nothing is taken down).
     std::fs::create_dir_all(env.wg_dir()).unwrap();

@@ -244,6 +244,15 @@ impl Env {
         run(self.command(args)).await
     }
 
+    /// `request` for the test's NFT from its wallet, then `extra`.
+    pub async fn request(&self, extra: &[&str]) -> Run {
+        let nft = self.nft.to_string();
+        let wallet = self.wallet_key.to_str().expect("a UTF-8 path");
+        let mut args = vec!["request", "--nft-contract", &nft, "--wallet-key", wallet];
+        args.extend_from_slice(extra);
+        self.run(&args).await
+    }
+
     pub async fn request_status(&self, requests: Address, id: u64) -> u8 {
         BrokerRequests::new(requests, provider(&self.dev.rpc_url, anvil_signer(0)))
             .getRequest(U256::from(id))
