@@ -123,8 +123,7 @@ pub fn stop_wireguard_go(name: &str) {
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.ends_with(want.as_bytes()) || c == want.as_bytes())
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(want.as_bytes()))
         })
         .collect();
     for pid in pids {
