@@ -5,7 +5,7 @@
 pub mod chain;
 pub mod config;
 pub mod daemon;
-pub mod db;
 pub mod ipam;
 pub mod ndp;
+pub mod store;
 pub mod tunnel;

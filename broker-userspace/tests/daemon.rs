@@ -58,13 +58,9 @@ use broker_contracts::{
     protocol::{self, RequestPayload, ResponsePayload},
 };
 use broker_userspace::{
-    db::{
-        Db,
-        allocations::{self, Allocation},
-        chain_releases, requests,
-    },
     ipam::Pool,
     ndp::{self, Responder},
+    store::{Store, allocations::Allocation},
     tunnel::ROUTE_PROTOCOL,
 };
 use ipnet::Ipv6Net;
@@ -741,12 +737,12 @@ max_requests_per_poll = {per_poll}
     }
 
     /// The database (the daemon must be stopped: redb locks the file).
-    fn database(&self) -> Db {
+    fn database(&self) -> Store {
         assert!(
             self.daemons.iter().all(|d| d.pid().is_none()),
             "the daemon still holds the database"
         );
-        Db::open(&self.db_path, self.pool).expect("the database opens")
+        Store::open(&self.db_path, self.pool).expect("the database opens")
     }
 
     /// With the daemon stopped: the database's allocations are exactly the
@@ -755,11 +751,9 @@ max_requests_per_poll = {per_poll}
     /// allocations.
     fn assert_consistent(&self) -> Vec<Allocation> {
         let db = self.database();
-        let all = allocations::all(&db.read().unwrap()).unwrap();
-        let t = db.write().unwrap();
-        let unfinished = requests::unfinished(&t).unwrap();
-        let owed = chain_releases::pending(&t).unwrap();
-        drop(t);
+        let all = db.allocations().unwrap();
+        let unfinished = db.unfinished().unwrap();
+        let owed = db.owed_releases().unwrap();
         assert_eq!(unfinished, [], "requests left unfinished");
         assert_eq!(owed, [], "on-chain releases still owed");
         let mut want_peers: Vec<(String, String)> = all
@@ -1403,9 +1397,9 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
         );
         {
             let db = lab.database();
-            assert_eq!(allocations::all(&db.read().unwrap()).unwrap(), []);
-            let owed = chain_releases::pending(&db.write().unwrap()).unwrap();
-            let owed: Vec<_> = owed.iter().map(|&(c, n, _)| (c, n)).collect();
+            assert_eq!(db.allocations().unwrap(), []);
+            let owed = db.owed_releases().unwrap();
+            let owed: Vec<_> = owed.iter().map(|o| (o.contract, o.nft)).collect();
             assert_eq!(owed, [(lab.dev.requests, nft)]);
         }
         assert_eq!(lab.peers(), [(client.wg_public(), prefix.to_string())]);
@@ -1711,15 +1705,13 @@ fn a_fresh_database_starts_at_start_request_id_and_takes_a_bounded_number_per_po
         lab.daemon().stop();
         assert_eq!(lab.assert_consistent().len(), 3);
         let db = lab.database();
-        let t = db.write().unwrap();
         for id in [1, 2] {
             assert_eq!(
-                requests::get(&t, lab.dev.requests, id).unwrap(),
+                db.request(lab.dev.requests, id).unwrap(),
                 None,
                 "request {id} is before start_request_id"
             );
         }
-        drop(t);
         assert_eq!(
             lab.response_events().await,
             BTreeMap::from([(3, 1), (4, 1), (5, 1)])

@@ -7,8 +7,8 @@
 //! The points, in the order a request passes them:
 //! - `after-decision`: a valid request's decision (allocation and stage) has
 //!   committed; nothing is in the kernel yet;
-//! - `after-kernel`: its peer, route and NDP entry are set up; nothing was
-//!   sent;
+//! - `after-kernel`: its peer, route and NDP entry are set up (also when a
+//!   later poll resumes it); this run sent nothing for it yet;
 //! - `before-answered`: `submitResponse` was mined; the database does not
 //!   know yet;
 //! - `after-release`: a release has committed; the kernel still holds the

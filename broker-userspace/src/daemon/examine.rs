@@ -2,26 +2,34 @@
 //! still worth answering? valid? Nothing here writes anything.
 
 use alloy::primitives::Address;
-use broker_contracts::protocol::{self, RequestPayload, ValidRequest};
+use broker_contracts::protocol::{self, RequestPayload};
 
-use crate::chain::{BlockRef, Chain, ChainError, NftCheck, OnchainRequest, RequestStatus};
+use crate::{
+    chain::{BlockRef, Chain, ChainError, NftCheck, RequestStatus},
+    store::requests::Verdict,
+};
 
-/// The verdict on one request.
-#[derive(Debug)]
-pub enum Verdict {
-    /// Nothing to do: no longer pending, expired or superseded.
-    Skip(String),
-    /// Invalid: record why, never answer, never retry.
-    Reject(String),
-    Valid {
-        request: OnchainRequest,
-        valid: ValidRequest,
-    },
+/// Reads request `id` of `contract` at `at` and judges it. A chain that
+/// cannot be reached leaves it [`Verdict::Unknown`] (retried later), data
+/// the chain returns but that cannot be read rejects it; only other chain
+/// errors are errors.
+pub async fn examine(
+    chain: &Chain,
+    contract: Address,
+    id: u64,
+    at: &BlockRef,
+    ecies_secret: &[u8; 32],
+) -> Result<Verdict, ChainError> {
+    match judge(chain, contract, id, at, ecies_secret).await {
+        Err(e) if e.is_transient() => Ok(Verdict::Unknown("chain unreachable".into())),
+        Err(ChainError::BadData { call, reason }) => Ok(Verdict::Reject(format!(
+            "unreadable on chain: {call}: {reason}"
+        ))),
+        verdict => verdict,
+    }
 }
 
-/// Reads request `id` of `contract` at `at` and judges it. Only trouble
-/// reaching the chain is an error (the caller retries later).
-pub async fn examine(
+async fn judge(
     chain: &Chain,
     contract: Address,
     id: u64,
@@ -57,5 +65,9 @@ pub async fn examine(
         Ok(v) => v,
         Err(e) => return Ok(Verdict::Reject(e.to_string())),
     };
-    Ok(Verdict::Valid { request, valid })
+    Ok(Verdict::Valid {
+        nft: request.nft_contract,
+        wg_key: valid.wg_pubkey,
+        server_pubkey: valid.server_pubkey,
+    })
 }

@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use ipnet::Ipv6Net;
 
 use crate::{
-    db::allocations::Allocation,
     ndp::Responder,
+    store::allocations::Allocation,
     tunnel::{Routes, Tunnel},
 };
 

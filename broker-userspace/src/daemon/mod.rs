@@ -4,14 +4,18 @@
 //! poll (or a previous process) left unfinished, takes the next requests of
 //! each watched contract in id order (a bounded number per poll), then does
 //! the upkeep: owner releases, on-chain releases still owed, tunnels that
-//! never completed a handshake. Every decision commits to the database
-//! before the kernel or the chain is touched; the kernel follows the
-//! database, and is made to match it at every start.
+//! never completed a handshake.
+//!
+//! A request goes examine (`examine.rs`: read and judge it, writing
+//! nothing) → decide ([`Store::decide`]: one transaction) → apply
+//! (`kernel.rs`: peer, route, NDP entry) → answer (`answer.rs`). Every
+//! decision commits to the store before the kernel or the chain is touched;
+//! the kernel follows the store, and is made to match it at every start.
 
+mod answer;
 pub(crate) mod crash_points;
 mod examine;
 mod kernel;
-mod respond;
 mod upkeep;
 
 use std::{
@@ -28,20 +32,16 @@ use broker_contracts::keys;
 use tracing::{info, warn};
 
 use crate::{
-    chain::{BlockRef, Chain, ChainError},
+    chain::{BlockRef, Chain},
     config::Config,
-    db::{
-        Db,
-        allocations::{self, Decision},
-        audit::{self, Event},
-        cursors,
-        requests::{self, Stage},
-    },
     ndp::{Interface, Responder, ResponderOptions},
+    store::{
+        Store,
+        requests::{Decision, Stage},
+    },
     tunnel::{Routes, Tunnel},
 };
 use crash_points::crash_point;
-use examine::Verdict;
 use kernel::Kernel;
 
 /// Longest pause after repeated failures.
@@ -49,7 +49,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 pub struct Daemon {
     config: Config,
-    db: Db,
+    store: Store,
     chain: Chain,
     kernel: Kernel,
     ecies_secret: [u8; 32],
@@ -129,7 +129,7 @@ impl Daemon {
             )
         })?;
 
-        let db = Db::open(&config.database_path, config.broker.pool)?;
+        let store = Store::open(&config.database_path, config.broker.pool)?;
         let gateway = config.broker.pool.broker_address();
         let tunnel = Tunnel::open(&config.wireguard, &wg_key, gateway).await?;
         let routes = Routes::new().await?;
@@ -148,8 +148,7 @@ impl Daemon {
             routes,
             ndp,
         };
-        let all = allocations::all(&db.read()?)?;
-        let summary = kernel.reconcile(&all).await?;
+        let summary = kernel.reconcile(&store.allocations()?).await?;
         info!("kernel reconciled with the database: {summary}");
 
         let chain = loop {
@@ -173,7 +172,7 @@ impl Daemon {
         contracts.extend(&config.onchain.legacy_requests_contracts);
         let daemon = Daemon {
             config,
-            db,
+            store,
             chain,
             kernel,
             ecies_secret,
@@ -221,10 +220,7 @@ impl Daemon {
     async fn take_new_requests(&mut self, contract: Address, at: &BlockRef) -> anyhow::Result<()> {
         let count = self.chain.request_count(contract, at).await?;
         let start = self.config.onchain.start_request_id;
-        let next = {
-            let t = self.db.write()?;
-            cursors::next_request(&t, contract, start)?
-        };
+        let next = self.store.next_request(contract, start)?;
         let last = count.min(next.saturating_add(self.config.onchain.max_requests_per_poll - 1));
         for id in next..=last {
             if self.stopping() {
@@ -236,8 +232,7 @@ impl Daemon {
     }
 
     async fn resume_unfinished(&mut self, at: &BlockRef) -> anyhow::Result<()> {
-        let unfinished = requests::unfinished(&self.db.write()?)?;
-        for record in unfinished {
+        for record in self.store.unfinished()? {
             if self.stopping() {
                 break;
             }
@@ -249,13 +244,13 @@ impl Daemon {
                     // A failure here must not hold up the requests behind
                     // it: the request stays Allocated and comes back next poll.
                     if let Err(e) = self
-                        .respond(record.contract, record.id, slot, &server_pubkey)
+                        .resume_answer(record.contract, record.id, slot, server_pubkey)
                         .await
                     {
                         warn!(contract = %record.contract, id = record.id, "answer deferred: {e:#}");
                     }
                 }
-                Stage::Retry { next_at, .. } if next_at <= crate::db::now() => {
+                Stage::Retry { next_at, .. } if next_at <= crate::store::now() => {
                     self.handle(record.contract, record.id, at, false).await?;
                 }
                 _ => {}
@@ -264,8 +259,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Judges request `id`, records the decision (advancing the cursor when
-    /// `advance`), then sets up and answers a valid one.
+    /// Request `id`, the way it goes: examine → decide (advancing the cursor
+    /// when `advance`) → apply → answer.
     async fn handle(
         &mut self,
         contract: Address,
@@ -273,129 +268,27 @@ impl Daemon {
         at: &BlockRef,
         advance: bool,
     ) -> anyhow::Result<()> {
-        let verdict =
-            match examine::examine(&self.chain, contract, id, at, &self.ecies_secret).await {
-                Ok(v) => Some(v),
-                Err(e) if e.is_transient() => None,
-                Err(ChainError::BadData { call, reason }) => Some(Verdict::Reject(format!(
-                    "unreadable on chain: {call}: {reason}"
-                ))),
-                Err(e) => return Err(e.into()),
-            };
-        let t = self.db.write()?;
-        if requests::get(&t, contract, id)?.is_some_and(|r| r.stage.is_finished()) {
-            return Ok(());
-        }
-        let mut setup = None;
-        let stage = match verdict {
-            None => retry_stage(
-                requests::get(&t, contract, id)?.map(|r| r.stage),
-                "chain unreachable",
-            ),
-            Some(Verdict::Skip(reason)) => Stage::Skipped { reason },
-            Some(Verdict::Reject(reason)) => reject(&t, contract, id, reason)?,
-            Some(Verdict::Valid { request, valid }) => {
-                let pool = *self.db.pool();
-                match allocations::allocate(
-                    &t,
-                    &pool,
-                    contract,
-                    id,
-                    request.nft_contract,
-                    valid.wg_pubkey,
-                )? {
-                    Decision::New(a) => {
-                        let slot = a.slot;
-                        setup = Some((a, None, valid.server_pubkey));
-                        Stage::Allocated {
-                            slot,
-                            server_pubkey: hex::encode(valid.server_pubkey),
-                        }
-                    }
-                    Decision::Rotated {
-                        allocation,
-                        old_wg_key,
-                    } => {
-                        let slot = allocation.slot;
-                        setup = Some((allocation, Some(old_wg_key), valid.server_pubkey));
-                        Stage::Allocated {
-                            slot,
-                            server_pubkey: hex::encode(valid.server_pubkey),
-                        }
-                    }
-                    Decision::KeyInUse => reject(
-                        &t,
-                        contract,
-                        id,
-                        "its WireGuard key belongs to another allocation".into(),
-                    )?,
-                    Decision::PoolFull => retry_stage(None, "no prefix free"),
-                }
+        let verdict = examine::examine(&self.chain, contract, id, at, &self.ecies_secret).await?;
+        let grant = match self.store.decide(contract, id, verdict, advance)? {
+            Decision::Granted(grant) => grant,
+            Decision::Rejected(reason) => {
+                info!(%contract, id, "rejected (silently): {reason}");
+                return Ok(());
             }
+            Decision::Skipped(reason) => {
+                info!(%contract, id, "skipped: {reason}");
+                return Ok(());
+            }
+            Decision::Retry { last_error, .. } => {
+                warn!(%contract, id, "will retry: {last_error}");
+                return Ok(());
+            }
+            Decision::AlreadyFinished => return Ok(()),
         };
-        match &stage {
-            Stage::Rejected { reason } => info!(%contract, id, "rejected (silently): {reason}"),
-            Stage::Skipped { reason } => info!(%contract, id, "skipped: {reason}"),
-            Stage::Retry { last_error, .. } => warn!(%contract, id, "will retry: {last_error}"),
-            _ => {}
-        }
-        requests::set(&t, contract, id, stage)?;
-        if advance {
-            cursors::set_next_request(&t, contract, id + 1)?;
-        }
-        t.commit()?;
-
-        if let Some((allocation, old_key, server_pubkey)) = setup {
-            info!(%contract, id, prefix = %allocation.prefix, nft = %allocation.nft, "allocated");
-            crash_point!("after-decision");
-            // The decision is on disk: whatever fails from here on is
-            // resumed next poll (the request stays Allocated), without
-            // holding up the requests behind it.
-            let done = match self.kernel.apply(&allocation, old_key).await {
-                Ok(()) => {
-                    crash_point!("after-kernel");
-                    self.respond(contract, id, allocation.slot, &hex::encode(server_pubkey))
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = done {
-                warn!(%contract, id, "answer deferred: {e:#}");
-            }
-        }
+        let a = &grant.allocation;
+        info!(%contract, id, prefix = %a.prefix, nft = %a.nft, "allocated");
+        crash_point!("after-decision");
+        self.apply_and_answer(contract, id, &grant).await;
         Ok(())
-    }
-}
-
-/// A silent rejection: audited, never answered, never retried.
-fn reject(
-    t: &redb::WriteTransaction,
-    contract: Address,
-    id: u64,
-    reason: String,
-) -> Result<Stage, crate::db::DbError> {
-    audit::record(
-        t,
-        Event::Rejected {
-            contract: contract.to_string(),
-            request_id: id,
-            reason: reason.clone(),
-        },
-    )?;
-    Ok(Stage::Rejected { reason })
-}
-
-/// The next retry after a transient failure: attempts count up, the wait
-/// doubles (from 10 s to at most an hour).
-fn retry_stage(previous: Option<Stage>, error: &str) -> Stage {
-    let attempts = match previous {
-        Some(Stage::Retry { attempts, .. }) => attempts + 1,
-        _ => 1,
-    };
-    let wait = 10u64.saturating_mul(1 << attempts.min(9)).min(3600);
-    Stage::Retry {
-        attempts,
-        next_at: crate::db::now() + wait,
-        last_error: error.to_string(),
     }
 }

@@ -6,12 +6,11 @@ use std::time::UNIX_EPOCH;
 use tracing::{info, warn};
 
 use super::{Daemon, crash_point};
+use alloy::primitives::Address;
+
 use crate::{
     chain::BlockRef,
-    db::{
-        allocations::{self, Allocation},
-        chain_releases, cursors, now,
-    },
+    store::{allocations::Allocation, chain_releases::OwedRelease, now},
 };
 
 impl Daemon {
@@ -22,26 +21,17 @@ impl Daemon {
         Ok(())
     }
 
-    /// Frees `allocation` locally (database first, then the kernel); queues
-    /// the on-chain release when `on_chain`.
+    /// Frees `allocation` locally (database first, then the kernel); owes
+    /// the chain its release when `on_chain` (the primary contract only:
+    /// legacy contracts have no capacity to give back).
     async fn release(
         &mut self,
         allocation: &Allocation,
         reason: &str,
         on_chain: bool,
     ) -> anyhow::Result<()> {
-        let t = self.db.write()?;
-        let pool = *self.db.pool();
-        allocations::release(&t, &pool, allocation.slot, reason)?;
-        if on_chain && allocation.contract == self.contracts[0] {
-            chain_releases::queue(
-                &t,
-                allocation.contract,
-                allocation.nft,
-                allocation.request_id,
-            )?;
-        }
-        t.commit()?;
+        let owe_chain = on_chain && allocation.contract == self.contracts[0];
+        self.store.release(allocation.slot, reason, owe_chain)?;
         crash_point!("after-release");
         self.kernel.remove(allocation).await?;
         info!(prefix = %allocation.prefix, nft = %allocation.nft, "released: {reason}");
@@ -51,7 +41,9 @@ impl Daemon {
     /// Answered allocations whose peer has not completed a handshake by
     /// their deadline are released; a handshake clears the deadline.
     async fn check_handshakes(&mut self) -> anyhow::Result<()> {
-        let due: Vec<Allocation> = allocations::all(&self.db.read()?)?
+        let due: Vec<Allocation> = self
+            .store
+            .allocations()?
             .into_iter()
             .filter(|a| a.handshake_deadline.is_some())
             .collect();
@@ -68,11 +60,7 @@ impl Daemon {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs());
             if handshake.is_some_and(|h| h >= since) {
-                let t = self.db.write()?;
-                let mut a = a;
-                a.handshake_deadline = None;
-                allocations::update(&t, &a)?;
-                t.commit()?;
+                self.store.tunnel_up(a.slot)?;
                 info!(prefix = %a.prefix, "tunnel up");
             } else if a.handshake_deadline.is_some_and(|d| now() >= d) {
                 let timeout = self.config.wireguard.handshake_timeout_secs;
@@ -87,10 +75,7 @@ impl Daemon {
     /// the NFT owner gave the prefix back.
     async fn watch_owner_releases(&mut self, at: &BlockRef) -> anyhow::Result<()> {
         let contract = self.contracts[0];
-        let from = {
-            let t = self.db.write()?;
-            cursors::next_event_block(&t, contract, at.number)?
-        };
+        let from = self.store.next_event_block(contract, at.number)?;
         if from > at.number {
             return Ok(());
         }
@@ -102,7 +87,7 @@ impl Daemon {
             if ev.by == self.chain.operator() {
                 continue;
             }
-            let allocation = allocations::by_nft(&self.db.write()?, ev.nft)?;
+            let allocation = self.store.allocation_of_nft(ev.nft)?;
             // The event ended the request that was current then. An
             // allocation (re)configured by a later request — the NFT asked
             // again after releasing, and this poll already answered it —
@@ -113,18 +98,21 @@ impl Daemon {
                     .await?;
             }
         }
-        let t = self.db.write()?;
-        cursors::set_next_event_block(&t, contract, at.number + 1)?;
-        t.commit()?;
+        self.store.events_read(contract, at.number)?;
         Ok(())
     }
 
     async fn send_owed_releases(&mut self) {
-        let pending = match self.db.write().and_then(|t| chain_releases::pending(&t)) {
-            Ok(p) => p,
+        let owed = match self.store.owed_releases() {
+            Ok(owed) => owed,
             Err(e) => return warn!("reading owed releases: {e}"),
         };
-        for (contract, nft, request_id) in pending {
+        for OwedRelease {
+            contract,
+            nft,
+            request_id,
+        } in owed
+        {
             // releaseAllocation ends the NFT's *current* request: if the
             // owner has made a newer one meanwhile, that request decides
             // the prefix (it is answered or rotated), and ending it would
@@ -174,17 +162,8 @@ impl Daemon {
         }
     }
 
-    fn forget_owed_release(
-        &self,
-        contract: alloy::primitives::Address,
-        nft: alloy::primitives::Address,
-    ) {
-        let done = self
-            .db
-            .write()
-            .and_then(|t| chain_releases::done(&t, contract, nft).map(|()| t))
-            .and_then(|t| t.commit().map_err(Into::into));
-        if let Err(e) = done {
+    fn forget_owed_release(&self, contract: Address, nft: Address) {
+        if let Err(e) = self.store.chain_release_done(contract, nft) {
             warn!("recording the on-chain release: {e}");
         }
     }

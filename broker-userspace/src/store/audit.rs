@@ -4,7 +4,7 @@
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{DbError, decode, encode, now};
+use super::{Reads, Store, StoreError, decode, encode, now};
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -47,28 +47,31 @@ pub struct Entry {
     pub event: Event,
 }
 
-pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), DbError> {
+pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(AUDIT)?;
     Ok(())
 }
 
 /// Appends `event` (inside the transaction making the change it records).
-pub fn record(txn: &WriteTransaction, event: Event) -> Result<(), DbError> {
+pub(super) fn record(txn: &WriteTransaction, event: Event) -> Result<(), StoreError> {
     let mut table = txn.open_table(AUDIT)?;
     let next = table.last()?.map_or(0, |(k, _)| k.value() + 1);
     table.insert(next, encode(&Entry { at: now(), event }).as_slice())?;
     Ok(())
 }
 
-/// The last `n` entries, oldest first.
-pub fn tail(txn: &redb::ReadTransaction, n: usize) -> Result<Vec<Entry>, DbError> {
-    let table = txn.open_table(AUDIT)?;
-    let len = table.len()?;
-    let from = len.saturating_sub(n as u64);
-    let mut out = Vec::new();
-    for item in table.range(from..)? {
-        let (k, v) = item?;
-        out.push(decode("audit", k.value(), v.value())?);
+impl Store {
+    /// The last `n` entries, oldest first.
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<Entry>, StoreError> {
+        self.read(|txn| {
+            let table = txn.table(AUDIT)?;
+            let from = table.len()?.saturating_sub(n as u64);
+            let mut out = Vec::new();
+            for item in table.range(from..)? {
+                let (k, v) = item?;
+                out.push(decode("audit", k.value(), v.value())?);
+            }
+            Ok(out)
+        })
     }
-    Ok(out)
 }

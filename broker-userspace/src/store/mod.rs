@@ -1,0 +1,320 @@
+//! The broker's state in one redb file: the source of truth that the kernel
+//! (WireGuard peers, routes, NDP map) is made to match at every start.
+//!
+//! One file per stored entity: its records and tables, and the [`Store`]
+//! methods that start from it. Every public method of [`Store`] is one
+//! transaction. A change (a transition) is one write transaction: a
+//! request's decision, the slot it takes, the audit entry and the cursor
+//! commit together or not at all, and they commit *before* the kernel or
+//! the chain is touched, so a crash at any point leaves state the next start
+//! can finish or undo. A read is one read transaction: it never waits for,
+//! nor holds up, a write.
+
+pub mod allocations;
+pub mod audit;
+pub mod chain_releases;
+pub mod cursors;
+pub mod requests;
+
+use std::{os::unix::fs::DirBuilderExt as _, path::Path};
+
+use redb::{
+    Database, Key, ReadTransaction, ReadableDatabase as _, ReadableTable, TableDefinition, Value,
+    WriteTransaction,
+};
+use thiserror::Error;
+
+use crate::ipam::{self, IpamError, Pool};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("creating {path}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("database: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("database record {table}/{key} is corrupt: {reason}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+macro_rules! storage_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_errors!(
+    redb::TableError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::CommitError
+);
+
+/// Seconds since the Unix epoch: how times are stored.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub struct Store {
+    db: Database,
+    pool: Pool,
+}
+
+impl Store {
+    /// Opens (or creates, with a 0700 parent directory) the database for
+    /// `pool`; refuses a database made for another pool.
+    pub fn open(path: &Path, pool: Pool) -> Result<Store, StoreError> {
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+        }
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let store = Store { db, pool };
+        // Every table exists from here on: read transactions, which cannot
+        // create one, can open them all.
+        store.transition(|txn| {
+            ipam::init(txn, &pool)?;
+            allocations::create_tables(txn)?;
+            requests::create_tables(txn)?;
+            cursors::create_tables(txn)?;
+            audit::create_tables(txn)?;
+            chain_releases::create_tables(txn)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `change` in one write transaction and commits it; an error
+    /// drops the transaction, which aborts it: nothing of it is stored.
+    fn transition<T>(
+        &self,
+        change: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_write()?;
+        let out = change(&txn)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `read` in one read transaction: a consistent snapshot.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        read(&self.db.begin_read()?)
+    }
+}
+
+/// Either kind of transaction, to read from: the entity files' lookups serve
+/// both the read methods and the transitions that read before they write.
+pub(crate) trait Reads {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        table: TableDefinition<K, V>,
+    ) -> Result<impl ReadableTable<K, V>, StoreError>;
+}
+
+impl Reads for ReadTransaction {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        table: TableDefinition<K, V>,
+    ) -> Result<impl ReadableTable<K, V>, StoreError> {
+        Ok(self.open_table(table)?)
+    }
+}
+
+impl Reads for WriteTransaction {
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        table: TableDefinition<K, V>,
+    ) -> Result<impl ReadableTable<K, V>, StoreError> {
+        Ok(self.open_table(table)?)
+    }
+}
+
+/// Records are stored as JSON: readable with any redb tool when debugging a
+/// broker, and tolerant of fields added later.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    key: impl std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Slots are u128, which JSON numbers cannot carry: stored as decimal strings.
+pub(crate) mod slot_string {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(slot: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&slot.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Keys (a WireGuard key's 32 bytes, a server's 65-byte public key) are
+/// `[u8; N]` in memory and lowercase hex, without `0x`, in records.
+pub(crate) mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut bytes = [0u8; N];
+        hex::decode_to_slice(&text, &mut bytes).map_err(D::Error::custom)?;
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use alloy::primitives::Address;
+
+    use super::*;
+
+    pub const CONTRACT: Address = Address::repeat_byte(0xc0);
+
+    pub fn nft(n: u8) -> Address {
+        Address::repeat_byte(n)
+    }
+
+    /// A /124 cut into /126s: four slots, the first being the broker's.
+    pub fn pool() -> Pool {
+        Pool::new("2001:db8:100::/124".parse().unwrap(), 126).unwrap()
+    }
+
+    /// A store in a fresh file under `dir` (a directory it creates).
+    pub fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("state/broker.redb"), pool()).unwrap()
+    }
+
+    #[test]
+    fn refuses_a_database_of_another_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(&dir));
+        let other = Pool::new("2001:db8:100::/124".parse().unwrap(), 125).unwrap();
+        let e = Store::open(&dir.path().join("state/broker.redb"), other)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("the pool cannot change"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_transition_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(&dir);
+            let e = store
+                .transition(|t| {
+                    allocations::allocate(t, &store.pool, CONTRACT, 1, nft(1), [1; 32])?;
+                    requests::set(
+                        t,
+                        CONTRACT,
+                        1,
+                        requests::Stage::Skipped { reason: "".into() },
+                    )?;
+                    // Anything failing after the writes: a crash before the
+                    // commit leaves the same.
+                    Err::<(), _>(StoreError::Corrupt {
+                        table: "test",
+                        key: "1".into(),
+                        reason: "failing on purpose".into(),
+                    })
+                })
+                .unwrap_err();
+            assert!(e.to_string().contains("failing on purpose"));
+        }
+        let store = open(&dir);
+        assert_eq!(store.request(CONTRACT, 1).unwrap(), None);
+        assert_eq!(store.allocation_of_nft(nft(1)).unwrap(), None);
+        assert_eq!(store.audit_tail(10).unwrap(), []);
+        // The slot went back: all three are free.
+        for n in 1..=3 {
+            let verdict = requests::tests::valid(nft(n), [n; 32]);
+            let decision = store.decide(CONTRACT, u64::from(n), verdict, true);
+            assert!(
+                matches!(decision, Ok(requests::Decision::Granted(_))),
+                "{decision:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_stored_as_hex() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Keys {
+            #[serde(with = "hex_bytes")]
+            wg: [u8; 32],
+            #[serde(with = "hex_bytes")]
+            server: [u8; 65],
+        }
+        let keys = Keys {
+            wg: [0xab; 32],
+            server: [0x04; 65],
+        };
+        let json = String::from_utf8(encode(&keys)).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"wg":"{}","server":"{}"}}"#,
+                "ab".repeat(32),
+                "04".repeat(65)
+            )
+        );
+        assert_eq!(decode::<Keys>("test", 0, json.as_bytes()).unwrap(), keys);
+        let short = format!(r#"{{"wg":"{}","server":"04"}}"#, "ab".repeat(32));
+        let e = decode::<Keys>("test", 0, short.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("test/0 is corrupt"), "{e}");
+    }
+}

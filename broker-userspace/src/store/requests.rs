@@ -1,0 +1,696 @@
+//! What the daemon decided for each on-chain request, and how far it got.
+//!
+//! A request's record moves forward only: `Allocated` (a prefix is reserved;
+//! the kernel is set up and the answer sent after the commit) → `Answered`;
+//! or it ends at once as `Rejected` (invalid: silent, never answered, never
+//! retried) or `Skipped` (no longer pending when read, or no longer
+//! answerable). A transient failure parks it in `Retry` without holding up
+//! the requests behind it. Unfinished requests are also listed in a small
+//! table of their own, so a restart resumes them without scanning the whole
+//! history.
+//!
+//! There is no stage between `Allocated` and `Answered` for an answer sent
+//! but not yet known to be mined: the chain is that record. Before every
+//! send, the daemon asks the chain (at its latest block) whether the request
+//! already has its answer, and the contract refuses a second one anyway; so
+//! an `Allocated` request after a crash is simply answered again or found
+//! answered.
+
+use alloy::primitives::{Address, TxHash};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Reads, Store, StoreError,
+    allocations::{self, Allocate, Allocation},
+    audit::{self, Event},
+    cursors, decode, encode, now,
+};
+
+const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
+const UNFINISHED: TableDefinition<&[u8], ()> = TableDefinition::new("requests_unfinished");
+
+/// What [`Stage::Answered`] records when the answer was found on chain
+/// rather than sent by this run (an earlier run sent it).
+pub const FOUND_ON_CHAIN: &str = "found on chain";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    /// Invalid: never answered, never retried.
+    Rejected { reason: String },
+    /// Nothing to do: not pending, expired or superseded when read, or the
+    /// answer was refused on chain.
+    Skipped { reason: String },
+    /// A prefix is reserved; the answer is still to be sent, encrypted to
+    /// `server_pubkey` (kept so that a restart can still send it).
+    Allocated {
+        #[serde(with = "super::slot_string")]
+        slot: u128,
+        #[serde(with = "super::hex_bytes")]
+        server_pubkey: [u8; 65],
+    },
+    /// The answer is on chain: sent in `transaction`, or [`FOUND_ON_CHAIN`].
+    Answered {
+        #[serde(with = "super::slot_string")]
+        slot: u128,
+        transaction: String,
+    },
+    /// Waiting after a transient failure (RPC, nonce, gas, a full pool).
+    Retry {
+        attempts: u32,
+        next_at: u64,
+        last_error: String,
+    },
+}
+
+impl Stage {
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            Stage::Rejected { .. } | Stage::Skipped { .. } | Stage::Answered { .. }
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub contract: Address,
+    pub id: u64,
+    pub stage: Stage,
+    pub updated_at: u64,
+}
+
+/// What examining a request found: the input of [`Store::decide`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not judged: the chain could not be read (why). Retried later.
+    Unknown(String),
+    /// Nothing to do: no longer pending, expired or superseded.
+    Skip(String),
+    /// Invalid: recorded with why, never answered, never retried.
+    Reject(String),
+    /// Valid: `nft` asks for a prefix for `wg_key`; the answer goes
+    /// encrypted to `server_pubkey`.
+    Valid {
+        nft: Address,
+        wg_key: [u8; 32],
+        server_pubkey: [u8; 65],
+    },
+}
+
+/// What [`Store::decide`] recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request, moved once: boxing the grant would buy nothing"
+)]
+pub enum Decision {
+    /// The request was finished already: nothing changed.
+    AlreadyFinished,
+    /// Invalid (why): never answered, never retried.
+    Rejected(String),
+    /// Nothing to do (why).
+    Skipped(String),
+    /// Deferred after a transient failure.
+    Retry {
+        attempts: u32,
+        next_at: u64,
+        last_error: String,
+    },
+    /// A prefix is the request's: set it up, then answer.
+    Granted(Grant),
+}
+
+impl Decision {
+    /// The stage the request is recorded at; None when it stays as it was.
+    fn stage(&self) -> Option<Stage> {
+        Some(match self {
+            Decision::AlreadyFinished => return None,
+            Decision::Rejected(reason) => Stage::Rejected {
+                reason: reason.clone(),
+            },
+            Decision::Skipped(reason) => Stage::Skipped {
+                reason: reason.clone(),
+            },
+            Decision::Retry {
+                attempts,
+                next_at,
+                last_error,
+            } => Stage::Retry {
+                attempts: *attempts,
+                next_at: *next_at,
+                last_error: last_error.clone(),
+            },
+            Decision::Granted(grant) => Stage::Allocated {
+                slot: grant.allocation.slot,
+                server_pubkey: grant.server_pubkey,
+            },
+        })
+    }
+}
+
+/// A prefix granted to a request, committed, the kernel not set up yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub allocation: Allocation,
+    /// The NFT's previous WireGuard key, when this request rotated it: its
+    /// peer is to go.
+    pub old_wg_key: Option<[u8; 32]>,
+    pub server_pubkey: [u8; 65],
+}
+
+fn key(contract: Address, id: u64) -> [u8; 28] {
+    let mut k = [0u8; 28];
+    k[..20].copy_from_slice(contract.as_slice());
+    k[20..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(REQUESTS)?;
+    txn.open_table(UNFINISHED)?;
+    Ok(())
+}
+
+fn get(txn: &impl Reads, contract: Address, id: u64) -> Result<Option<Record>, StoreError> {
+    let table = txn.table(REQUESTS)?;
+    let k = key(contract, id);
+    let value = table.get(k.as_slice())?;
+    value
+        .map(|v| decode("requests", format!("{contract}/{id}"), v.value()))
+        .transpose()
+}
+
+/// Records a request's new stage.
+pub(super) fn set(
+    txn: &WriteTransaction,
+    contract: Address,
+    id: u64,
+    stage: Stage,
+) -> Result<(), StoreError> {
+    let k = key(contract, id);
+    let finished = stage.is_finished();
+    let record = Record {
+        contract,
+        id,
+        stage,
+        updated_at: now(),
+    };
+    txn.open_table(REQUESTS)?
+        .insert(k.as_slice(), encode(&record).as_slice())?;
+    let mut unfinished = txn.open_table(UNFINISHED)?;
+    if finished {
+        unfinished.remove(k.as_slice())?;
+    } else {
+        unfinished.insert(k.as_slice(), ())?;
+    }
+    Ok(())
+}
+
+/// The next retry after a transient failure: attempts count up from the
+/// `previous` stage's, the wait doubles (from 20 s to at most an hour).
+fn retry_after(previous: Option<&Stage>, error: String) -> Decision {
+    let attempts = match previous {
+        Some(Stage::Retry { attempts, .. }) => attempts + 1,
+        _ => 1,
+    };
+    let wait = 10u64.saturating_mul(1 << attempts.min(9)).min(3600);
+    Decision::Retry {
+        attempts,
+        next_at: now() + wait,
+        last_error: error,
+    }
+}
+
+/// A silent rejection: audited, never answered, never retried.
+fn reject(
+    txn: &WriteTransaction,
+    contract: Address,
+    id: u64,
+    reason: String,
+) -> Result<Decision, StoreError> {
+    audit::record(
+        txn,
+        Event::Rejected {
+            contract: contract.to_string(),
+            request_id: id,
+            reason: reason.clone(),
+        },
+    )?;
+    Ok(Decision::Rejected(reason))
+}
+
+impl Store {
+    pub fn request(&self, contract: Address, id: u64) -> Result<Option<Record>, StoreError> {
+        self.read(|txn| get(txn, contract, id))
+    }
+
+    /// Every request not finished yet, in (contract, id) order.
+    pub fn unfinished(&self) -> Result<Vec<Record>, StoreError> {
+        self.read(|txn| {
+            let table = txn.table(REQUESTS)?;
+            let mut out = Vec::new();
+            for item in txn.table(UNFINISHED)?.iter()? {
+                let (k, _) = item?;
+                if let Some(v) = table.get(k.value())? {
+                    out.push(decode("requests", hex::encode(k.value()), v.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records the decision on request `id` of `contract` from `verdict`
+    /// (moving the contract's cursor past it when `advance_cursor`): a valid
+    /// request gets its NFT's prefix under its new key, or the lowest free
+    /// one; a key held by another allocation rejects it; a full pool defers
+    /// it. A finished request is left as it is.
+    pub fn decide(
+        &self,
+        contract: Address,
+        id: u64,
+        verdict: Verdict,
+        advance_cursor: bool,
+    ) -> Result<Decision, StoreError> {
+        self.transition(|txn| {
+            if advance_cursor {
+                cursors::set_next_request(txn, contract, id + 1)?;
+            }
+            let previous = get(txn, contract, id)?.map(|r| r.stage);
+            if previous.as_ref().is_some_and(Stage::is_finished) {
+                return Ok(Decision::AlreadyFinished);
+            }
+            let decision = match verdict {
+                Verdict::Unknown(error) => retry_after(previous.as_ref(), error),
+                Verdict::Skip(reason) => Decision::Skipped(reason),
+                Verdict::Reject(reason) => reject(txn, contract, id, reason)?,
+                Verdict::Valid {
+                    nft,
+                    wg_key,
+                    server_pubkey,
+                } => match allocations::allocate(txn, &self.pool, contract, id, nft, wg_key)? {
+                    Allocate::New(allocation) => Decision::Granted(Grant {
+                        allocation,
+                        old_wg_key: None,
+                        server_pubkey,
+                    }),
+                    Allocate::Rotated {
+                        allocation,
+                        old_wg_key,
+                    } => Decision::Granted(Grant {
+                        allocation,
+                        old_wg_key: Some(old_wg_key),
+                        server_pubkey,
+                    }),
+                    Allocate::KeyInUse => {
+                        let reason = "its WireGuard key belongs to another allocation".into();
+                        reject(txn, contract, id, reason)?
+                    }
+                    // Always at the first attempt's wait, whatever came
+                    // before: any release can free a prefix.
+                    Allocate::PoolFull => retry_after(None, "no prefix free".into()),
+                },
+            };
+            if let Some(stage) = decision.stage() {
+                set(txn, contract, id, stage)?;
+            }
+            Ok(decision)
+        })
+    }
+
+    /// The answer to request `id` is on chain: sent in `transaction`, or
+    /// found there (None). Its allocation now waits `handshake_timeout`
+    /// seconds for the tunnel to come up.
+    pub fn answered(
+        &self,
+        contract: Address,
+        id: u64,
+        slot: u128,
+        transaction: Option<TxHash>,
+        handshake_timeout: u64,
+    ) -> Result<(), StoreError> {
+        let transaction = transaction.map_or_else(|| FOUND_ON_CHAIN.to_string(), |t| t.to_string());
+        self.transition(|txn| {
+            allocations::await_handshake(txn, slot, handshake_timeout, true)?;
+            set(
+                txn,
+                contract,
+                id,
+                Stage::Answered {
+                    slot,
+                    transaction: transaction.clone(),
+                },
+            )?;
+            audit::record(
+                txn,
+                Event::Answered {
+                    contract: contract.to_string(),
+                    request_id: id,
+                    transaction,
+                },
+            )
+        })
+    }
+
+    /// Request `id` turned out to need nothing more (its allocation changed
+    /// before the answer).
+    pub fn skip(&self, contract: Address, id: u64, reason: String) -> Result<(), StoreError> {
+        self.transition(|txn| set(txn, contract, id, Stage::Skipped { reason }))
+    }
+
+    /// The chain refused request `id`'s answer (it expired or was superseded
+    /// meanwhile): the request ends, skipped. The prefix in `slot` stays
+    /// with its NFT, but goes back to the pool unless a tunnel comes up with
+    /// the current key within `handshake_timeout` seconds.
+    pub fn refused(
+        &self,
+        contract: Address,
+        id: u64,
+        slot: u128,
+        reason: String,
+        handshake_timeout: u64,
+    ) -> Result<(), StoreError> {
+        self.transition(|txn| {
+            allocations::await_handshake(txn, slot, handshake_timeout, false)?;
+            set(txn, contract, id, Stage::Skipped { reason })
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::{
+        super::tests::{CONTRACT, nft, open},
+        *,
+    };
+
+    pub fn valid(nft: Address, wg_key: [u8; 32]) -> Verdict {
+        Verdict::Valid {
+            nft,
+            wg_key,
+            server_pubkey: [4; 65],
+        }
+    }
+
+    fn granted(decision: Decision) -> Grant {
+        match decision {
+            Decision::Granted(grant) => grant,
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    fn stage(store: &Store, id: u64) -> Stage {
+        store.request(CONTRACT, id).unwrap().unwrap().stage
+    }
+
+    fn unfinished_ids(store: &Store) -> Vec<u64> {
+        store.unfinished().unwrap().iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn a_valid_request_is_granted_then_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let grant = granted(
+            store
+                .decide(CONTRACT, 7, valid(nft(1), [1; 32]), true)
+                .unwrap(),
+        );
+        assert_eq!(
+            grant.allocation.prefix.to_string(),
+            "2001:db8:100::4/126",
+            "slot 0 is the broker's"
+        );
+        assert_eq!(grant.old_wg_key, None);
+        assert_eq!(grant.server_pubkey, [4; 65]);
+        assert_eq!(
+            stage(&store, 7),
+            Stage::Allocated {
+                slot: grant.allocation.slot,
+                server_pubkey: [4; 65]
+            }
+        );
+        assert_eq!(unfinished_ids(&store), [7]);
+        assert_eq!(store.next_request(CONTRACT, 1).unwrap(), 8);
+        assert_eq!(grant.allocation.answered_at, None);
+
+        let tx = TxHash::repeat_byte(0xab);
+        store
+            .answered(CONTRACT, 7, grant.allocation.slot, Some(tx), 120)
+            .unwrap();
+        let slot = grant.allocation.slot;
+        assert_eq!(
+            stage(&store, 7),
+            Stage::Answered {
+                slot,
+                transaction: tx.to_string()
+            }
+        );
+        assert_eq!(unfinished_ids(&store), [] as [u64; 0]);
+        let a = store.allocation(slot).unwrap().unwrap();
+        let answered_at = a.answered_at.expect("answered");
+        assert_eq!(a.handshake_deadline, Some(answered_at + 120));
+        let events: Vec<Event> = store
+            .audit_tail(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(
+            events,
+            [
+                Event::Allocated {
+                    contract: CONTRACT.to_string(),
+                    request_id: 7,
+                    nft: nft(1).to_string(),
+                    prefix: "2001:db8:100::4/126".into(),
+                },
+                Event::Answered {
+                    contract: CONTRACT.to_string(),
+                    request_id: 7,
+                    transaction: tx.to_string(),
+                },
+            ]
+        );
+
+        // Deciding it again (a retried poll) changes nothing.
+        assert_eq!(
+            store
+                .decide(CONTRACT, 7, valid(nft(1), [9; 32]), false)
+                .unwrap(),
+            Decision::AlreadyFinished
+        );
+        assert_eq!(store.allocation(slot).unwrap().unwrap().wg_key, [1; 32]);
+    }
+
+    #[test]
+    fn a_new_key_of_the_same_nft_rotates_and_keys_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let first = granted(
+            store
+                .decide(CONTRACT, 1, valid(nft(1), [1; 32]), true)
+                .unwrap(),
+        );
+        store
+            .answered(CONTRACT, 1, first.allocation.slot, None, 120)
+            .unwrap();
+        let second = granted(
+            store
+                .decide(CONTRACT, 2, valid(nft(1), [2; 32]), true)
+                .unwrap(),
+        );
+        assert_eq!(second.old_wg_key, Some([1; 32]));
+        let a = &second.allocation;
+        assert_eq!(
+            (a.slot, a.request_id, a.wg_key),
+            (first.allocation.slot, 2, [2; 32])
+        );
+        assert_eq!(
+            (a.answered_at, a.handshake_deadline),
+            (None, None),
+            "the new key's answer is still to come"
+        );
+        // Key 2 is held by NFT 1: another NFT cannot take it.
+        let Decision::Rejected(reason) = store
+            .decide(CONTRACT, 3, valid(nft(2), [2; 32]), true)
+            .unwrap()
+        else {
+            panic!("a key in use is rejected")
+        };
+        assert!(reason.contains("WireGuard key"), "{reason}");
+        // Key 1 is free again after the rotation.
+        let third = granted(
+            store
+                .decide(CONTRACT, 4, valid(nft(2), [1; 32]), true)
+                .unwrap(),
+        );
+        assert_ne!(third.allocation.slot, first.allocation.slot);
+        assert_eq!(store.allocations().unwrap().len(), 2);
+        assert_eq!(unfinished_ids(&store), [2, 4]);
+        assert_eq!(store.next_request(CONTRACT, 1).unwrap(), 5);
+    }
+
+    #[test]
+    fn skips_rejections_and_retries_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let decision = store.decide(CONTRACT, 1, Verdict::Skip("expired".into()), true);
+        assert_eq!(decision.unwrap(), Decision::Skipped("expired".into()));
+        store
+            .decide(CONTRACT, 2, Verdict::Reject("bad payload".into()), true)
+            .unwrap();
+        assert_eq!(
+            stage(&store, 2),
+            Stage::Rejected {
+                reason: "bad payload".into()
+            }
+        );
+        let rejected = store.audit_tail(1).unwrap().remove(0).event;
+        assert!(
+            matches!(rejected, Event::Rejected { request_id: 2, .. }),
+            "{rejected:?}"
+        );
+
+        // A retry counts its attempts and waits longer each time.
+        let unknown = || Verdict::Unknown("chain unreachable".into());
+        let Decision::Retry {
+            attempts: 1,
+            next_at: first,
+            ..
+        } = store.decide(CONTRACT, 3, unknown(), true).unwrap()
+        else {
+            panic!("a first retry")
+        };
+        let Decision::Retry {
+            attempts: 2,
+            next_at: second,
+            last_error,
+        } = store.decide(CONTRACT, 3, unknown(), false).unwrap()
+        else {
+            panic!("a second retry")
+        };
+        assert!(second >= first + 20, "{first} then {second}");
+        assert_eq!(last_error, "chain unreachable");
+        assert_eq!(unfinished_ids(&store), [3]);
+        assert_eq!(
+            store.next_request(CONTRACT, 1).unwrap(),
+            4,
+            "retries do not hold the cursor"
+        );
+        store
+            .decide(CONTRACT, 3, Verdict::Skip("expired".into()), false)
+            .unwrap();
+        assert_eq!(unfinished_ids(&store), [] as [u64; 0]);
+    }
+
+    #[test]
+    fn a_full_pool_defers_and_a_release_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut grants = Vec::new();
+        for n in 1..=3 {
+            let verdict = valid(nft(n), [n; 32]);
+            grants.push(granted(
+                store.decide(CONTRACT, n.into(), verdict, true).unwrap(),
+            ));
+        }
+        let full = store
+            .decide(CONTRACT, 4, valid(nft(4), [4; 32]), true)
+            .unwrap();
+        let Decision::Retry { last_error, .. } = full else {
+            panic!("{full:?}")
+        };
+        assert_eq!(last_error, "no prefix free");
+        let freed = grants[1].allocation.slot;
+        store.release(freed, "test", false).unwrap().unwrap();
+        let grant = granted(
+            store
+                .decide(CONTRACT, 4, valid(nft(4), [4; 32]), false)
+                .unwrap(),
+        );
+        assert_eq!(grant.allocation.slot, freed, "the lowest free prefix");
+    }
+
+    #[test]
+    fn a_refused_answer_ends_the_request_and_starts_the_handshake_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let grant = granted(
+            store
+                .decide(CONTRACT, 1, valid(nft(1), [1; 32]), true)
+                .unwrap(),
+        );
+        let slot = grant.allocation.slot;
+        store
+            .refused(CONTRACT, 1, slot, "expired meanwhile".into(), 60)
+            .unwrap();
+        assert_eq!(
+            stage(&store, 1),
+            Stage::Skipped {
+                reason: "expired meanwhile".into()
+            }
+        );
+        let a = store.allocation(slot).unwrap().unwrap();
+        assert_eq!(a.answered_at, None, "never answered");
+        assert!(
+            a.handshake_deadline.is_some_and(|d| d >= now() + 59),
+            "{a:?}"
+        );
+
+        store
+            .skip(CONTRACT, 2, "its allocation changed".into())
+            .unwrap();
+        assert_eq!(
+            stage(&store, 2),
+            Stage::Skipped {
+                reason: "its allocation changed".into()
+            }
+        );
+        assert_eq!(unfinished_ids(&store), [] as [u64; 0]);
+    }
+
+    #[test]
+    fn unfinished_requests_are_found_without_scanning_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for id in 1..=50 {
+            store.skip(CONTRACT, id, "expired".into()).unwrap();
+        }
+        let grant = granted(
+            store
+                .decide(CONTRACT, 51, valid(nft(1), [1; 32]), true)
+                .unwrap(),
+        );
+        store
+            .decide(CONTRACT, 52, Verdict::Unknown("rpc".into()), true)
+            .unwrap();
+        assert_eq!(unfinished_ids(&store), [51, 52]);
+        // They survive a restart.
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(unfinished_ids(&store), [51, 52]);
+        assert_eq!(stage(&store, 51), Decision::Granted(grant).stage().unwrap());
+    }
+
+    #[test]
+    fn records_written_before_typed_keys_still_read() {
+        // An `allocated` record as earlier versions stored it.
+        let json = format!(
+            r#"{{"contract":"{CONTRACT:#x}","id":3,"stage":{{"stage":"allocated","slot":"1","server_pubkey":"{}"}},"updated_at":5}}"#,
+            "04".repeat(65)
+        );
+        let record: Record = decode("requests", 3, json.as_bytes()).unwrap();
+        assert_eq!(
+            record.stage,
+            Stage::Allocated {
+                slot: 1,
+                server_pubkey: [4; 65]
+            }
+        );
+        // And are written the same way.
+        let value = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).unwrap();
+        assert_eq!(value(&encode(&record)), value(json.as_bytes()));
+    }
+}
