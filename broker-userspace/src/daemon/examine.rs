@@ -4,28 +4,30 @@
 use alloy::primitives::Address;
 use broker_contracts::protocol::{self, RequestPayload};
 
+use super::Daemon;
 use crate::{
     chain::{BlockRef, Chain, ChainError, NftCheck, RequestStatus},
     store::requests::Verdict,
 };
 
-/// Reads request `id` of `contract` at `at` and judges it. A chain that
-/// cannot be reached leaves it [`Verdict::Unknown`] (retried later), data
-/// the chain returns but that cannot be read rejects it; only other chain
-/// errors are errors.
-pub async fn examine(
-    chain: &Chain,
-    contract: Address,
-    id: u64,
-    at: &BlockRef,
-    ecies_secret: &[u8; 32],
-) -> Result<Verdict, ChainError> {
-    match judge(chain, contract, id, at, ecies_secret).await {
-        Err(e) if e.is_transient() => Ok(Verdict::Unknown("chain unreachable".into())),
-        Err(ChainError::BadData { call, reason }) => Ok(Verdict::Reject(format!(
-            "unreadable on chain: {call}: {reason}"
-        ))),
-        verdict => verdict,
+impl Daemon {
+    /// Reads request `id` of `contract` at `at` and judges it. A chain that
+    /// cannot be reached leaves it [`Verdict::Unknown`] (retried later),
+    /// data the chain returns but that cannot be read rejects it; only other
+    /// chain errors are errors.
+    pub(super) async fn examine(
+        &self,
+        contract: Address,
+        id: u64,
+        at: &BlockRef,
+    ) -> Result<Verdict, ChainError> {
+        match judge(&self.chain, contract, id, at, &self.ecies_secret).await {
+            Err(e) if e.is_transient() => Ok(Verdict::Unknown("chain unreachable".into())),
+            Err(ChainError::BadData { call, reason }) => Ok(Verdict::Reject(format!(
+                "unreadable on chain: {call}: {reason}"
+            ))),
+            verdict => verdict,
+        }
     }
 }
 

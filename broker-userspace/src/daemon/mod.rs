@@ -268,7 +268,7 @@ impl Daemon {
         at: &BlockRef,
         advance: bool,
     ) -> anyhow::Result<()> {
-        let verdict = examine::examine(&self.chain, contract, id, at, &self.ecies_secret).await?;
+        let verdict = self.examine(contract, id, at).await?;
         let grant = match self.store.decide(contract, id, verdict, advance)? {
             Decision::Granted(grant) => grant,
             Decision::Rejected(reason) => {

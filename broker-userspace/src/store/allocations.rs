@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Reads, Store, StoreError,
     audit::{self, Event},
-    chain_releases, decode, encode, now,
+    chain_releases, collect, decode, encode, now,
 };
 use crate::ipam::{self, Pool};
 
@@ -189,12 +189,8 @@ impl Store {
     /// Every allocation, in prefix order.
     pub fn allocations(&self) -> Result<Vec<Allocation>, StoreError> {
         self.read(|txn| {
-            let mut out = Vec::new();
-            for item in txn.table(ALLOCATIONS)?.iter()? {
-                let (k, v) = item?;
-                out.push(decode("allocations", k.value(), v.value())?);
-            }
-            Ok(out)
+            let table = txn.table(ALLOCATIONS)?;
+            collect(table.iter()?, |slot, v| decode("allocations", slot, v))
         })
     }
 
@@ -258,28 +254,18 @@ impl Store {
 mod tests {
     use super::{
         super::{
-            requests::{Decision, tests::valid},
+            requests::tests::grant,
             tests::{CONTRACT, nft, open},
         },
         *,
     };
 
-    fn grant(store: &Store, id: u64, n: u8) -> Allocation {
-        match store
-            .decide(CONTRACT, id, valid(nft(n), [n; 32]), true)
-            .unwrap()
-        {
-            Decision::Granted(grant) => grant.allocation,
-            other => panic!("{other:?}"),
-        }
-    }
-
     #[test]
     fn a_release_frees_slot_and_key_and_can_owe_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let a = grant(&store, 1, 1);
-        let b = grant(&store, 2, 2);
+        let a = grant(&store, 1, 1, 1).allocation;
+        let b = grant(&store, 2, 2, 2).allocation;
         assert_eq!(store.allocations().unwrap(), [a.clone(), b.clone()]);
         assert_eq!(store.allocation_of_nft(nft(2)).unwrap(), Some(b.clone()));
 
@@ -307,7 +293,7 @@ mod tests {
         assert_eq!(store.owed_releases().unwrap(), owed);
 
         // Slot and key are free again.
-        let c = grant(&store, 3, 2);
+        let c = grant(&store, 3, 2, 2).allocation;
         assert_eq!((c.slot, c.wg_key), (b.slot, b.wg_key));
         store.chain_release_done(CONTRACT, nft(2)).unwrap();
         assert_eq!(store.owed_releases().unwrap(), []);
@@ -324,7 +310,7 @@ mod tests {
     fn a_tunnel_up_clears_the_handshake_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let a = grant(&store, 1, 1);
+        let a = grant(&store, 1, 1, 1).allocation;
         store.answered(CONTRACT, 1, a.slot, None, 120).unwrap();
         assert!(
             store

@@ -4,7 +4,7 @@
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{Reads, Store, StoreError, decode, encode, now};
+use super::{Reads, Store, StoreError, collect, decode, encode, now};
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -66,12 +66,7 @@ impl Store {
         self.read(|txn| {
             let table = txn.table(AUDIT)?;
             let from = table.len()?.saturating_sub(n as u64);
-            let mut out = Vec::new();
-            for item in table.range(from..)? {
-                let (k, v) = item?;
-                out.push(decode("audit", k.value(), v.value())?);
-            }
-            Ok(out)
+            collect(table.range(from..)?, |k, v| decode("audit", k, v))
         })
     }
 }

@@ -5,7 +5,7 @@
 use alloy::primitives::Address;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{Reads, Store, StoreError, allocations::Allocation};
+use super::{Reads, Store, StoreError, allocations::Allocation, collect};
 
 /// (requests contract ‖ NFT contract) → the request whose allocation was
 /// released (so a newer request of the NFT is never ended by it).
@@ -45,17 +45,14 @@ impl Store {
     /// Every on-chain release still owed, in (contract, NFT) order.
     pub fn owed_releases(&self) -> Result<Vec<OwedRelease>, StoreError> {
         self.read(|txn| {
-            let mut out = Vec::new();
-            for item in txn.table(PENDING)?.iter()? {
-                let (k, v) = item?;
-                let k = k.value();
-                out.push(OwedRelease {
+            let table = txn.table(PENDING)?;
+            collect(table.iter()?, |k, request_id| {
+                Ok(OwedRelease {
                     contract: Address::from_slice(&k[..20]),
                     nft: Address::from_slice(&k[20..]),
-                    request_id: v.value(),
-                });
-            }
-            Ok(out)
+                    request_id,
+                })
+            })
         })
     }
 

@@ -19,8 +19,8 @@ pub mod requests;
 use std::{os::unix::fs::DirBuilderExt as _, path::Path};
 
 use redb::{
-    Database, Key, ReadTransaction, ReadableDatabase as _, ReadableTable, TableDefinition, Value,
-    WriteTransaction,
+    Database, Key, Range, ReadTransaction, ReadableDatabase as _, ReadableTable, TableDefinition,
+    Value, WriteTransaction,
 };
 use thiserror::Error;
 
@@ -146,22 +146,31 @@ pub(crate) trait Reads {
     ) -> Result<impl ReadableTable<K, V>, StoreError>;
 }
 
-impl Reads for ReadTransaction {
-    fn table<K: Key + 'static, V: Value + 'static>(
-        &self,
-        table: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V>, StoreError> {
-        Ok(self.open_table(table)?)
-    }
+macro_rules! reads {
+    ($($t:ty),*) => {$(
+        impl Reads for $t {
+            fn table<K: Key + 'static, V: Value + 'static>(
+                &self,
+                table: TableDefinition<K, V>,
+            ) -> Result<impl ReadableTable<K, V>, StoreError> {
+                Ok(self.open_table(table)?)
+            }
+        }
+    )*};
 }
+reads!(ReadTransaction, WriteTransaction);
 
-impl Reads for WriteTransaction {
-    fn table<K: Key + 'static, V: Value + 'static>(
-        &self,
-        table: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V>, StoreError> {
-        Ok(self.open_table(table)?)
-    }
+/// The entries of a table (or of a range of it), each made into a `T`.
+fn collect<K: Key + 'static, V: Value + 'static, T>(
+    entries: Range<'_, K, V>,
+    mut make: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    entries
+        .map(|entry| {
+            let (k, v) = entry?;
+            make(k.value(), v.value())
+        })
+        .collect()
 }
 
 /// Records are stored as JSON: readable with any redb tool when debugging a
@@ -281,12 +290,7 @@ pub(crate) mod tests {
         assert_eq!(store.audit_tail(10).unwrap(), []);
         // The slot went back: all three are free.
         for n in 1..=3 {
-            let verdict = requests::tests::valid(nft(n), [n; 32]);
-            let decision = store.decide(CONTRACT, u64::from(n), verdict, true);
-            assert!(
-                matches!(decision, Ok(requests::Decision::Granted(_))),
-                "{decision:?}"
-            );
+            requests::tests::grant(&store, n.into(), n, n);
         }
     }
 

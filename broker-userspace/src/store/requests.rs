@@ -24,7 +24,7 @@ use super::{
     Reads, Store, StoreError,
     allocations::{self, Allocate, Allocation},
     audit::{self, Event},
-    cursors, decode, encode, now,
+    collect, cursors, decode, encode, now,
 };
 
 const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
@@ -249,15 +249,15 @@ impl Store {
     /// Every request not finished yet, in (contract, id) order.
     pub fn unfinished(&self) -> Result<Vec<Record>, StoreError> {
         self.read(|txn| {
-            let table = txn.table(REQUESTS)?;
-            let mut out = Vec::new();
-            for item in txn.table(UNFINISHED)?.iter()? {
-                let (k, _) = item?;
-                if let Some(v) = table.get(k.value())? {
-                    out.push(decode("requests", hex::encode(k.value()), v.value())?);
-                }
-            }
-            Ok(out)
+            let requests = txn.table(REQUESTS)?;
+            let unfinished = txn.table(UNFINISHED)?;
+            let records = collect(unfinished.iter()?, |k, ()| {
+                let record = requests.get(k)?;
+                record
+                    .map(|v| decode("requests", hex::encode(k), v.value()))
+                    .transpose()
+            })?;
+            Ok(records.into_iter().flatten().collect())
         })
     }
 
@@ -385,7 +385,7 @@ pub(crate) mod tests {
         *,
     };
 
-    pub fn valid(nft: Address, wg_key: [u8; 32]) -> Verdict {
+    fn valid(nft: Address, wg_key: [u8; 32]) -> Verdict {
         Verdict::Valid {
             nft,
             wg_key,
@@ -393,10 +393,12 @@ pub(crate) mod tests {
         }
     }
 
-    fn granted(decision: Decision) -> Grant {
-        match decision {
-            Decision::Granted(grant) => grant,
-            other => panic!("not granted: {other:?}"),
+    /// Decides request `id`, valid, of NFT `n` for WireGuard key
+    /// `[key; 32]` (advancing the cursor): it must be granted.
+    pub fn grant(store: &Store, id: u64, n: u8, key: u8) -> Grant {
+        match store.decide(CONTRACT, id, valid(nft(n), [key; 32]), true) {
+            Ok(Decision::Granted(grant)) => grant,
+            other => panic!("request {id} not granted: {other:?}"),
         }
     }
 
@@ -412,11 +414,7 @@ pub(crate) mod tests {
     fn a_valid_request_is_granted_then_answered() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let grant = granted(
-            store
-                .decide(CONTRACT, 7, valid(nft(1), [1; 32]), true)
-                .unwrap(),
-        );
+        let grant = grant(&store, 7, 1, 1);
         assert_eq!(
             grant.allocation.prefix.to_string(),
             "2001:db8:100::4/126",
@@ -488,19 +486,11 @@ pub(crate) mod tests {
     fn a_new_key_of_the_same_nft_rotates_and_keys_are_unique() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let first = granted(
-            store
-                .decide(CONTRACT, 1, valid(nft(1), [1; 32]), true)
-                .unwrap(),
-        );
+        let first = grant(&store, 1, 1, 1);
         store
             .answered(CONTRACT, 1, first.allocation.slot, None, 120)
             .unwrap();
-        let second = granted(
-            store
-                .decide(CONTRACT, 2, valid(nft(1), [2; 32]), true)
-                .unwrap(),
-        );
+        let second = grant(&store, 2, 1, 2);
         assert_eq!(second.old_wg_key, Some([1; 32]));
         let a = &second.allocation;
         assert_eq!(
@@ -521,11 +511,7 @@ pub(crate) mod tests {
         };
         assert!(reason.contains("WireGuard key"), "{reason}");
         // Key 1 is free again after the rotation.
-        let third = granted(
-            store
-                .decide(CONTRACT, 4, valid(nft(2), [1; 32]), true)
-                .unwrap(),
-        );
+        let third = grant(&store, 4, 2, 1);
         assert_ne!(third.allocation.slot, first.allocation.slot);
         assert_eq!(store.allocations().unwrap().len(), 2);
         assert_eq!(unfinished_ids(&store), [2, 4]);
@@ -591,10 +577,7 @@ pub(crate) mod tests {
         let store = open(&dir);
         let mut grants = Vec::new();
         for n in 1..=3 {
-            let verdict = valid(nft(n), [n; 32]);
-            grants.push(granted(
-                store.decide(CONTRACT, n.into(), verdict, true).unwrap(),
-            ));
+            grants.push(grant(&store, n.into(), n, n));
         }
         let full = store
             .decide(CONTRACT, 4, valid(nft(4), [4; 32]), true)
@@ -605,11 +588,7 @@ pub(crate) mod tests {
         assert_eq!(last_error, "no prefix free");
         let freed = grants[1].allocation.slot;
         store.release(freed, "test", false).unwrap().unwrap();
-        let grant = granted(
-            store
-                .decide(CONTRACT, 4, valid(nft(4), [4; 32]), false)
-                .unwrap(),
-        );
+        let grant = grant(&store, 4, 4, 4);
         assert_eq!(grant.allocation.slot, freed, "the lowest free prefix");
     }
 
@@ -617,11 +596,7 @@ pub(crate) mod tests {
     fn a_refused_answer_ends_the_request_and_starts_the_handshake_clock() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let grant = granted(
-            store
-                .decide(CONTRACT, 1, valid(nft(1), [1; 32]), true)
-                .unwrap(),
-        );
+        let grant = grant(&store, 1, 1, 1);
         let slot = grant.allocation.slot;
         store
             .refused(CONTRACT, 1, slot, "expired meanwhile".into(), 60)
@@ -658,11 +633,7 @@ pub(crate) mod tests {
         for id in 1..=50 {
             store.skip(CONTRACT, id, "expired".into()).unwrap();
         }
-        let grant = granted(
-            store
-                .decide(CONTRACT, 51, valid(nft(1), [1; 32]), true)
-                .unwrap(),
-        );
+        let grant = grant(&store, 51, 1, 1);
         store
             .decide(CONTRACT, 52, Verdict::Unknown("rpc".into()), true)
             .unwrap();
