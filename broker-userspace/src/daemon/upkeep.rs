@@ -3,11 +3,10 @@
 
 use std::time::UNIX_EPOCH;
 
+use alloy::primitives::Address;
 use tracing::{info, warn};
 
 use super::{Daemon, crash_point};
-use alloy::primitives::Address;
-
 use crate::{
     chain::BlockRef,
     store::{allocations::Allocation, chain_releases::OwedRelease, now},
@@ -22,8 +21,8 @@ impl Daemon {
     }
 
     /// Frees `allocation` locally (database first, then the kernel); owes
-    /// the chain its release when `on_chain` (the primary contract only:
-    /// legacy contracts have no capacity to give back).
+    /// the chain its release when `on_chain` and the allocation is of the
+    /// primary contract.
     async fn release(
         &mut self,
         allocation: &Allocation,
