@@ -15,7 +15,7 @@ use std::{
 use alloy::{primitives::Address, transports::http::reqwest::Url};
 use broker_contracts::{error_text::describe, keys};
 use ipnet::Ipv6Net;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{ipam::Pool, ndp::AttachMode};
 
@@ -156,7 +156,8 @@ fn default_max_requests_per_poll() -> u64 {
 }
 
 /// How WireGuard interfaces are driven.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WireguardImplementation {
     /// The kernel module when present, else wireguard-go.
     Auto,
@@ -164,28 +165,40 @@ pub enum WireguardImplementation {
     Userspace,
 }
 
-/// A checked configuration.
-#[derive(Clone, Debug)]
+/// A checked configuration. It serialises to the file it was read from
+/// (`toml::to_string` gives what [`Config::load`] reads back as the same
+/// `Config`), which is how tests and set-up write one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Config {
     pub broker: Broker,
     pub wireguard: Wireguard,
-    /// Address of the local status API, if enabled.
+    /// `[api] listen`: address of the local status API, if enabled.
+    #[serde(
+        rename = "api",
+        serialize_with = "api_table",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub api_listen: Option<SocketAddr>,
+    /// `[database] path`.
+    #[serde(rename = "database", serialize_with = "database_table")]
     pub database_path: PathBuf,
     pub onchain: Onchain,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Broker {
     pub upstream_interface: String,
+    /// `upstream_prefix` and `allocation_size`.
+    #[serde(flatten, serialize_with = "pool_keys")]
     pub pool: Pool,
     pub ndp_mode: AttachMode,
     pub ndp_router_flag: bool,
     pub ndp_pin_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_zone: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Wireguard {
     pub interface: String,
     pub listen_port: u16,
@@ -196,11 +209,12 @@ pub struct Wireguard {
     pub handshake_timeout_secs: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Onchain {
     pub rpc_url: String,
     pub chain_id: u64,
     pub requests_contract: Address,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_contract: Option<Address>,
     pub legacy_requests_contracts: Vec<Address>,
     pub operator_key_file: PathBuf,
@@ -209,6 +223,37 @@ pub struct Onchain {
     pub confirmations: u64,
     pub start_request_id: u64,
     pub max_requests_per_poll: u64,
+}
+
+// The keys of the file that `Config` holds in other shapes.
+
+fn api_table<S: Serializer>(listen: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Api<'a> {
+        listen: &'a Option<SocketAddr>,
+    }
+    Api { listen }.serialize(s)
+}
+
+fn database_table<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Database<'a> {
+        path: &'a Path,
+    }
+    Database { path }.serialize(s)
+}
+
+fn pool_keys<S: Serializer>(pool: &Pool, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct PoolKeys {
+        upstream_prefix: Ipv6Net,
+        allocation_size: u8,
+    }
+    PoolKeys {
+        upstream_prefix: pool.upstream(),
+        allocation_size: pool.allocation_size(),
+    }
+    .serialize(s)
 }
 
 impl Config {
@@ -568,6 +613,51 @@ ecies_key_file = "{d}/ecies.key"
         assert_eq!(c.onchain.legacy_requests_contracts.len(), 1);
         assert_eq!(c.onchain.poll_interval_secs, 5);
         assert_eq!(c.api_listen, None);
+    }
+
+    /// What `toml::to_string` writes, `Config::load` reads back as the same
+    /// `Config`, and writing that again gives the same text: with the
+    /// defaults, and with every optional key set to something else.
+    #[test]
+    fn a_serialised_config_loads_as_itself() {
+        let f = Fixture::new();
+        let all_keys = f
+            .text()
+            .replace(
+                "allocation_size = 120",
+                "allocation_size = 64\nndp_mode = \"tc\"\nndp_router_flag = false\n\
+                 ndp_pin_dir = \"/sys/fs/bpf/other\"\ndns_zone = \"tunnels.example\"",
+            )
+            .replace(
+                "[wireguard]",
+                "[wireguard]\ninterface = \"wg9\"\nlisten_port = 51999\n\
+                 implementation = \"userspace\"\nhandshake_timeout_secs = 30",
+            )
+            .replace("[database]", "[api]\nlisten = \"[::1]:8080\"\n\n[database]")
+            .replace(
+                "chain_id = 31337",
+                "chain_id = 31337\nregistry_contract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n\
+                 poll_interval_secs = 2\nconfirmations = 3\nstart_request_id = 7\n\
+                 max_requests_per_poll = 9",
+            );
+        for text in [f.text(), all_keys.clone()] {
+            let config = f.load(&text).unwrap();
+            let written = toml::to_string(&config).unwrap();
+            let reloaded = f
+                .load(&written)
+                .unwrap_or_else(|e| panic!("{e}\n{written}"));
+            assert_eq!(reloaded, config, "{written}");
+            assert_eq!(toml::to_string(&reloaded).unwrap(), written);
+        }
+        let c = f.load(&all_keys).unwrap();
+        assert_eq!(c.broker.ndp_mode, AttachMode::Tc);
+        assert_eq!(
+            c.wireguard.implementation,
+            WireguardImplementation::Userspace
+        );
+        assert_eq!(c.api_listen, Some("[::1]:8080".parse().unwrap()));
+        assert!(c.onchain.registry_contract.is_some());
+        assert_eq!(c.onchain.max_requests_per_poll, 9);
     }
 
     #[test]
