@@ -295,16 +295,17 @@ fn adopt(
             });
         }
     };
-    let wanted = match (implementation, backend) {
-        (WireguardImplementation::Kernel, Backend::Userspace) => "kernel",
-        (WireguardImplementation::Userspace, Backend::Kernel) => "userspace",
-        _ => return Ok(backend),
-    };
-    Err(TunnelError::ImplementationMismatch {
-        name: name.into(),
-        found: backend,
-        wanted,
-    })
+    match (implementation, backend) {
+        (WireguardImplementation::Kernel, Backend::Userspace)
+        | (WireguardImplementation::Userspace, Backend::Kernel) => {
+            Err(TunnelError::ImplementationMismatch {
+                name: name.into(),
+                found: backend,
+                wanted: implementation,
+            })
+        }
+        _ => Ok(backend),
+    }
 }
 
 async fn create(
