@@ -7,13 +7,10 @@
 //! part of [`Config`]; a part comes out `None` when a value it needs is
 //! unusable, and the problems say why.
 
-use std::{
-    net::{Ipv6Addr, SocketAddr},
-    path::Path,
-};
+use std::{net::SocketAddr, path::Path};
 
 use alloy::{primitives::Address, transports::http::reqwest::Url};
-use broker_contracts::{error_text::describe, keys};
+use broker_contracts::{error_text::describe, keys, protocol};
 use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
@@ -140,7 +137,7 @@ fn wireguard(w: file::Wireguard, upstream_interface: &str, p: &mut Problems) -> 
         "[wireguard] interface must differ from [broker] upstream_interface",
     );
     p.require(w.listen_port != 0, "[wireguard] listen_port must not be 0");
-    if !valid_endpoint(&w.endpoint) {
+    if !protocol::is_endpoint(&w.endpoint) {
         p.add(format!(
             "[wireguard] endpoint \"{}\" is not host:port (e.g. 203.0.113.10:51820 or [2001:db8::1]:51820)",
             w.endpoint
@@ -220,23 +217,6 @@ fn interface_name(what: &str, name: &str, p: &mut Problems) {
             "{what} \"{name}\" is not an interface name (1 to 15 characters, no '/' or spaces)"
         ));
     }
-}
-
-/// `host:port`, the host a name or an address (IPv6 in brackets): what
-/// WireGuard clients are given to connect to, so not necessarily an address.
-fn valid_endpoint(s: &str) -> bool {
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return false;
-    };
-    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<Ipv6Addr>().is_ok()
-    } else {
-        !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-    };
-    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 fn rpc_url(text: &str, p: &mut Problems) {
