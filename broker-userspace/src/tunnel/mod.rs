@@ -262,7 +262,8 @@ impl Tunnel {
     }
 }
 
-/// What config.rs checks, again, for callers that did not come through it.
+/// What the configuration's check (config/check.rs) does, again, for
+/// callers that did not come through it.
 fn valid_name(name: &str) -> Result<InterfaceName, TunnelError> {
     let invalid = || TunnelError::InvalidName(name.into());
     if name.contains(char::is_whitespace) {
