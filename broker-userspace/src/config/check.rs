@@ -18,21 +18,39 @@ use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
 use super::{Broker, Config, Onchain, Wireguard, file};
 use crate::ipam::Pool;
 
+/// Whether the key files' contents are checked (their mode always is).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keys {
+    Read,
+    /// For commands that use no key and may be run by users who cannot
+    /// read them.
+    Skip,
+}
+
 /// What is wrong so far, one line a problem.
-#[derive(Default)]
-pub(super) struct Problems(Vec<String>);
+pub(super) struct Problems {
+    lines: Vec<String>,
+    keys: Keys,
+}
 
 impl Problems {
+    pub fn new(keys: Keys) -> Self {
+        Problems {
+            lines: Vec::new(),
+            keys,
+        }
+    }
+
     pub fn into_lines(self) -> Vec<String> {
-        self.0
+        self.lines
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.lines.is_empty()
     }
 
     fn add(&mut self, line: String) {
-        self.0.push(line);
+        self.lines.push(line);
     }
 
     fn require(&mut self, ok: bool, line: &str) {
@@ -44,7 +62,18 @@ impl Problems {
     /// `text` read as a `T`, or a problem saying that `what` is not
     /// `expected` (serde's own messages name types, not the forms to write).
     fn parse<T: DeserializeOwned>(&mut self, what: &str, text: &str, expected: &str) -> Option<T> {
-        let value = read(text);
+        self.parse_with(what, text, expected, read)
+    }
+
+    /// [`Problems::parse`] with a parser of its own.
+    fn parse_with<T>(
+        &mut self,
+        what: &str,
+        text: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let value = parse(text);
         if value.is_none() {
             self.add(format!("{what} \"{text}\" is not {expected}"));
         }
@@ -102,6 +131,7 @@ fn broker(b: file::Broker, p: &mut Problems) -> Option<Broker> {
     interface_name("[broker] upstream_interface", &b.upstream_interface, p);
     let pool = pool(&b, p);
     let ndp_mode = p.choice("[broker] ndp_mode", b.ndp_mode.as_deref());
+    let control_socket = b.control_socket.filter(|path| socket_path(path, p));
     Some(Broker {
         upstream_interface: b.upstream_interface,
         pool: pool?,
@@ -109,6 +139,7 @@ fn broker(b: file::Broker, p: &mut Problems) -> Option<Broker> {
         ndp_router_flag: b.ndp_router_flag,
         ndp_pin_dir: b.ndp_pin_dir,
         dns_zone: b.dns_zone,
+        control_socket,
     })
 }
 
@@ -196,6 +227,12 @@ fn onchain(o: file::Onchain, p: &mut Problems) -> Option<Onchain> {
         o.start_request_id >= 1,
         "[onchain] start_request_id must be at least 1 (request ids start at 1)",
     );
+    let low_balance_wei = p.parse_with(
+        "[onchain] low_balance_eth",
+        &o.low_balance_eth,
+        "an amount of ETH (e.g. \"0.05\")",
+        |text| alloy::primitives::utils::parse_ether(text).ok(),
+    );
     Some(Onchain {
         rpc_url: o.rpc_url,
         chain_id: o.chain_id,
@@ -208,6 +245,7 @@ fn onchain(o: file::Onchain, p: &mut Problems) -> Option<Onchain> {
         confirmations: o.confirmations,
         start_request_id: o.start_request_id,
         max_requests_per_poll: o.max_requests_per_poll,
+        low_balance_wei: low_balance_wei?,
     })
 }
 
@@ -217,6 +255,20 @@ fn interface_name(what: &str, name: &str, p: &mut Problems) {
             "{what} \"{name}\" is not an interface name (1 to 15 characters, no '/' or spaces)"
         ));
     }
+}
+
+/// An absolute path that fits a Unix socket address (108 bytes with its
+/// terminating NUL).
+fn socket_path(path: &Path, p: &mut Problems) -> bool {
+    let what = "[broker] control_socket";
+    let ok = path.is_absolute() && path.as_os_str().len() < 108;
+    if !ok {
+        p.add(format!(
+            "{what} \"{}\" must be an absolute path of at most 107 bytes",
+            path.display()
+        ));
+    }
+    ok
 }
 
 fn rpc_url(text: &str, p: &mut Problems) {
@@ -258,7 +310,10 @@ fn legacy_contracts(texts: &[String], current: Option<Address>, p: &mut Problems
 fn key_file(what: &str, path: &Path, holds_key: fn(&Path) -> Result<(), String>, p: &mut Problems) {
     let checked = keys::check_private(path)
         .map_err(|e| describe(&e))
-        .and_then(|()| holds_key(path));
+        .and_then(|()| match p.keys {
+            Keys::Read => holds_key(path),
+            Keys::Skip => Ok(()),
+        });
     if let Err(message) = checked {
         p.add(format!("{what}: {message}"));
     }

@@ -30,6 +30,8 @@ pub(super) struct Broker {
     #[serde(default = "default_pin_dir")]
     pub ndp_pin_dir: PathBuf,
     pub dns_zone: Option<String>,
+    /// `None`: under the runtime directory (see `operator::control`).
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +80,9 @@ pub(super) struct Onchain {
     pub start_request_id: u64,
     #[serde(default = "default_max_requests_per_poll")]
     pub max_requests_per_poll: u64,
+    /// In ETH, as a decimal string (`"0.05"`).
+    #[serde(default = "default_low_balance_eth")]
+    pub low_balance_eth: String,
 }
 
 fn default_true() -> bool {
@@ -106,4 +111,7 @@ fn default_start_request_id() -> u64 {
 }
 fn default_max_requests_per_poll() -> u64 {
     50
+}
+fn default_low_balance_eth() -> String {
+    "0.01".into()
 }

@@ -19,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, U256};
 use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize, Serializer};
@@ -102,6 +102,10 @@ pub struct Broker {
     pub ndp_pin_dir: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_zone: Option<String>,
+    /// The operator's control socket; `None`: the default under the runtime
+    /// directory (`operator::control::socket_path`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -130,6 +134,10 @@ pub struct Onchain {
     pub confirmations: u64,
     pub start_request_id: u64,
     pub max_requests_per_poll: u64,
+    /// `low_balance_eth`: below this balance (in wei) the operator wallet
+    /// is reported low (`status`), as it may soon fail to answer.
+    #[serde(rename = "low_balance_eth", serialize_with = "ether")]
+    pub low_balance_wei: U256,
 }
 
 // The keys of the file that `Config` holds in other shapes.
@@ -150,6 +158,10 @@ fn database_table<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
     Database { path }.serialize(s)
 }
 
+fn ether<S: Serializer>(wei: &U256, s: S) -> Result<S::Ok, S::Error> {
+    alloy::primitives::utils::format_ether(*wei).serialize(s)
+}
+
 fn pool_keys<S: Serializer>(pool: &Pool, s: S) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
     struct PoolKeys {
@@ -166,6 +178,18 @@ fn pool_keys<S: Serializer>(pool: &Pool, s: S) -> Result<S::Ok, S::Error> {
 impl Config {
     /// Reads and checks `path`, reporting every problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_checking(path, check::Keys::Read)
+    }
+
+    /// [`Config::load`] for the operator's commands (`status`,
+    /// `allocations`), which use no key: run by members of the daemon's
+    /// group, they may not be allowed to read the keys, so the key files
+    /// are not read (their other checks stay).
+    pub fn load_without_keys(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_checking(path, check::Keys::Skip)
+    }
+
+    fn load_checking(path: &Path, keys: check::Keys) -> Result<Config, ConfigErrors> {
         let fail = |problems: Vec<String>| ConfigErrors {
             path: path.to_path_buf(),
             problems,
@@ -173,7 +197,7 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| fail(vec![e.to_string()]))?;
         let file: file::File =
             toml::from_str(&text).map_err(|e| fail(vec![toml_error(&text, &e)]))?;
-        let mut problems = check::Problems::default();
+        let mut problems = check::Problems::new(keys);
         match check::config(file, &mut problems) {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(fail(problems.into_lines())),

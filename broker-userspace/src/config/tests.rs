@@ -87,6 +87,11 @@ fn loads_a_valid_file_with_defaults() {
     assert_eq!(c.onchain.legacy_requests_contracts.len(), 1);
     assert_eq!(c.onchain.poll_interval_secs, 5);
     assert_eq!(c.api_listen, None);
+    assert_eq!(c.broker.control_socket, None);
+    assert_eq!(
+        c.onchain.low_balance_wei,
+        alloy::primitives::utils::parse_ether("0.01").unwrap()
+    );
 }
 
 /// What `toml::to_string` writes, `Config::load` reads back as the same
@@ -99,7 +104,8 @@ fn a_serialised_config_loads_as_itself() {
         (
             "broker",
             "ndp_mode = \"tc\"\nndp_router_flag = false\n\
-             ndp_pin_dir = \"/sys/fs/bpf/other\"\ndns_zone = \"tunnels.example\"",
+             ndp_pin_dir = \"/sys/fs/bpf/other\"\ndns_zone = \"tunnels.example\"\n\
+             control_socket = \"/run/other/control.sock\"",
         ),
         (
             "wireguard",
@@ -111,7 +117,7 @@ fn a_serialised_config_loads_as_itself() {
             "onchain",
             "registry_contract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n\
              poll_interval_secs = 2\nconfirmations = 3\nstart_request_id = 7\n\
-             max_requests_per_poll = 9",
+             max_requests_per_poll = 9\nlow_balance_eth = \"1.5\"",
         ),
     ]);
     for text in [f.text(), all_keys.clone()] {
@@ -132,6 +138,14 @@ fn a_serialised_config_loads_as_itself() {
     assert_eq!(c.api_listen, Some("[::1]:8080".parse().unwrap()));
     assert!(c.onchain.registry_contract.is_some());
     assert_eq!(c.onchain.max_requests_per_poll, 9);
+    assert_eq!(
+        c.broker.control_socket.as_deref(),
+        Some(Path::new("/run/other/control.sock"))
+    );
+    assert_eq!(
+        c.onchain.low_balance_wei,
+        U256::from(1_500_000_000_000_000_000u128)
+    );
 }
 
 #[test]
@@ -228,6 +242,22 @@ fn missing_and_malformed_key_files() {
     assert!(p[0].contains("not a valid secp256k1 secret key"), "{p:?}");
 }
 
+/// The operator's commands load the file without reading the keys (their
+/// users may not be allowed to); a key file open to others still fails.
+#[test]
+fn the_operator_commands_load_without_reading_the_keys() {
+    let f = Fixture::new();
+    f.key("operator.key", "not hex", 0o600);
+    let path = f.dir.path().join("config.toml");
+    std::fs::write(&path, f.text()).unwrap();
+    assert!(Config::load(&path).is_err());
+    let c = Config::load_without_keys(&path).unwrap();
+    assert_eq!(c.onchain.operator_key_file, f.dir.path().join("operator.key"));
+    f.key("ecies.key", &"11".repeat(32), 0o644);
+    let e = Config::load_without_keys(&path).unwrap_err();
+    assert!(e.problems[0].contains("readable by group or others"), "{e}");
+}
+
 #[test]
 fn malformed_typed_values_are_collected_with_the_accepted_forms() {
     let f = Fixture::new();
@@ -236,19 +266,23 @@ fn malformed_typed_values_are_collected_with_the_accepted_forms() {
             ("broker", "ndp_mode = \"xdp\""),
             ("wireguard", "implementation = \"go\""),
             ("api", "listen = \"localhost\""),
+            ("broker", "control_socket = \"run/control.sock\""),
             (
                 "onchain",
-                "registry_contract = \"0x0000000000000000000000000000000000000000\"",
+                "registry_contract = \"0x0000000000000000000000000000000000000000\"\n\
+                 low_balance_eth = \"lots\"",
             ),
         ])
         .replace("http://127.0.0.1:8545", "ws://127.0.0.1:8545");
     let p = f.problems(&text);
     let expect = [
         "[broker] ndp_mode \"xdp\" is not one of auto, driver, generic, tc",
+        "[broker] control_socket \"run/control.sock\" must be an absolute path of at most 107 bytes",
         "[wireguard] implementation \"go\" is not one of auto, kernel, userspace",
         "[api] listen \"localhost\" is not an address:port",
         "[onchain] rpc_url \"ws://127.0.0.1:8545\" is not an http(s) URL",
         "[onchain] registry_contract must not be the zero address",
+        "[onchain] low_balance_eth \"lots\" is not an amount of ETH (e.g. \"0.05\")",
     ];
     assert_eq!(p, expect, "{p:#?}");
 }
