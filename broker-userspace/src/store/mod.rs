@@ -19,8 +19,8 @@ pub mod requests;
 use std::{os::unix::fs::DirBuilderExt as _, path::Path};
 
 use redb::{
-    Database, Key, Range, ReadTransaction, ReadableDatabase as _, ReadableTable, TableDefinition,
-    Value, WriteTransaction,
+    Database, Key, Range, ReadOnlyDatabase, ReadTransaction, ReadableDatabase as _, ReadableTable,
+    TableDefinition, Value, WriteTransaction,
 };
 use thiserror::Error;
 
@@ -44,6 +44,8 @@ pub enum StoreError {
     Ipam(#[from] IpamError),
     #[error("database: {0}")]
     Storage(#[from] redb::Error),
+    #[error("the database is open read-only")]
+    ReadOnly,
     #[error("database record {table}/{key} is corrupt: {reason}")]
     Corrupt {
         table: &'static str,
@@ -76,8 +78,15 @@ pub fn now() -> u64 {
 }
 
 pub struct Store {
-    db: Database,
+    db: Db,
     pool: Pool,
+}
+
+enum Db {
+    ReadWrite(Database),
+    /// Beside no writer (redb locks the file while the daemon has it): for
+    /// the operator's commands when no daemon runs.
+    ReadOnly(ReadOnlyDatabase),
 }
 
 impl Store {
@@ -101,7 +110,10 @@ impl Store {
             path: path.display().to_string(),
             source,
         })?;
-        let store = Store { db, pool };
+        let store = Store {
+            db: Db::ReadWrite(db),
+            pool,
+        };
         // Every table exists from here on: read transactions, which cannot
         // create one, can open them all.
         store.transition(|txn| {
@@ -116,13 +128,35 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing database for reading only: its read methods work,
+    /// every change fails with [`StoreError::ReadOnly`]. Fails while
+    /// another process (the daemon) has the file open, and after an unclean
+    /// shutdown (the daemon's next start repairs the file).
+    pub fn open_read_only(path: &Path, pool: Pool) -> Result<Store, StoreError> {
+        let db = ReadOnlyDatabase::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Store {
+            db: Db::ReadOnly(db),
+            pool,
+        })
+    }
+
+    pub fn pool(&self) -> Pool {
+        self.pool
+    }
+
     /// Runs `change` in one write transaction and commits it; an error
     /// drops the transaction, which aborts it: nothing of it is stored.
     fn transition<T>(
         &self,
         change: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write()?;
+        let Db::ReadWrite(db) = &self.db else {
+            return Err(StoreError::ReadOnly);
+        };
+        let txn = db.begin_write()?;
         let out = change(&txn)?;
         txn.commit()?;
         Ok(out)
@@ -133,7 +167,11 @@ impl Store {
         &self,
         read: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        read(&self.db.begin_read()?)
+        let txn = match &self.db {
+            Db::ReadWrite(db) => db.begin_read()?,
+            Db::ReadOnly(db) => db.begin_read()?,
+        };
+        read(&txn)
     }
 }
 
@@ -292,6 +330,27 @@ pub(crate) mod tests {
         for n in 1..=3 {
             requests::tests::grant(&store, n.into(), n, n);
         }
+    }
+
+    #[test]
+    fn a_read_only_store_reads_and_refuses_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/broker.redb");
+        let a = {
+            let store = open(&dir);
+            let a = requests::tests::grant(&store, 1, 1, 1).allocation;
+            // Not beside a writer: redb locks the file.
+            let e = Store::open_read_only(&path, pool()).err().unwrap();
+            assert!(e.to_string().contains("database"), "{e}");
+            a
+        };
+        let store = Store::open_read_only(&path, pool()).unwrap();
+        assert_eq!(store.allocations().unwrap(), [a.clone()]);
+        let e = store.release(a.slot, "test", false).unwrap_err();
+        assert!(matches!(e, StoreError::ReadOnly), "{e}");
+        assert_eq!(store.allocations().unwrap(), [a]);
+        let missing = Store::open_read_only(&dir.path().join("none.redb"), pool());
+        assert!(missing.is_err());
     }
 
     #[test]

@@ -241,9 +241,43 @@ fn reject(
     Ok(Decision::Rejected(reason))
 }
 
+/// How many of a contract's requests the daemon has recorded, by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    /// Every request recorded (each examined request is).
+    pub seen: u64,
+    pub answered: u64,
+    pub rejected: u64,
+    pub skipped: u64,
+    /// Allocated but not answered yet, or waiting for a retry.
+    pub pending: u64,
+}
+
 impl Store {
     pub fn request(&self, contract: Address, id: u64) -> Result<Option<Record>, StoreError> {
         self.read(|txn| get(txn, contract, id))
+    }
+
+    /// `contract`'s requests counted by stage (reads each of its records).
+    pub fn request_counts(&self, contract: Address) -> Result<RequestCounts, StoreError> {
+        self.read(|txn| {
+            let table = txn.table(REQUESTS)?;
+            let (from, to) = (key(contract, 0), key(contract, u64::MAX));
+            let stages = collect(table.range(from.as_slice()..=to.as_slice())?, |k, v| {
+                decode::<Record>("requests", hex::encode(k), v).map(|r| r.stage)
+            })?;
+            let mut counts = RequestCounts::default();
+            for stage in stages {
+                counts.seen += 1;
+                *match stage {
+                    Stage::Answered { .. } => &mut counts.answered,
+                    Stage::Rejected { .. } => &mut counts.rejected,
+                    Stage::Skipped { .. } => &mut counts.skipped,
+                    Stage::Allocated { .. } | Stage::Retry { .. } => &mut counts.pending,
+                } += 1;
+            }
+            Ok(counts)
+        })
     }
 
     /// Every request not finished yet, in (contract, id) order.
@@ -408,6 +442,33 @@ pub(crate) mod tests {
 
     fn unfinished_ids(store: &Store) -> Vec<u64> {
         store.unfinished().unwrap().iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn requests_are_counted_by_stage_per_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let a = grant(&store, 1, 1, 1).allocation;
+        store.answered(CONTRACT, 1, a.slot, None, 120).unwrap();
+        grant(&store, 2, 2, 2);
+        let reject = Verdict::Reject("bad".into());
+        store.decide(CONTRACT, 3, reject, true).unwrap();
+        store.decide(CONTRACT, 4, Verdict::Skip("gone".into()), true).unwrap();
+        store.decide(CONTRACT, 5, Verdict::Unknown("rpc".into()), true).unwrap();
+        let other = Address::repeat_byte(0xc1);
+        store.decide(other, 1, Verdict::Skip("gone".into()), true).unwrap();
+        let counts = store.request_counts(CONTRACT).unwrap();
+        let want = RequestCounts {
+            seen: 5,
+            answered: 1,
+            rejected: 1,
+            skipped: 1,
+            pending: 2,
+        };
+        assert_eq!(counts, want);
+        assert_eq!(store.request_counts(other).unwrap().seen, 1);
+        let none = store.request_counts(Address::repeat_byte(0xc2)).unwrap();
+        assert_eq!(none, RequestCounts::default());
     }
 
     #[test]
