@@ -7,5 +7,6 @@ pub mod config;
 pub mod daemon;
 pub mod ipam;
 pub mod ndp;
+pub mod operator;
 pub mod store;
 pub mod tunnel;

@@ -281,6 +281,13 @@ impl Chain {
         self.block(latest).await
     }
 
+    /// The operator's balance at the latest block, in wei.
+    pub async fn operator_balance(&self) -> Result<U256, ChainError> {
+        let call = format!("eth_getBalance({})", self.operator);
+        self.rpc(&call, self.provider.get_balance(self.operator))
+            .await
+    }
+
     async fn block(&self, number: u64) -> Result<BlockRef, ChainError> {
         let call = format!("eth_getBlockByNumber({number})");
         let block = self

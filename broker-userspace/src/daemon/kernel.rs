@@ -13,6 +13,14 @@ use crate::{
     tunnel::{Routes, Tunnel},
 };
 
+/// What [`Kernel::remove`] found and removed.
+#[derive(Clone, Copy, Debug)]
+pub struct Removed {
+    pub peer: bool,
+    pub route: bool,
+    pub ndp_entry: bool,
+}
+
 pub struct Kernel {
     pub tunnel: Tunnel,
     pub routes: Routes,
@@ -38,14 +46,19 @@ impl Kernel {
         Ok(())
     }
 
-    /// Takes `allocation` down.
-    pub async fn remove(&mut self, allocation: &Allocation) -> anyhow::Result<()> {
-        self.ndp.remove(allocation.prefix)?;
-        self.routes
+    /// Takes `allocation` down; says what was there.
+    pub async fn remove(&mut self, allocation: &Allocation) -> anyhow::Result<Removed> {
+        let ndp_entry = self.ndp.remove(allocation.prefix)?;
+        let route = self
+            .routes
             .remove(allocation.prefix, self.tunnel.index())
             .await?;
-        self.tunnel.remove_peer(&allocation.wg_key)?;
-        Ok(())
+        let peer = self.tunnel.remove_peer(&allocation.wg_key)?;
+        Ok(Removed {
+            peer,
+            route,
+            ndp_entry,
+        })
     }
 
     /// Makes peers, routes and the NDP map hold exactly `allocations`.

@@ -16,6 +16,7 @@ mod answer;
 pub(crate) mod crash_points;
 mod examine;
 mod kernel;
+mod operator;
 mod upkeep;
 
 use std::{
@@ -35,6 +36,11 @@ use crate::{
     chain::{BlockRef, Chain},
     config::Config,
     ndp::{Interface, Responder, ResponderOptions},
+    operator::{
+        control::{self, ControlSocket},
+        handle,
+        status::LastPoll,
+    },
     store::{
         Store,
         requests::{Decision, Stage},
@@ -56,6 +62,10 @@ pub struct Daemon {
     /// The primary requests contract first, then the legacy ones.
     contracts: Vec<Address>,
     stop: Arc<AtomicBool>,
+    /// The block the last poll read at, and how that poll ended: for the
+    /// operator's status.
+    confirmed: Option<BlockRef>,
+    last_poll: Option<LastPoll>,
 }
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
@@ -67,18 +77,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!("stopping before the chain ever answered: tunnels and the NDP responder stay up");
         return Ok(());
     };
+    let first = daemon
+        .snapshot()
+        .await
+        .context("reading the database for the status")?;
+    let (mut publisher, handle) = handle::channel(first);
+    let socket = ControlSocket::bind(&control::socket_path(&daemon.config))?;
+    let server = tokio::spawn(socket.serve(handle, daemon.config.broker.pool));
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        match daemon.poll().await {
+        let result = daemon.poll().await;
+        daemon.poll_ended(&result);
+        match result {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
                 warn!("poll failed ({failures} in a row): {e:#}");
             }
         }
+        daemon.publish(&publisher).await;
         let pause = pause_after(failures, daemon.config.onchain.poll_interval_secs);
-        sleep_unless_stopped(pause, &stop).await;
+        daemon.pause_serving(pause, &mut publisher).await;
     }
+    // Ends the server, which removes the socket.
+    server.abort();
+    let _ = server.await;
     info!("stopping: state is on disk, tunnels and the NDP responder stay up");
     Ok(())
 }
@@ -178,6 +201,8 @@ impl Daemon {
             ecies_secret,
             contracts,
             stop,
+            confirmed: None,
+            last_poll: None,
         };
         daemon.sync_capacity().await;
         Ok(Some(daemon))
@@ -204,6 +229,7 @@ impl Daemon {
 
     async fn poll(&mut self) -> anyhow::Result<()> {
         let at = self.chain.safe_block().await?;
+        self.confirmed = Some(at);
         self.resume_unfinished(&at).await?;
         for contract in self.contracts.clone() {
             if self.stopping() {

@@ -6,9 +6,10 @@ use std::time::UNIX_EPOCH;
 use alloy::primitives::Address;
 use tracing::{info, warn};
 
-use super::{Daemon, crash_point};
+use super::{Daemon, crash_point, kernel::Removed};
 use crate::{
     chain::BlockRef,
+    operator::OnChainRelease,
     store::{allocations::Allocation, chain_releases::OwedRelease, now},
 };
 
@@ -22,19 +23,19 @@ impl Daemon {
 
     /// Frees `allocation` locally (database first, then the kernel); owes
     /// the chain its release when `on_chain` and the allocation is of the
-    /// primary contract.
-    async fn release(
+    /// primary contract. Says what the kernel held.
+    pub(super) async fn release(
         &mut self,
         allocation: &Allocation,
         reason: &str,
         on_chain: bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Removed> {
         let owe_chain = on_chain && allocation.contract == self.contracts[0];
         self.store.release(allocation.slot, reason, owe_chain)?;
         crash_point!("after-release");
-        self.kernel.remove(allocation).await?;
+        let removed = self.kernel.remove(allocation).await?;
         info!(prefix = %allocation.prefix, nft = %allocation.nft, "released: {reason}");
-        Ok(())
+        Ok(removed)
     }
 
     /// Answered allocations whose peer has not completed a handshake by
@@ -101,64 +102,81 @@ impl Daemon {
         Ok(())
     }
 
-    async fn send_owed_releases(&mut self) {
+    /// Sends the on-chain releases owed; says what became of each.
+    pub(super) async fn send_owed_releases(&mut self) -> Vec<(OwedRelease, OnChainRelease)> {
         let owed = match self.store.owed_releases() {
             Ok(owed) => owed,
-            Err(e) => return warn!("reading owed releases: {e}"),
+            Err(e) => {
+                warn!("reading owed releases: {e}");
+                return Vec::new();
+            }
         };
-        for OwedRelease {
+        let mut outcomes = Vec::new();
+        for release in owed {
+            let outcome = self.send_owed_release(release).await;
+            outcomes.push((release, outcome));
+        }
+        outcomes
+    }
+
+    async fn send_owed_release(&mut self, owed: OwedRelease) -> OnChainRelease {
+        let OwedRelease {
             contract,
             nft,
             request_id,
-        } in owed
-        {
-            // releaseAllocation ends the NFT's *current* request: if the
-            // owner has made a newer one meanwhile, that request decides
-            // the prefix (it is answered or rotated), and ending it would
-            // drop it unanswered.
-            let current = match self.chain.latest_block().await {
-                Ok(latest) => self.chain.current_request_id(contract, nft, &latest).await,
-                Err(e) => Err(e),
-            };
-            match current {
-                // An earlier run's release was mined before it was recorded.
-                Ok(0) => {
-                    info!(%nft, request_id, "already released on chain; dropped");
-                    self.forget_owed_release(contract, nft);
-                    continue;
-                }
-                Ok(current) if current != request_id => {
-                    info!(%nft, request_id, current, "a newer request of the NFT decides; no on-chain release");
-                    self.forget_owed_release(contract, nft);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(%nft, "on-chain release will be retried: {e}");
-                    continue;
-                }
-            }
-            let result = self.chain.release_allocation(contract, nft).await;
-            let finished = match &result {
-                Ok(tx) => {
-                    crash_point!("before-release-recorded");
-                    info!(%nft, %tx, "released on chain");
-                    true
-                }
-                // Nothing (left) to release there.
-                Err(e) if e.is_reverted() => {
-                    warn!(%nft, "on-chain release refused, dropped: {e}");
-                    true
-                }
-                Err(e) => {
-                    warn!(%nft, "on-chain release will be retried: {e}");
-                    false
-                }
-            };
-            if finished {
+        } = owed;
+        // releaseAllocation ends the NFT's *current* request: if the
+        // owner has made a newer one meanwhile, that request decides
+        // the prefix (it is answered or rotated), and ending it would
+        // drop it unanswered.
+        let current = match self.chain.latest_block().await {
+            Ok(latest) => self.chain.current_request_id(contract, nft, &latest).await,
+            Err(e) => Err(e),
+        };
+        match current {
+            // An earlier run's release was mined before it was recorded.
+            Ok(0) => {
+                info!(%nft, request_id, "already released on chain; dropped");
                 self.forget_owed_release(contract, nft);
+                return OnChainRelease::AlreadyReleased;
+            }
+            Ok(current) if current != request_id => {
+                info!(%nft, request_id, current, "a newer request of the NFT decides; no on-chain release");
+                self.forget_owed_release(contract, nft);
+                return OnChainRelease::Superseded {
+                    current_request: current,
+                };
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(%nft, "on-chain release will be retried: {e}");
+                return OnChainRelease::Deferred {
+                    reason: e.to_string(),
+                };
             }
         }
+        let outcome = match self.chain.release_allocation(contract, nft).await {
+            Ok(transaction) => {
+                crash_point!("before-release-recorded");
+                info!(%nft, %transaction, "released on chain");
+                OnChainRelease::Sent { transaction }
+            }
+            // Nothing (left) to release there.
+            Err(e) if e.is_reverted() => {
+                warn!(%nft, "on-chain release refused, dropped: {e}");
+                OnChainRelease::Refused {
+                    reason: e.to_string(),
+                }
+            }
+            Err(e) => {
+                warn!(%nft, "on-chain release will be retried: {e}");
+                return OnChainRelease::Deferred {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        self.forget_owed_release(contract, nft);
+        outcome
     }
 
     fn forget_owed_release(&self, contract: Address, nft: Address) {

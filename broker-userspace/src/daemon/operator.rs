@@ -1,0 +1,153 @@
+//! The daemon's side of the operator's surface (`crate::operator`): the
+//! snapshot it publishes after every poll, and the commands it executes
+//! between polls — inside its own loop, so that a release never races the
+//! daemon's own transactions for the operator key's nonce.
+
+use std::time::Duration;
+
+use ipnet::Ipv6Net;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::Daemon;
+use crate::{
+    operator::{
+        Command, OnChainRelease, Publisher, Released, Snapshot,
+        control,
+        release::slot_of,
+        status::{ChainStatus, LastPoll, WalletStatus},
+    },
+    store::now,
+};
+
+/// How often a pause looks at the stop flag.
+const STEP: Duration = Duration::from_millis(100);
+
+impl Daemon {
+    /// The figures as of now: the database, the kernel's peers, the chain
+    /// head and the operator's balance (three RPC calls).
+    pub(super) async fn snapshot(&self) -> Option<Snapshot> {
+        let peers = self
+            .kernel
+            .tunnel
+            .peers()
+            .map_err(|e| warn!("status: reading the WireGuard peers: {e}"))
+            .ok();
+        let mut snapshot =
+            match Snapshot::from_store(&self.config, &self.store, peers.as_deref(), now()) {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    warn!("status: reading the database: {e}");
+                    return None;
+                }
+            };
+        let status = &mut snapshot.status;
+        status.daemon = true;
+        status.last_poll = self.last_poll.clone();
+        if let Some(confirmed) = &self.confirmed {
+            // A failure shows as the poll's own (the same endpoint).
+            match self.chain.latest_block().await {
+                Ok(head) => status.chain = Some(ChainStatus::new(&head, confirmed)),
+                Err(e) => debug!("status: reading the chain head: {e}"),
+            }
+        }
+        match self.chain.operator_balance().await {
+            Ok(balance) => {
+                let low = self.config.onchain.low_balance_wei;
+                let wallet = WalletStatus::new(self.chain.operator(), balance, low);
+                if wallet.low {
+                    warn!(%balance, threshold = %low, "the operator wallet is low on funds (wei)");
+                }
+                status.wallet = Some(wallet);
+            }
+            Err(e) => debug!("status: reading the operator's balance: {e}"),
+        }
+        Some(snapshot)
+    }
+
+    /// Records how the poll that just ended went.
+    pub(super) fn poll_ended(&mut self, result: &anyhow::Result<()>) {
+        self.last_poll = Some(LastPoll {
+            finished_at: now(),
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+        });
+    }
+
+    /// Publishes the figures as of now (kept as they were when the database
+    /// cannot be read).
+    pub(super) async fn publish(&self, publisher: &Publisher) {
+        if let Some(snapshot) = self.snapshot().await {
+            publisher.publish(snapshot);
+        }
+    }
+
+    /// Waits `pause` (less when asked to stop), executing the commands that
+    /// come meanwhile.
+    pub(super) async fn pause_serving(&mut self, pause: Duration, publisher: &mut Publisher) {
+        let end = Instant::now() + pause;
+        while !self.stopping() && Instant::now() < end {
+            let step = STEP.min(end - Instant::now());
+            tokio::select! {
+                () = tokio::time::sleep(step) => {}
+                Some(command) = publisher.commands.recv() => {
+                    self.execute(command).await;
+                    self.publish(publisher).await;
+                }
+            }
+        }
+    }
+
+    async fn execute(&mut self, command: Command) {
+        match command {
+            Command::Release { prefix, reply } => {
+                let result = self.release_for_operator(prefix).await;
+                match &result {
+                    Ok(released) => info!(%prefix, on_chain = %released.on_chain, "released for the operator"),
+                    Err(e) => warn!(%prefix, "release for the operator failed: {e}"),
+                }
+                // The asker may be gone: the release is done all the same.
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// The path of a tunnel that never came up: database (the on-chain
+    /// release owed in the same transaction), kernel, then the owed
+    /// releases sent.
+    async fn release_for_operator(&mut self, prefix: Ipv6Net) -> Result<Released, String> {
+        let slot = slot_of(&self.config.broker.pool, prefix).map_err(|e| e.to_string())?;
+        let allocation = self
+            .store
+            .allocation(slot)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| control::unknown(prefix))?;
+        let removed = self
+            .release(&allocation, "released by the operator", true)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let on_chain = if allocation.contract == self.contracts[0] {
+            self.send_owed_releases()
+                .await
+                .into_iter()
+                .find(|(owed, _)| owed.contract == allocation.contract && owed.nft == allocation.nft)
+                .map_or_else(
+                    || OnChainRelease::Deferred {
+                        reason: "the owed release could not be read".into(),
+                    },
+                    |(_, outcome)| outcome,
+                )
+        } else {
+            OnChainRelease::NotOwed
+        };
+        Ok(Released {
+            prefix,
+            nft_contract: allocation.nft,
+            contract: allocation.contract,
+            request_id: allocation.request_id,
+            peer_removed: removed.peer,
+            route_removed: removed.route,
+            ndp_entry_removed: removed.ndp_entry,
+            on_chain,
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! The allocations as the operator sees them: the database's record with
+//! the state of its WireGuard peer.
+//!
+//! A peer is *active* when its last handshake is at most [`ACTIVE_WITHIN`]
+//! old (WireGuard renews a session every two minutes while traffic flows),
+//! *idle* when it is older, *never* when it has none (the peer never
+//! connected, or was just set up).
+
+use std::{collections::HashMap, time::UNIX_EPOCH};
+
+use alloy::primitives::Address;
+use ipnet::Ipv6Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{store::allocations::Allocation, tunnel::Peer};
+
+/// A handshake at most this old (in seconds) makes a peer active.
+pub const ACTIVE_WITHIN: u64 = 180;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// A handshake within [`ACTIVE_WITHIN`] seconds.
+    Active,
+    /// A handshake, longer ago.
+    Idle,
+    /// No handshake ever.
+    Never,
+}
+
+impl PeerState {
+    /// The state of a peer whose last handshake was at `last_handshake`
+    /// (seconds since the epoch), seen at `now`.
+    pub fn of(last_handshake: Option<u64>, now: u64) -> PeerState {
+        match last_handshake {
+            None => PeerState::Never,
+            Some(at) if now.saturating_sub(at) <= ACTIVE_WITHIN => PeerState::Active,
+            Some(_) => PeerState::Idle,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerState::Active => "active",
+            PeerState::Idle => "idle",
+            PeerState::Never => "never",
+        })
+    }
+}
+
+/// One allocation for the operator. Times are seconds since the epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationView {
+    pub prefix: Ipv6Net,
+    pub nft_contract: Address,
+    /// The request (of `contract`) that last (re)configured it.
+    pub request_id: u64,
+    pub contract: Address,
+    /// Base64, as `wg` shows it.
+    pub wireguard_key: String,
+    pub allocated_at: u64,
+    pub answered_at: Option<u64>,
+    /// None also when the peer state is unknown (`state` None).
+    pub last_handshake: Option<u64>,
+    /// None when read without the daemon (the kernel was not asked).
+    pub state: Option<PeerState>,
+}
+
+/// The views of `allocations`, with the handshakes of `peers` when known.
+pub fn views(allocations: &[Allocation], peers: Option<&[Peer]>, now: u64) -> Vec<AllocationView> {
+    let handshakes: Option<HashMap<[u8; 32], Option<u64>>> = peers.map(|peers| {
+        peers
+            .iter()
+            .map(|p| {
+                let at = p.last_handshake.and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+                (p.public_key, at.map(|d| d.as_secs()))
+            })
+            .collect()
+    });
+    allocations
+        .iter()
+        .map(|a| {
+            let last_handshake = handshakes
+                .as_ref()
+                .and_then(|h| h.get(&a.wg_key).copied().flatten());
+            AllocationView {
+                prefix: a.prefix,
+                nft_contract: a.nft,
+                request_id: a.request_id,
+                contract: a.contract,
+                wireguard_key: wireguard_control::Key(a.wg_key).to_base64(),
+                allocated_at: a.created_at,
+                answered_at: a.answered_at,
+                last_handshake,
+                state: handshakes
+                    .as_ref()
+                    .map(|_| PeerState::of(last_handshake, now)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn a_peer_is_active_idle_or_never_by_its_last_handshake() {
+        let now = 10_000;
+        assert_eq!(PeerState::of(None, now), PeerState::Never);
+        assert_eq!(PeerState::of(Some(now), now), PeerState::Active);
+        assert_eq!(
+            PeerState::of(Some(now - ACTIVE_WITHIN), now),
+            PeerState::Active
+        );
+        assert_eq!(
+            PeerState::of(Some(now - ACTIVE_WITHIN - 1), now),
+            PeerState::Idle
+        );
+        // A clock that stepped back is not "idle".
+        assert_eq!(PeerState::of(Some(now + 5), now), PeerState::Active);
+    }
+
+    #[test]
+    fn views_join_the_allocations_with_their_peers() {
+        let allocation = |n: u8| Allocation {
+            slot: n.into(),
+            prefix: format!("2001:db8::{n}00/120").parse().unwrap(),
+            nft: Address::repeat_byte(n),
+            contract: Address::repeat_byte(0xc0),
+            request_id: n.into(),
+            wg_key: [n; 32],
+            created_at: 100,
+            key_set_at: Some(100),
+            answered_at: Some(101),
+            handshake_deadline: None,
+        };
+        let all = [allocation(1), allocation(2), allocation(3)];
+        let now = 1_000_000;
+        let peer = |n: u8, at: Option<u64>| Peer {
+            public_key: [n; 32],
+            allowed_ips: vec![],
+            last_handshake: at.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+        };
+        let peers = [peer(1, Some(now - 5)), peer(2, Some(now - 500)), peer(3, None)];
+        let v = views(&all, Some(&peers), now);
+        let states: Vec<_> = v.iter().map(|v| v.state).collect();
+        assert_eq!(
+            states,
+            [
+                Some(PeerState::Active),
+                Some(PeerState::Idle),
+                Some(PeerState::Never)
+            ]
+        );
+        assert_eq!(v[0].last_handshake, Some(now - 5));
+        assert_eq!(v[0].wireguard_key, wireguard_control::Key([1; 32]).to_base64());
+        assert_eq!(v[1].prefix, all[1].prefix);
+        // Without the kernel: no state, no handshake.
+        let v = views(&all, None, now);
+        assert!(v.iter().all(|v| v.state.is_none() && v.last_handshake.is_none()));
+        // A peer missing from the interface never connected (as far as we know).
+        let v = views(&all, Some(&[]), now);
+        assert!(v.iter().all(|v| v.state == Some(PeerState::Never)));
+    }
+}

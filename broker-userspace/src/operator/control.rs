@@ -1,0 +1,372 @@
+//! The control socket: a Unix socket the daemon serves (mode 0660, so its
+//! owner and group only) and the operator's commands talk to, one JSON line
+//! asked, one answered, per connection.
+//!
+//! Asked: `{"command": "status"}`, `{"command": "allocations"}`,
+//! `{"command": "allocation", "prefix": P}`, `{"command": "release",
+//! "prefix": P}`. Answered: `{"ok": VALUE}` (a [`Status`], a list of
+//! [`AllocationView`], one of them, a [`Released`]) or `{"error": TEXT}`.
+//!
+//! Besides the file's mode, each connecting process is checked with
+//! SO_PEERCRED: root, the daemon's own user, or a member of the socket's
+//! group (by its primary group or the group database), so a socket whose
+//! mode was opened by mistake still answers nobody else. A request line is
+//! at most [`MAX_REQUEST`] bytes and must arrive within [`READ_TIMEOUT`].
+//!
+//! [`Status`]: super::Status
+//! [`AllocationView`]: super::AllocationView
+//! [`Released`]: super::Released
+
+use std::{
+    io::{self, BufRead as _, Write as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::Ipv6Net;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use thiserror::Error;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{info, warn};
+
+use super::{handle::Handle, release};
+use crate::{config::Config, ipam::Pool};
+
+/// Where the socket goes when the configuration names no path and systemd
+/// gives no runtime directory.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/blockhost-broker";
+const SOCKET_NAME: &str = "control.sock";
+/// The longest request line.
+pub const MAX_REQUEST: u64 = 4096;
+/// How long a client has to send its request (and to read the answer).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Allocations,
+    Allocation { prefix: Ipv6Net },
+    Release { prefix: Ipv6Net },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// The socket's path: `[broker] control_socket`, else `control.sock` in
+/// systemd's `$RUNTIME_DIRECTORY` (its first entry), else in
+/// [`DEFAULT_RUNTIME_DIR`].
+pub fn socket_path(config: &Config) -> PathBuf {
+    if let Some(path) = &config.broker.control_socket {
+        return path.clone();
+    }
+    let runtime_dir = std::env::var("RUNTIME_DIRECTORY")
+        .ok()
+        .and_then(|dirs| dirs.split(':').next().map(PathBuf::from))
+        .filter(|dir| dir.is_absolute())
+        .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into());
+    runtime_dir.join(SOCKET_NAME)
+}
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("another process answers on the control socket {0}")]
+    InUse(PathBuf),
+    #[error("control socket {path}: {action}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The daemon's listening socket; removed when dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `path` (mode 0660, its directory made 0755 when missing),
+    /// replacing a stale socket; refuses when a process answers on it.
+    pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
+        let io = |action| {
+            let path = path.to_path_buf();
+            move |source| ControlError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io("creating its directory"))?;
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(path.to_path_buf()));
+        }
+        // Bound under another name and given its mode there, then renamed
+        // into place: never reachable with the umask's mode.
+        let fresh = path.with_extension("new");
+        let _ = std::fs::remove_file(&fresh);
+        let listener = UnixListener::bind(&fresh).map_err(io("binding"))?;
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o660))
+            .map_err(io("setting its mode"))?;
+        std::fs::rename(&fresh, path).map_err(io("moving it into place"))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves connections (each in a task of its own) until the task
+    /// running this is dropped.
+    pub async fn serve(self, handle: Handle, pool: Pool) {
+        info!(path = %self.path.display(), "control socket ready");
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!("control socket: accepting: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // The group is read at each connection: an operator may change
+            // it (chgrp) without restarting the daemon.
+            let group = std::fs::metadata(&self.path).map_or(u32::MAX, |m| m.gid());
+            tokio::spawn(connection(stream, handle.clone(), pool, group));
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn connection(mut stream: UnixStream, handle: Handle, pool: Pool, group: u32) {
+    let response = match allowed(&stream, group).await {
+        Err(refusal) => {
+            warn!("control socket: {refusal}");
+            Response::Error(refusal)
+        }
+        Ok(()) => match read_request(&mut stream).await {
+            Ok(request) => answer(request, &handle, &pool).await,
+            Err(e) => Response::Error(e),
+        },
+    };
+    let mut line = serde_json::to_vec(&response).expect("responses serialize");
+    line.push(b'\n');
+    // A client gone meanwhile (or too slow to read) loses its answer, nothing else.
+    let _ = tokio::time::timeout(READ_TIMEOUT, stream.write_all(&line)).await;
+}
+
+/// Root, the daemon's own user, or a member of the socket's `group`.
+async fn allowed(stream: &UnixStream, group: u32) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("reading the peer's credentials: {e}"))?;
+    let (uid, gid) = (cred.uid(), cred.gid());
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    if uid == 0 || uid == own || gid == group {
+        return Ok(());
+    }
+    // The group database may be slow (LDAP): off the daemon's thread.
+    let member = tokio::task::spawn_blocking(move || member_of(uid, group))
+        .await
+        .unwrap_or(false);
+    if member {
+        return Ok(());
+    }
+    Err(format!(
+        "refused: uid {uid} (pid {}) is not root, not the daemon's user, and not in the socket's group (gid {group})",
+        cred.pid().unwrap_or(0)
+    ))
+}
+
+/// Whether the user `uid` has `gid` as primary or supplementary group in
+/// the user and group databases.
+fn member_of(uid: u32, gid: u32) -> bool {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data; getpwuid_r fills it with pointers into
+    // `buf`, which outlives every use below.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return false;
+    }
+    if pwd.pw_gid == gid {
+        return true;
+    }
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: `groups` has room for `n` entries; pw_name points into `buf`.
+        let rc = unsafe { libc::getgrouplist(pwd.pw_name, pwd.pw_gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            return groups[..n as usize].contains(&gid);
+        }
+        // Too small: `n` says how many there are.
+        groups.resize(n.max(0) as usize + 1, 0);
+    }
+    false
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream).take(MAX_REQUEST + 1);
+    match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => return Err(format!("no request within {READ_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(format!("reading the request: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() as u64 > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    serde_json::from_str(line.trim()).map_err(|e| format!("malformed request: {e}"))
+}
+
+async fn answer(request: Request, handle: &Handle, pool: &Pool) -> Response {
+    let ok = |value: serde_json::Result<serde_json::Value>| {
+        Response::Ok(value.expect("snapshots serialize"))
+    };
+    match request {
+        Request::Status => ok(serde_json::to_value(&handle.snapshot().status)),
+        Request::Allocations => ok(serde_json::to_value(&handle.snapshot().allocations)),
+        Request::Allocation { prefix } => {
+            if let Err(e) = release::slot_of(pool, prefix) {
+                return Response::Error(e.to_string());
+            }
+            match handle.snapshot().allocation(prefix) {
+                Some(view) => ok(serde_json::to_value(view)),
+                None => Response::Error(unknown(prefix)),
+            }
+        }
+        Request::Release { prefix } => match handle.release(prefix).await {
+            Ok(released) => ok(serde_json::to_value(released)),
+            Err(e) => Response::Error(e),
+        },
+    }
+}
+
+/// The error for a prefix of the pool that no allocation has.
+pub fn unknown(prefix: Ipv6Net) -> String {
+    format!("no allocation has {prefix}")
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Debug, Error)]
+pub enum AskError {
+    /// No socket, or nobody listening on it.
+    #[error("no daemon answers on {path}")]
+    NoDaemon { path: PathBuf },
+    #[error(
+        "permission denied on {path}: run as root or as a member of the socket's group"
+    )]
+    Denied { path: PathBuf },
+    /// The daemon's answer was an error.
+    #[error("{0}")]
+    Refused(String),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control socket {path}: the daemon closed the connection without an answer (did it stop?)")]
+    NoAnswer { path: PathBuf },
+    #[error("control socket {path}: unexpected answer: {reason}")]
+    Protocol { path: PathBuf, reason: String },
+}
+
+/// Asks the daemon on `path` and waits at most `timeout` for its answer.
+/// (Blocking: for the command line.)
+pub fn ask<T: DeserializeOwned>(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<T, AskError> {
+    let io = |source: io::Error| AskError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => AskError::NoDaemon {
+            path: path.to_path_buf(),
+        },
+        io::ErrorKind::PermissionDenied => AskError::Denied {
+            path: path.to_path_buf(),
+        },
+        _ => io(e),
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(READ_TIMEOUT)).map_err(io)?;
+    let mut line = serde_json::to_vec(request).expect("requests serialize");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(io)?;
+    if answer.is_empty() {
+        return Err(AskError::NoAnswer {
+            path: path.to_path_buf(),
+        });
+    }
+    let protocol = |reason: String| AskError::Protocol {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match serde_json::from_str(&answer).map_err(|e| protocol(e.to_string()))? {
+        Response::Ok(value) => serde_json::from_value(value).map_err(|e| protocol(e.to_string())),
+        Response::Error(message) => Err(AskError::Refused(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_is_one_json_object_a_line() {
+        let prefix: Ipv6Net = "2001:db8::100/120".parse().unwrap();
+        let text = serde_json::to_string(&Request::Release { prefix }).unwrap();
+        assert_eq!(
+            text,
+            r#"{"command":"release","prefix":"2001:db8::100/120"}"#
+        );
+        let status: Request = serde_json::from_str(r#"{"command":"status"}"#).unwrap();
+        assert_eq!(status, Request::Status);
+        let error = serde_json::to_string(&Response::Error("no".into())).unwrap();
+        assert_eq!(error, r#"{"error":"no"}"#);
+    }
+
+    #[test]
+    fn root_is_a_member_of_its_own_group_and_nobody_of_root() {
+        assert!(member_of(0, 0));
+        // 65534: nobody / nogroup on Debian.
+        assert!(!member_of(65534, 0));
+        assert!(!member_of(4_000_000, 0), "an unknown user is in no group");
+    }
+}

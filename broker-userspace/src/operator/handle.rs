@@ -1,0 +1,125 @@
+//! The link between the daemon's loop and those who ask it: the snapshot it
+//! publishes after every poll (read by anyone, any time, without waiting for
+//! the loop), and the commands it executes between polls (a release), each
+//! answered on its own oneshot channel.
+
+use std::sync::Arc;
+
+use ipnet::Ipv6Net;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    allocation::{self, AllocationView},
+    release::Released,
+    status::{PeerCounts, Status},
+};
+use crate::{
+    config::Config,
+    store::{Store, StoreError},
+    tunnel::Peer,
+};
+
+/// The daemon's figures at one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub status: Status,
+    /// In prefix order.
+    pub allocations: Vec<AllocationView>,
+}
+
+impl Snapshot {
+    /// The database's figures, with the handshakes of `peers` when known
+    /// (None: no daemon to ask the kernel).
+    pub fn from_store(
+        config: &Config,
+        store: &Store,
+        peers: Option<&[Peer]>,
+        now: u64,
+    ) -> Result<Snapshot, StoreError> {
+        let all = store.allocations()?;
+        let allocations = allocation::views(&all, peers, now);
+        let mut status = Status::from_store(config, store, all.len(), now)?;
+        status.peers = PeerCounts::of(&allocations);
+        Ok(Snapshot {
+            status,
+            allocations,
+        })
+    }
+
+    pub fn allocation(&self, prefix: Ipv6Net) -> Option<&AllocationView> {
+        self.allocations.iter().find(|a| a.prefix == prefix)
+    }
+}
+
+/// A command for the daemon's loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Release the allocation of `prefix`; the reply says what was done, or
+    /// why nothing was.
+    Release {
+        prefix: Ipv6Net,
+        reply: oneshot::Sender<Result<Released, String>>,
+    },
+}
+
+/// The daemon's end: publishes snapshots, receives commands.
+pub struct Publisher {
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    pub commands: mpsc::Receiver<Command>,
+}
+
+/// The askers' end (cheap to clone): the control socket's, the API's.
+#[derive(Clone)]
+pub struct Handle {
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// Commands waiting for the loop; more wait for a place.
+const QUEUED_COMMANDS: usize = 16;
+
+/// A publisher starting at `first`, and its handle.
+pub fn channel(first: Snapshot) -> (Publisher, Handle) {
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first));
+    let (commands_tx, commands_rx) = mpsc::channel(QUEUED_COMMANDS);
+    (
+        Publisher {
+            snapshot: snapshot_tx,
+            commands: commands_rx,
+        },
+        Handle {
+            snapshot: snapshot_rx,
+            commands: commands_tx,
+        },
+    )
+}
+
+impl Publisher {
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    /// The snapshot published last.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+}
+
+impl Handle {
+    /// The snapshot published last.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Has the daemon release `prefix`, and waits until it has (the loop
+    /// takes it at the end of the poll in progress).
+    pub async fn release(&self, prefix: Ipv6Net) -> Result<Released, String> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || "the daemon is stopping".to_string();
+        self.commands
+            .send(Command::Release { prefix, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
