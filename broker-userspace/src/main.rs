@@ -42,6 +42,12 @@ enum Command {
     /// Check the configuration file as `run` reads it: every problem on its
     /// own line, exit status 1 if there is any.
     CheckConfig(commands::check_config::CheckConfigArgs),
+    /// The running daemon's figures: pool, requests per contract, chain
+    /// lag, operator wallet, NDP responder, WireGuard peers. Without a
+    /// daemon, what the database holds.
+    Status(commands::status::StatusArgs),
+    /// The allocations: list, show one, release one.
+    Allocations(commands::allocations::AllocationsArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
         Command::DeployRequests(args) => commands::deploy_requests::run(args),
         Command::GenerateKey(args) => commands::generate_key::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),
+        Command::Status(args) => commands::status::run(args),
+        Command::Allocations(args) => commands::allocations::run(args),
     };
     match result {
         Ok(code) => code,

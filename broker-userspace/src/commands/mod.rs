@@ -1,7 +1,9 @@
 //! One module per top-level command.
 
+pub mod allocations;
 pub mod check_config;
 pub mod deploy_requests;
 pub mod generate_key;
 pub mod ndp;
 pub mod run;
+pub mod status;

@@ -46,6 +46,14 @@ impl Snapshot {
         })
     }
 
+    /// The database's figures read with no daemon running (redb lets no
+    /// second process open the file while it runs): read-only, without
+    /// the chain, the wallet and the peers.
+    pub fn read_offline(config: &Config) -> Result<Snapshot, StoreError> {
+        let store = Store::open_read_only(&config.database_path, config.broker.pool)?;
+        Snapshot::from_store(config, &store, None, crate::store::now())
+    }
+
     pub fn allocation(&self, prefix: Ipv6Net) -> Option<&AllocationView> {
         self.allocations.iter().find(|a| a.prefix == prefix)
     }
