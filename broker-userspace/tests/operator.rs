@@ -88,7 +88,11 @@ impl Run {
     /// Exit status 1, with `needle` in stderr.
     fn fails_with(&self, needle: &str) {
         assert_eq!(self.code, Some(1), "{}\n{}", self.stdout, self.stderr);
-        assert!(self.stderr.contains(needle), "{needle:?} not in {}", self.stderr);
+        assert!(
+            self.stderr.contains(needle),
+            "{needle:?} not in {}",
+            self.stderr
+        );
     }
 }
 
@@ -116,15 +120,32 @@ fn lab_test(tag: &str, body: impl AsyncFnOnce(&mut Lab) + Send) {
     let broker = Netns::new(&format!("{tag}b"));
     let router = Netns::new(&format!("{tag}r"));
     let server = Netns::new(&format!("{tag}s"));
-    veth(&broker, "b0", "02:00:00:00:0b:01", &router, "r0", "02:00:00:00:0b:02");
-    veth(&broker, "u0", "02:00:00:00:0c:01", &server, "s0", "02:00:00:00:0c:02");
+    veth(
+        &broker,
+        "b0",
+        "02:00:00:00:0b:01",
+        &router,
+        "r0",
+        "02:00:00:00:0b:02",
+    );
+    veth(
+        &broker,
+        "u0",
+        "02:00:00:00:0c:01",
+        &server,
+        "s0",
+        "02:00:00:00:0c:02",
+    );
     broker.ip(&["addr", "add", "192.0.2.1/24", "dev", "u0"]);
     server.ip(&["addr", "add", "192.0.2.2/24", "dev", "s0"]);
     let ns_file = File::open(format!("/run/netns/{}", broker.name())).unwrap();
     thread::scope(|s| {
         s.spawn(move || {
             // SAFETY: an open /run/netns file; only this thread changes.
-            assert_eq!(unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            assert_eq!(
+                unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -327,7 +348,9 @@ low_balance_eth = "{LOW_BALANCE_ETH}"
         let logs = self.wallet().get_logs(&filter).await.unwrap();
         logs.iter()
             .filter(|log| {
-                let e = log.log_decode::<BrokerRequests::AllocationReleased>().unwrap();
+                let e = log
+                    .log_decode::<BrokerRequests::AllocationReleased>()
+                    .unwrap();
                 e.inner.data.nftContract == nft
             })
             .count()
@@ -352,7 +375,9 @@ low_balance_eth = "{LOW_BALANCE_ETH}"
     /// prefixes, each sorted.
     fn kernel(&self) -> (Vec<(String, String)>, Vec<String>, Vec<Ipv6Net>) {
         let peers = allowed_ips(&self.broker, &self.wg_if);
-        let shown = self.broker.ip(&["-6", "route", "show", "dev", &self.wg_if, "proto", "180"]);
+        let shown = self
+            .broker
+            .ip(&["-6", "route", "show", "dev", &self.wg_if, "proto", "180"]);
         let mut routes: Vec<String> = shown
             .lines()
             .filter_map(|l| Some(l.split_whitespace().next()?.to_string()))
@@ -410,7 +435,10 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert_eq!((status.pool.used, status.pool.total), (3, (1 << 56) - 1));
         assert_eq!(status.pool.free, status.pool.total - 3);
         let requests = status.contracts[0].requests;
-        assert_eq!((requests.seen, requests.answered, requests.pending), (3, 3, 0));
+        assert_eq!(
+            (requests.seen, requests.answered, requests.pending),
+            (3, 3, 0)
+        );
         let peers = status.peers.unwrap();
         assert_eq!((peers.active, peers.idle, peers.never), (1, 0, 2));
         let (kernel_peers, routes, ndp) = lab.kernel();
@@ -419,12 +447,19 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert_eq!(ndp_status.interface.as_deref(), Some("b0"));
         assert_eq!(ndp_status.mode.as_deref(), Some("generic"));
         let chain = status.chain.as_ref().unwrap();
-        assert!(chain.head >= chain.confirmed && chain.confirmed > 0, "{chain:?}");
+        assert!(
+            chain.head >= chain.confirmed && chain.confirmed > 0,
+            "{chain:?}"
+        );
         let wallet = status.wallet.unwrap();
         assert_eq!(wallet.address, lab.dev.operator.address());
         assert!(wallet.low, "{LOW_BALANCE_ETH} ETH is more than anvil gives");
         let text = lab.cli(&["status"]);
-        assert!(text.ok().contains("LOW: below 1000000.0"), "{}", text.stdout);
+        assert!(
+            text.ok().contains("LOW: below 1000000 ETH"),
+            "{}",
+            text.stdout
+        );
         assert!(text.ok().contains("1 active, 0 idle, 2 never connected"));
 
         // list: the kernel's peers, routes and NDP entries, and the filters.
@@ -451,21 +486,28 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert_eq!(shown.state, Some(PeerState::Active));
         assert_eq!(shown.nft_contract, nfts[0]);
         let free = "2001:db8:100::ff00/120";
-        lab.cli(&["allocations", "show", free]).fails_with("no allocation has");
+        lab.cli(&["allocations", "show", free])
+            .fails_with("no allocation has");
         lab.cli(&["allocations", "show", "2001:db8:100::101/120"])
             .fails_with("host bits set");
         lab.cli(&["allocations", "show", "2001:db8:200::/120"])
             .fails_with("not in the pool");
 
         // release: peer, route, NDP entry, database, once on chain.
-        let gone = all.iter().find(|v| v.state == Some(PeerState::Never)).unwrap();
+        let gone = all
+            .iter()
+            .find(|v| v.state == Some(PeerState::Never))
+            .unwrap();
         let nft = gone.nft_contract;
         let released: Released = lab
             .cli(&["allocations", "release", &gone.prefix.to_string(), "--json"])
             .json();
         assert!(released.peer_removed && released.route_removed && released.ndp_entry_removed);
         assert!(
-            matches!(released.on_chain, broker_userspace::operator::OnChainRelease::Sent { .. }),
+            matches!(
+                released.on_chain,
+                broker_userspace::operator::OnChainRelease::Sent { .. }
+            ),
             "{released:?}"
         );
         assert_eq!(lab.released_on_chain(nft).await, 1);
@@ -482,10 +524,12 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         // Another user: refused by the socket's mode, and by its
         // credentials when the mode lets it connect.
         let nobody = Some("65534");
-        lab.cli_as(nobody, &["status"]).fails_with("permission denied on");
+        lab.cli_as(nobody, &["status"])
+            .fails_with("permission denied on");
         let open = std::fs::Permissions::from_mode(0o666);
         std::fs::set_permissions(&lab.socket, open).unwrap();
-        lab.cli_as(nobody, &["status"]).fails_with("refused: uid 65534");
+        lab.cli_as(nobody, &["status"])
+            .fails_with("refused: uid 65534");
 
         // No daemon: the database alone, read-only; no release.
         lab.daemon().stop();
@@ -494,7 +538,10 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert!(!offline.daemon);
         assert_eq!(offline.pool.used, 2);
         assert_eq!(offline.contracts[0].requests.answered, 3);
-        assert_eq!((offline.chain, offline.wallet, offline.peers), (None, None, None));
+        assert_eq!(
+            (offline.chain, offline.wallet, offline.peers),
+            (None, None, None)
+        );
         let text = lab.cli(&["status"]);
         assert!(text.ok().contains("not running: figures from the database"));
         let left_offline = lab.list(None);

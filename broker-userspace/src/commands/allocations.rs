@@ -81,17 +81,19 @@ fn list(common: &CommonArgs, state: Option<PeerState>) -> anyhow::Result<ExitCod
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![[
-        "PREFIX",
-        "STATE",
-        "LAST HANDSHAKE",
-        "ALLOCATED",
-        "NFT CONTRACT",
-        "REQUEST",
-        "CONTRACT",
-        "WIREGUARD KEY",
-    ]
-    .map(String::from)];
+    let mut rows = vec![
+        [
+            "PREFIX",
+            "STATE",
+            "LAST HANDSHAKE",
+            "ALLOCATED",
+            "NFT CONTRACT",
+            "REQUEST",
+            "CONTRACT",
+            "WIREGUARD KEY",
+        ]
+        .map(String::from),
+    ];
     for a in &all {
         rows.push([
             a.prefix.to_string(),
@@ -155,14 +157,17 @@ fn release(common: &CommonArgs, prefix: Ipv6Net) -> anyhow::Result<ExitCode> {
     let config = common.load()?;
     check_prefix(&config, prefix)?;
     let socket = control::socket_path(&config);
-    let released: Released =
-        match control::ask(&socket, &Request::Release { prefix }, RELEASE_TIMEOUT) {
-            Err(AskError::NoDaemon { path }) => anyhow::bail!(
-                "no daemon answers on {}: a release goes through the running daemon (start it, then retry)",
-                path.display()
-            ),
-            other => other?,
-        };
+    let released: Released = match control::ask(
+        &socket,
+        &Request::Release { prefix },
+        RELEASE_TIMEOUT,
+    ) {
+        Err(AskError::NoDaemon { path }) => anyhow::bail!(
+            "no daemon answers on {}: a release goes through the running daemon (start it, then retry)",
+            path.display()
+        ),
+        other => other?,
+    };
     if common.json {
         println!("{}", serde_json::to_string_pretty(&released)?);
         return Ok(ExitCode::SUCCESS);

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use alloy::primitives::utils::format_ether;
+use alloy::primitives::{U256, utils::format_ether};
 use broker_userspace::{
     config::{self, Config},
     operator::{
@@ -121,7 +121,10 @@ fn text(s: &Status) -> String {
         );
     }
     if let Some(poll) = &s.last_poll {
-        let outcome = poll.error.as_deref().map_or("ok".into(), |e| format!("failed: {e}"));
+        let outcome = poll
+            .error
+            .as_deref()
+            .map_or("ok".into(), |e| format!("failed: {e}"));
         line("last poll", format!("{}, {outcome}", utc(poll.finished_at)));
     }
     if let Some(c) = &s.chain {
@@ -142,14 +145,14 @@ fn text(s: &Status) -> String {
     if let Some(w) = &s.wallet {
         line(
             "wallet",
-            format!("{} holds {} ETH", w.address, format_ether(w.balance_wei)),
+            format!("{} holds {} ETH", w.address, eth(w.balance_wei)),
         );
         if w.low {
             line(
                 "",
                 format!(
                     "LOW: below {} ETH ([onchain] low_balance_eth): fund it, or answers and releases will fail",
-                    format_ether(w.low_balance_wei)
+                    eth(w.low_balance_wei)
                 ),
             );
         }
@@ -163,7 +166,11 @@ fn text(s: &Status) -> String {
                     "{} ({} mode, {}), {} prefixes; seen {} answered {} not_ours {} invalid {} failed {}",
                     n.interface.as_deref().unwrap_or("(interface gone)"),
                     n.mode.as_deref().unwrap_or("unknown"),
-                    if n.attached { "attached" } else { "NOT attached" },
+                    if n.attached {
+                        "attached"
+                    } else {
+                        "NOT attached"
+                    },
                     n.prefixes,
                     c.seen,
                     c.answered,
@@ -173,7 +180,10 @@ fn text(s: &Status) -> String {
                 ),
             );
         }
-        None => line("ndp", "no responder pinned (or its pins cannot be read)".into()),
+        None => line(
+            "ndp",
+            "no responder pinned (or its pins cannot be read)".into(),
+        ),
     }
     if let Some(p) = &s.peers {
         line(
@@ -187,10 +197,19 @@ fn text(s: &Status) -> String {
     if s.owed_releases > 0 {
         line(
             "owed",
-            format!("{} on-chain releases not sent yet (retried every poll)", s.owed_releases),
+            format!(
+                "{} on-chain releases not sent yet (retried every poll)",
+                s.owed_releases
+            ),
         );
     }
     out
+}
+
+/// Wei in ETH, without trailing zeros.
+fn eth(wei: U256) -> String {
+    let text = format_ether(wei);
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// `secs` since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -227,6 +246,14 @@ pub fn ago(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn eth_amounts_lose_their_trailing_zeros() {
+        let eth = |wei: u128| super::eth(alloy::primitives::U256::from(wei));
+        assert_eq!(eth(1_000_000_000_000_000_000_000_000), "1000000");
+        assert_eq!(eth(1_500_000_000_000_000), "0.0015");
+        assert_eq!(eth(0), "0");
+    }
+
     #[test]
     fn utc_dates() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");

@@ -252,7 +252,10 @@ fn the_operator_commands_load_without_reading_the_keys() {
     std::fs::write(&path, f.text()).unwrap();
     assert!(Config::load(&path).is_err());
     let c = Config::load_without_keys(&path).unwrap();
-    assert_eq!(c.onchain.operator_key_file, f.dir.path().join("operator.key"));
+    assert_eq!(
+        c.onchain.operator_key_file,
+        f.dir.path().join("operator.key")
+    );
     f.key("ecies.key", &"11".repeat(32), 0o644);
     let e = Config::load_without_keys(&path).unwrap_err();
     assert!(e.problems[0].contains("readable by group or others"), "{e}");

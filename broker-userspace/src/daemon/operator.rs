@@ -12,8 +12,7 @@ use tracing::{debug, info, warn};
 use super::Daemon;
 use crate::{
     operator::{
-        Command, OnChainRelease, Publisher, Released, Snapshot,
-        control,
+        Command, OnChainRelease, Publisher, Released, Snapshot, control,
         release::slot_of,
         status::{ChainStatus, LastPoll, WalletStatus},
     },
@@ -54,11 +53,7 @@ impl Daemon {
         match self.chain.operator_balance().await {
             Ok(balance) => {
                 let low = self.config.onchain.low_balance_wei;
-                let wallet = WalletStatus::new(self.chain.operator(), balance, low);
-                if wallet.low {
-                    warn!(%balance, threshold = %low, "the operator wallet is low on funds (wei)");
-                }
-                status.wallet = Some(wallet);
+                status.wallet = Some(WalletStatus::new(self.chain.operator(), balance, low));
             }
             Err(e) => debug!("status: reading the operator's balance: {e}"),
         }
@@ -76,9 +71,19 @@ impl Daemon {
     /// Publishes the figures as of now (kept as they were when the database
     /// cannot be read).
     pub(super) async fn publish(&self, publisher: &Publisher) {
-        if let Some(snapshot) = self.snapshot().await {
-            publisher.publish(snapshot);
+        let Some(snapshot) = self.snapshot().await else {
+            return;
+        };
+        // Said once, when the balance falls below the threshold.
+        let was_low = publisher.current().status.wallet.is_some_and(|w| w.low);
+        if let Some(w) = snapshot.status.wallet.filter(|w| w.low && !was_low) {
+            warn!(
+                balance = %w.balance_wei,
+                threshold = %w.low_balance_wei,
+                "the operator wallet is low on funds (wei): answers and releases may soon fail"
+            );
         }
+        publisher.publish(snapshot);
     }
 
     /// Waits `pause` (less when asked to stop), executing the commands that
@@ -102,7 +107,9 @@ impl Daemon {
             Command::Release { prefix, reply } => {
                 let result = self.release_for_operator(prefix).await;
                 match &result {
-                    Ok(released) => info!(%prefix, on_chain = %released.on_chain, "released for the operator"),
+                    Ok(released) => {
+                        info!(%prefix, on_chain = %released.on_chain, "released for the operator")
+                    }
                     Err(e) => warn!(%prefix, "release for the operator failed: {e}"),
                 }
                 // The asker may be gone: the release is done all the same.
@@ -129,7 +136,9 @@ impl Daemon {
             self.send_owed_releases()
                 .await
                 .into_iter()
-                .find(|(owed, _)| owed.contract == allocation.contract && owed.nft == allocation.nft)
+                .find(|(owed, _)| {
+                    owed.contract == allocation.contract && owed.nft == allocation.nft
+                })
                 .map_or_else(
                     || OnChainRelease::Deferred {
                         reason: "the owed release could not be read".into(),

@@ -74,7 +74,9 @@ pub fn views(allocations: &[Allocation], peers: Option<&[Peer]>, now: u64) -> Ve
         peers
             .iter()
             .map(|p| {
-                let at = p.last_handshake.and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+                let at = p
+                    .last_handshake
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
                 (p.public_key, at.map(|d| d.as_secs()))
             })
             .collect()
@@ -146,7 +148,11 @@ mod tests {
             allowed_ips: vec![],
             last_handshake: at.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
         };
-        let peers = [peer(1, Some(now - 5)), peer(2, Some(now - 500)), peer(3, None)];
+        let peers = [
+            peer(1, Some(now - 5)),
+            peer(2, Some(now - 500)),
+            peer(3, None),
+        ];
         let v = views(&all, Some(&peers), now);
         let states: Vec<_> = v.iter().map(|v| v.state).collect();
         assert_eq!(
@@ -158,11 +164,17 @@ mod tests {
             ]
         );
         assert_eq!(v[0].last_handshake, Some(now - 5));
-        assert_eq!(v[0].wireguard_key, wireguard_control::Key([1; 32]).to_base64());
+        assert_eq!(
+            v[0].wireguard_key,
+            wireguard_control::Key([1; 32]).to_base64()
+        );
         assert_eq!(v[1].prefix, all[1].prefix);
         // Without the kernel: no state, no handshake.
         let v = views(&all, None, now);
-        assert!(v.iter().all(|v| v.state.is_none() && v.last_handshake.is_none()));
+        assert!(
+            v.iter()
+                .all(|v| v.state.is_none() && v.last_handshake.is_none())
+        );
         // A peer missing from the interface never connected (as far as we know).
         let v = views(&all, Some(&[]), now);
         assert!(v.iter().all(|v| v.state == Some(PeerState::Never)));

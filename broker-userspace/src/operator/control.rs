@@ -222,7 +222,8 @@ fn member_of(uid: u32, gid: u32) -> bool {
     for _ in 0..2 {
         let mut n = groups.len() as libc::c_int;
         // SAFETY: `groups` has room for `n` entries; pw_name points into `buf`.
-        let rc = unsafe { libc::getgrouplist(pwd.pw_name, pwd.pw_gid, groups.as_mut_ptr(), &mut n) };
+        let rc =
+            unsafe { libc::getgrouplist(pwd.pw_name, pwd.pw_gid, groups.as_mut_ptr(), &mut n) };
         if rc >= 0 {
             return groups[..n as usize].contains(&gid);
         }
@@ -281,9 +282,7 @@ pub enum AskError {
     /// No socket, or nobody listening on it.
     #[error("no daemon answers on {path}")]
     NoDaemon { path: PathBuf },
-    #[error(
-        "permission denied on {path}: run as root or as a member of the socket's group"
-    )]
+    #[error("permission denied on {path}: run as root or as a member of the socket's group")]
     Denied { path: PathBuf },
     /// The daemon's answer was an error.
     #[error("{0}")]
@@ -294,7 +293,9 @@ pub enum AskError {
         #[source]
         source: io::Error,
     },
-    #[error("control socket {path}: the daemon closed the connection without an answer (did it stop?)")]
+    #[error(
+        "control socket {path}: the daemon closed the connection without an answer (did it stop?)"
+    )]
     NoAnswer { path: PathBuf },
     #[error("control socket {path}: unexpected answer: {reason}")]
     Protocol { path: PathBuf, reason: String },

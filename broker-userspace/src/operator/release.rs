@@ -115,12 +115,18 @@ mod tests {
             "2001:db8:100::201/120 has host bits set (did you mean 2001:db8:100::200/120?)"
         );
         let e = slot("2001:db8:100::/112").unwrap_err();
-        assert_eq!(e.to_string(), "2001:db8:100::/112 is not a /120, the allocation size");
+        assert_eq!(
+            e.to_string(),
+            "2001:db8:100::/112 is not a /120, the allocation size"
+        );
         let e = slot("2001:db8:200::100/120").unwrap_err();
         assert_eq!(
             e.to_string(),
             "2001:db8:200::100/120 is not in the pool 2001:db8:100::/64"
         );
-        assert!(matches!(slot("2001:db8:100::/120"), Err(PrefixError::Broker { .. })));
+        assert!(matches!(
+            slot("2001:db8:100::/120"),
+            Err(PrefixError::Broker { .. })
+        ));
     }
 }

@@ -345,7 +345,7 @@ pub(crate) mod tests {
             a
         };
         let store = Store::open_read_only(&path, pool()).unwrap();
-        assert_eq!(store.allocations().unwrap(), [a.clone()]);
+        assert_eq!(store.allocations().unwrap(), std::slice::from_ref(&a));
         let e = store.release(a.slot, "test", false).unwrap_err();
         assert!(matches!(e, StoreError::ReadOnly), "{e}");
         assert_eq!(store.allocations().unwrap(), [a]);

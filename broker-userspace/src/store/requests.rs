@@ -453,10 +453,16 @@ pub(crate) mod tests {
         grant(&store, 2, 2, 2);
         let reject = Verdict::Reject("bad".into());
         store.decide(CONTRACT, 3, reject, true).unwrap();
-        store.decide(CONTRACT, 4, Verdict::Skip("gone".into()), true).unwrap();
-        store.decide(CONTRACT, 5, Verdict::Unknown("rpc".into()), true).unwrap();
+        store
+            .decide(CONTRACT, 4, Verdict::Skip("gone".into()), true)
+            .unwrap();
+        store
+            .decide(CONTRACT, 5, Verdict::Unknown("rpc".into()), true)
+            .unwrap();
         let other = Address::repeat_byte(0xc1);
-        store.decide(other, 1, Verdict::Skip("gone".into()), true).unwrap();
+        store
+            .decide(other, 1, Verdict::Skip("gone".into()), true)
+            .unwrap();
         let counts = store.request_counts(CONTRACT).unwrap();
         let want = RequestCounts {
             seen: 5,
