@@ -4,10 +4,8 @@
 
 use alloy::primitives::{Address, U256};
 use anyhow::Context as _;
-use broker_contracts::{BrokerRegistry, BrokerRequests};
+use broker_contracts::{BrokerRegistry, BrokerRequests, chain::Connection};
 use serde::Serialize;
-
-use crate::chain::Chain;
 
 /// One registry entry, with its requests contract's free capacity.
 #[derive(Clone, Debug, Serialize)]
@@ -55,7 +53,7 @@ pub fn ecies_key_from_hex(text: &str) -> Option<[u8; 65]> {
 }
 
 /// Every broker of the registry, in id order.
-pub async fn list(chain: &Chain, registry: Address) -> anyhow::Result<Vec<Broker>> {
+pub async fn list(chain: &Connection, registry: Address) -> anyhow::Result<Vec<Broker>> {
     chain.require_contract("the registry", registry).await?;
     let contract = BrokerRegistry::new(registry, chain.provider());
     let count = chain

@@ -4,6 +4,7 @@
 //! deployment with pre-flight checks, and a local development chain.
 
 pub mod bindings;
+pub mod chain;
 pub mod config_snippet;
 pub mod deploy;
 pub mod devchain;

@@ -2,20 +2,21 @@
 //! contracts share every function read here, signature for signature (the
 //! tests assert the selectors), so one code path serves both.
 
+use alloy::providers::DynProvider;
 use alloy::{
     eips::BlockId,
     primitives::{Address, U256},
-    sol_types::SolCall,
 };
-use broker_contracts::BrokerRequests;
+use broker_contracts::{BrokerRequests, chain::to_u64};
 
-use super::{BlockRef, Chain, ChainError, decode_returns, to_u64};
+use super::{BlockRef, Chain, ChainError};
 
 alloy::sol! {
     /// `getRequest` with its answer's status read as a plain word: the same
     /// ABI encoding as the contracts' `Request` (an enum is a uint8, one
     /// word), but an unknown status becomes a clear error instead of a
     /// decoding failure, and a foreign contract cannot make decoding panic.
+    #[sol(rpc)]
     interface LenientRequests {
         struct RawRequest {
             uint256 id;
@@ -110,15 +111,24 @@ impl OnchainRequest {
 }
 
 impl Chain {
+    pub(super) fn requests(
+        &self,
+        contract: Address,
+    ) -> BrokerRequests::BrokerRequestsInstance<&DynProvider> {
+        BrokerRequests::new(contract, self.conn.provider())
+    }
+
     /// `getRequestCount()` at `at`.
     pub async fn request_count(&self, contract: Address, at: &BlockRef) -> Result<u64, ChainError> {
         let call = format!("getRequestCount() on {contract} at block {}", at.number);
         let count = self
+            .conn
             .view(
                 &call,
-                contract,
-                &BrokerRequests::getRequestCountCall {},
-                at.id(),
+                self.requests(contract)
+                    .getRequestCount()
+                    .block(at.id())
+                    .call(),
             )
             .await?;
         to_u64(&call, "request count", count)
@@ -143,13 +153,11 @@ impl Chain {
         id: u64,
         block: BlockId,
     ) -> Result<OnchainRequest, ChainError> {
-        let data = LenientRequests::getRequestCall {
-            requestId: U256::from(id),
-        };
-        let out = self
-            .raw_call(call, contract, data.abi_encode(), block)
+        let lenient = LenientRequests::new(contract, self.conn.provider());
+        let raw = self
+            .conn
+            .view(call, lenient.getRequest(U256::from(id)).block(block).call())
             .await?;
-        let raw = decode_returns::<LenientRequests::getRequestCall>(call, contract, &out)?;
         OnchainRequest::from_raw(call, id, raw)
     }
 
@@ -166,11 +174,13 @@ impl Chain {
             at.number
         );
         let id = self
+            .conn
             .view(
                 &call,
-                contract,
-                &BrokerRequests::nftContractToRequestIdCall::new((nft,)),
-                at.id(),
+                self.requests(contract)
+                    .nftContractToRequestId(nft)
+                    .block(at.id())
+                    .call(),
             )
             .await?;
         to_u64(&call, "request id", id)
@@ -187,11 +197,13 @@ impl Chain {
             at.number
         );
         let secs = self
+            .conn
             .view(
                 &call,
-                contract,
-                &BrokerRequests::requestExpirationTimeCall {},
-                at.id(),
+                self.requests(contract)
+                    .requestExpirationTime()
+                    .block(at.id())
+                    .call(),
             )
             .await?;
         to_u64(&call, "expiration time", secs)
