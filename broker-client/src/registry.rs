@@ -3,7 +3,6 @@
 //! `list-brokers` table.
 
 use alloy::primitives::{Address, U256};
-use anyhow::Context as _;
 use broker_contracts::{BrokerRegistry, BrokerRequests, chain::Connection};
 use serde::Serialize;
 
@@ -57,9 +56,12 @@ pub async fn list(chain: &Connection, registry: Address) -> anyhow::Result<Vec<B
     chain.require_contract("the registry", registry).await?;
     let contract = BrokerRegistry::new(registry, chain.provider());
     let count = chain
-        .view("getBrokerCount", contract.getBrokerCount().call())
+        .view_u64(
+            "getBrokerCount",
+            "broker count",
+            contract.getBrokerCount().call(),
+        )
         .await?;
-    let count = u64::try_from(count).context("an implausible broker count")?;
     let mut brokers = Vec::new();
     for id in 1..=count {
         let b = chain

@@ -18,7 +18,7 @@ use std::{
 
 use alloy::{
     network::EthereumWallet,
-    primitives::Address,
+    primitives::{Address, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::{
         client::ClientBuilder,
@@ -31,7 +31,7 @@ use tower::{Layer, Service};
 
 use super::{
     ChainError,
-    error::{classify, classify_call},
+    error::{classify, classify_call, to_u64},
     redact::Endpoint,
 };
 
@@ -260,6 +260,17 @@ impl Connection {
     ) -> Result<T, ChainError> {
         fut.await
             .map_err(|e| classify_call(&self.endpoint, call, e))
+    }
+
+    /// [`Self::view`] of a uint256 the broker keeps as a u64 (counts, ids,
+    /// times); `what` names it when it does not fit.
+    pub async fn view_u64(
+        &self,
+        call: &str,
+        what: &str,
+        fut: impl IntoFuture<Output = Result<U256, alloy::contract::Error>>,
+    ) -> Result<u64, ChainError> {
+        to_u64(call, what, self.view(call, fut).await?)
     }
 
     /// The code at `address` is not empty (a contract is deployed there);

@@ -20,7 +20,7 @@ use alloy::{
     providers::Provider as _,
     signers::local::PrivateKeySigner,
 };
-use broker_contracts::{BrokerRequests, chain::Connection};
+use broker_contracts::chain::Connection;
 
 pub use broker_contracts::chain::{ChainError, ChainOptions, NftCheck};
 pub use events::Released;
@@ -145,9 +145,10 @@ impl Chain {
     /// that may answer its requests).
     pub async fn contract_owner(&self, contract: Address) -> Result<Address, ChainError> {
         let call = format!("owner() on {contract}");
-        let requests = BrokerRequests::new(contract, self.conn.provider());
+        let requests = self.requests(contract);
+        let owner = requests.owner();
         self.conn
-            .view(&call, requests.owner().block(BlockId::latest()).call())
+            .view(&call, owner.block(BlockId::latest()).call())
             .await
     }
 

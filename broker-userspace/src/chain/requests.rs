@@ -121,17 +121,11 @@ impl Chain {
     /// `getRequestCount()` at `at`.
     pub async fn request_count(&self, contract: Address, at: &BlockRef) -> Result<u64, ChainError> {
         let call = format!("getRequestCount() on {contract} at block {}", at.number);
-        let count = self
-            .conn
-            .view(
-                &call,
-                self.requests(contract)
-                    .getRequestCount()
-                    .block(at.id())
-                    .call(),
-            )
-            .await?;
-        to_u64(&call, "request count", count)
+        let requests = self.requests(contract);
+        let count = requests.getRequestCount().block(at.id());
+        self.conn
+            .view_u64(&call, "request count", count.call())
+            .await
     }
 
     /// `getRequest(id)` at `at` (V2 and V1 alike). An id outside
@@ -173,17 +167,11 @@ impl Chain {
             "nftContractToRequestId({nft}) on {contract} at block {}",
             at.number
         );
-        let id = self
-            .conn
-            .view(
-                &call,
-                self.requests(contract)
-                    .nftContractToRequestId(nft)
-                    .block(at.id())
-                    .call(),
-            )
-            .await?;
-        to_u64(&call, "request id", id)
+        let requests = self.requests(contract);
+        let id = requests.nftContractToRequestId(nft);
+        self.conn
+            .view_u64(&call, "request id", id.block(at.id()).call())
+            .await
     }
 
     /// `requestExpirationTime()` at `at`, seconds.
@@ -196,17 +184,11 @@ impl Chain {
             "requestExpirationTime() on {contract} at block {}",
             at.number
         );
-        let secs = self
-            .conn
-            .view(
-                &call,
-                self.requests(contract)
-                    .requestExpirationTime()
-                    .block(at.id())
-                    .call(),
-            )
-            .await?;
-        to_u64(&call, "expiration time", secs)
+        let requests = self.requests(contract);
+        let secs = requests.requestExpirationTime();
+        self.conn
+            .view_u64(&call, "expiration time", secs.block(at.id()).call())
+            .await
     }
 
     /// The response already on chain for request `id`, read at the LATEST
