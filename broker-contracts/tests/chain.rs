@@ -218,6 +218,12 @@ async fn rate_limits_are_retried_then_transient() {
         .await
         .unwrap_err();
     assert!(e.is_transient(), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with("eth_chainId: the RPC endpoint http://127.0.0.1:"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("is rate limiting"), "{e}");
     assert!(!e.to_string().contains("secret"), "{e}");
     assert_eq!(seen.load(Ordering::SeqCst), 2, "one retry");
 }

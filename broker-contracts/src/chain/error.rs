@@ -119,6 +119,16 @@ pub(crate) fn classify(endpoint: &Endpoint, call: &str, e: TransportError) -> Ch
                     timeout.0.as_secs_f64()
                 ),
             ),
+            // The retry layer gave up on a rate limit: reachable, but
+            // refusing for now.
+            None if describe(&other).starts_with(RETRIES_EXCEEDED) => ChainError::transient(
+                call,
+                format!(
+                    "the RPC endpoint {} is rate limiting: {}",
+                    endpoint.shown(),
+                    endpoint.redact(describe(&other))
+                ),
+            ),
             None => ChainError::transient(
                 call,
                 format!(
@@ -130,6 +140,9 @@ pub(crate) fn classify(endpoint: &Endpoint, call: &str, e: TransportError) -> Ch
         },
     }
 }
+
+/// How alloy's `RetryBackoffLayer` starts its error when it gives up.
+const RETRIES_EXCEEDED: &str = "Max retries exceeded";
 
 fn timeout_of(e: &TransportError) -> Option<&RpcTimeout> {
     match e {

@@ -142,20 +142,21 @@ impl Connection {
             .await?;
         let margin = self.options().gas_margin_percent;
         let gas = estimate.saturating_add(estimate.saturating_mul(margin) / 100);
-        // Without EIP-1559 (an error answer to eth_feeHistory), the legacy
-        // gas price; a slow endpoint is no reason to fall back.
+        // A chain without EIP-1559 refuses eth_feeHistory or answers it
+        // without base fees: the legacy gas price then. An endpoint that is
+        // unreachable or slow is no reason to fall back.
         let fees = match self.provider().estimate_eip1559_fees().await {
             Ok(f) => Fees::Eip1559 {
                 max_fee_per_gas: f.max_fee_per_gas,
                 max_priority_fee_per_gas: f.max_priority_fee_per_gas,
             },
-            Err(e @ RpcError::ErrorResp(_)) => {
+            Err(e @ RpcError::Transport(_)) => return Err(classify(self.endpoint(), call, e)),
+            Err(e) => {
                 tracing::debug!(%e, "no EIP-1559 fee estimate; using the legacy gas price");
                 Fees::Legacy {
                     gas_price: self.rpc(call, self.provider().get_gas_price()).await?,
                 }
             }
-            Err(e) => return Err(classify(self.endpoint(), call, e)),
         };
         let tx = tx.with_gas_limit(gas);
         let tx = match fees {
