@@ -168,7 +168,11 @@ impl Connection {
         options: ChainOptions,
     ) -> Result<Connection, ChainError> {
         let (endpoint, url) = Endpoint::parse(rpc_url)?;
-        // The first layer is the outermost: every retry is timed anew.
+        // The first layer is the outermost: every retry is timed anew. Only
+        // rate limits are retried; a retried eth_sendRawTransaction resends
+        // the same signed transaction, so at worst the node answers "already
+        // known" (Transient: the caller checks the chain before sending
+        // again).
         let client = ClientBuilder::default()
             .layer(RetryBackoffLayer::new(
                 options.rate_limit_retries,
