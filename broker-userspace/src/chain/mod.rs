@@ -16,7 +16,7 @@ use std::sync::{Arc, atomic::AtomicBool};
 
 use alloy::{
     eips::BlockId,
-    primitives::{Address, B256},
+    primitives::{Address, B256, U256},
     providers::Provider as _,
     signers::local::PrivateKeySigner,
 };
@@ -119,7 +119,8 @@ impl Chain {
     /// The operator's balance at the latest block, in wei.
     pub async fn operator_balance(&self) -> Result<U256, ChainError> {
         let call = format!("eth_getBalance({})", self.operator);
-        self.rpc(&call, self.provider.get_balance(self.operator))
+        self.conn
+            .rpc(&call, self.conn.provider().get_balance(self.operator))
             .await
     }
 
