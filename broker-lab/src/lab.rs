@@ -417,6 +417,7 @@ allocation_size = {ALLOCATION_SIZE}
 # program too; the router's side runs none.
 ndp_mode = "generic"
 ndp_pin_dir = "{pins}"
+control_socket = "{socket}"
 
 [wireguard]
 interface = "{interface}"
@@ -433,6 +434,7 @@ path = "{db}"
 confirmations = 0
 "#,
         pins = pin_dir.display(),
+        socket = dir.join("control.sock").display(),
         wg_key = wg_key.display(),
         timeout = options.handshake_timeout_secs,
         db = dir.join("state/broker.redb").display(),

@@ -365,6 +365,7 @@ upstream_prefix = "{UPSTREAM}"
 allocation_size = {ALLOCATION_SIZE}
 ndp_mode = "generic"
 ndp_pin_dir = "{pins}"
+control_socket = "{socket}"
 
 [wireguard]
 interface = "{wg_if}"
@@ -389,6 +390,7 @@ start_request_id = {start}
 max_requests_per_poll = {per_poll}
 {legacy_line}"#,
             pins = net.pins.dir.path().display(),
+            socket = dir.path().join("control.sock").display(),
             wg_key = wg_key_file.display(),
             timeout = settings.handshake_timeout_secs,
             db = db_path.display(),

@@ -19,6 +19,8 @@ use crate::{
     store::now,
 };
 
+/// The longest the chain reads of a snapshot may take.
+const CHAIN_READS: Duration = Duration::from_secs(3);
 /// How often a pause looks at the stop flag.
 const STEP: Duration = Duration::from_millis(100);
 
@@ -43,14 +45,23 @@ impl Daemon {
         let status = &mut snapshot.status;
         status.daemon = true;
         status.last_poll = self.last_poll.clone();
-        if let Some(confirmed) = &self.confirmed {
-            // A failure shows as the poll's own (the same endpoint).
-            match self.chain.latest_block().await {
-                Ok(head) => status.chain = Some(ChainStatus::new(&head, confirmed)),
-                Err(e) => debug!("status: reading the chain head: {e}"),
-            }
+        if self.stopping() {
+            return Some(snapshot);
         }
-        match self.chain.operator_balance().await {
+        // Both at once, and briefly: a slow endpoint must not hold up the
+        // loop (its trouble shows as the poll's error).
+        let chain_reads =
+            async { tokio::join!(self.chain.latest_block(), self.chain.operator_balance()) };
+        let Ok((head, balance)) = tokio::time::timeout(CHAIN_READS, chain_reads).await else {
+            debug!("status: no chain head or balance within {CHAIN_READS:?}");
+            return Some(snapshot);
+        };
+        match (head, &self.confirmed) {
+            (Ok(head), Some(confirmed)) => status.chain = Some(ChainStatus::new(&head, confirmed)),
+            (Err(e), _) => debug!("status: reading the chain head: {e}"),
+            (Ok(_), None) => {}
+        }
+        match balance {
             Ok(balance) => {
                 let low = self.config.onchain.low_balance_wei;
                 status.wallet = Some(WalletStatus::new(self.chain.operator(), balance, low));

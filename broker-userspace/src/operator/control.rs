@@ -78,7 +78,9 @@ pub fn socket_path(config: &Config) -> PathBuf {
 
 #[derive(Debug, Error)]
 pub enum ControlError {
-    #[error("another process answers on the control socket {0}")]
+    #[error(
+        "another process answers on the control socket {0} (another broker on this host? give each its own [broker] control_socket)"
+    )]
     InUse(PathBuf),
     #[error("control socket {path}: {action}")]
     Io {
