@@ -65,11 +65,15 @@ pub enum Response {
 /// systemd's `$RUNTIME_DIRECTORY` (its first entry), else in
 /// [`DEFAULT_RUNTIME_DIR`].
 pub fn socket_path(config: &Config) -> PathBuf {
-    if let Some(path) = &config.broker.control_socket {
-        return path.clone();
+    let runtime_directory = std::env::var("RUNTIME_DIRECTORY").ok();
+    socket_path_with(config.broker.control_socket.as_deref(), runtime_directory)
+}
+
+fn socket_path_with(configured: Option<&Path>, runtime_directory: Option<String>) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_path_buf();
     }
-    let runtime_dir = std::env::var("RUNTIME_DIRECTORY")
-        .ok()
+    let runtime_dir = runtime_directory
         .and_then(|dirs| dirs.split(':').next().map(PathBuf::from))
         .filter(|dir| dir.is_absolute())
         .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into());
@@ -363,6 +367,121 @@ mod tests {
         assert_eq!(status, Request::Status);
         let error = serde_json::to_string(&Response::Error("no".into())).unwrap();
         assert_eq!(error, r#"{"error":"no"}"#);
+    }
+
+    #[test]
+    fn the_socket_is_configured_or_in_the_runtime_directory() {
+        let path = |configured: Option<&str>, runtime: Option<&str>| {
+            socket_path_with(configured.map(Path::new), runtime.map(String::from))
+        };
+        let default = Path::new("/run/blockhost-broker/control.sock");
+        assert_eq!(path(None, None), default);
+        assert_eq!(
+            path(Some("/x/c.sock"), Some("/run/b")),
+            Path::new("/x/c.sock")
+        );
+        assert_eq!(
+            path(None, Some("/run/b:/run/c")),
+            Path::new("/run/b/control.sock")
+        );
+        assert_eq!(path(None, Some("relative")), default);
+    }
+
+    /// A snapshot with nothing in it.
+    fn empty_snapshot() -> super::super::Snapshot {
+        use super::super::status::{PoolStatus, Status};
+        super::super::Snapshot {
+            status: Status {
+                version: "test".into(),
+                taken_at: 1,
+                daemon: true,
+                pool: PoolStatus {
+                    upstream_prefix: "2001:db8::/64".parse().unwrap(),
+                    allocation_size: 120,
+                    total: 255,
+                    used: 0,
+                    free: 255,
+                },
+                contracts: vec![],
+                owed_releases: 0,
+                last_poll: None,
+                chain: None,
+                wallet: None,
+                ndp: None,
+                peers: None,
+            },
+            allocations: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_socket_answers_its_owner_bounded_and_goes_with_the_daemon() {
+        use super::super::{Status, handle};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/control.sock");
+        // A stale socket (no one listening) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(dir.path().join("stale")).unwrap());
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        std::fs::rename(dir.path().join("stale"), &path).unwrap();
+        let socket = ControlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(ControlError::InUse(_))
+        ));
+
+        let (_publisher, handle) = handle::channel(empty_snapshot());
+        let pool = Pool::new("2001:db8::/64".parse().unwrap(), 120).unwrap();
+        let server = tokio::spawn(socket.serve(handle, pool));
+        let ask_path = path.clone();
+        let blocking = move |request: Request| {
+            let path = ask_path.clone();
+            tokio::task::spawn_blocking(move || {
+                ask::<serde_json::Value>(&path, &request, Duration::from_secs(5))
+            })
+        };
+        let status = blocking(Request::Status).await.unwrap().unwrap();
+        let status: Status = serde_json::from_value(status).unwrap();
+        assert_eq!(status.pool.total, 255);
+        let prefix = "2001:db8::100/120".parse().unwrap();
+        let e = blocking(Request::Allocation { prefix })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no allocation has 2001:db8::100/120");
+        let prefix = "2001:db8::101/120".parse().unwrap();
+        let e = blocking(Request::Allocation { prefix })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("host bits"), "{e}");
+
+        // A request line too long, or not JSON: an error, not a hang.
+        let raw = |bytes: Vec<u8>| {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let _ = stream.write_all(&bytes);
+                let mut answer = String::new();
+                let _ = io::BufReader::new(stream).read_line(&mut answer);
+                answer
+            })
+        };
+        let long = raw(vec![b'x'; MAX_REQUEST as usize + 10]).await.unwrap();
+        assert!(long.contains("longer than 4096 bytes"), "{long}");
+        let bad = raw(b"{\"command\":\"launch\"}\n".to_vec()).await.unwrap();
+        assert!(bad.contains("malformed request"), "{bad}");
+
+        // The daemon gone: no socket, and the client says so.
+        server.abort();
+        let _ = server.await;
+        assert!(!path.exists());
+        let e = blocking(Request::Status).await.unwrap().unwrap_err();
+        assert!(matches!(e, AskError::NoDaemon { .. }), "{e}");
     }
 
     #[test]
