@@ -5,7 +5,9 @@
 pub mod chain;
 pub mod config;
 pub mod daemon;
+pub mod host_ipv6;
 pub mod ipam;
 pub mod ndp;
 pub mod store;
 pub mod tunnel;
+pub mod wallet;
