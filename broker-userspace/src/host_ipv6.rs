@@ -36,7 +36,7 @@ use rtnetlink::{
         },
     },
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
@@ -59,7 +59,7 @@ pub enum HostIpv6Error {
 }
 
 /// Everything `detect-ipv6` reports.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostIpv6 {
     /// The interface of the IPv6 default route (the lowest metric wins);
     /// None when there is none.
@@ -75,7 +75,7 @@ pub struct HostIpv6 {
     pub pools: Vec<CandidatePool>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
     pub interface: String,
     /// The router the default route goes through (none on a point-to-point
@@ -83,7 +83,7 @@ pub struct Upstream {
     pub gateway: Option<Ipv6Addr>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostAddress {
     pub interface: String,
     pub address: Ipv6Addr,
@@ -95,16 +95,16 @@ pub struct HostAddress {
     pub valid_lifetime_secs: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IgnoredAddress {
     pub interface: String,
     pub address: Ipv6Addr,
     pub prefix_len: u8,
     /// `temporary`, `deprecated`, `tentative`, `dadfailed`.
-    pub reasons: Vec<&'static str>,
+    pub reasons: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRoute {
     /// `::/0` for the default route.
     pub destination: Ipv6Net,
@@ -117,7 +117,7 @@ pub struct HostRoute {
     pub metric: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Origin {
     /// The prefix of one of the host's addresses.
@@ -126,7 +126,7 @@ pub enum Origin {
     Routed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandidatePool {
     pub prefix: Ipv6Net,
     pub origin: Origin,
@@ -143,7 +143,7 @@ pub struct CandidatePool {
     pub allocation_sizes: Vec<AllocationSize>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocationSize {
     pub prefix_len: u8,
     /// Prefixes of this size clients can get: the pool's slots but the one
@@ -265,7 +265,13 @@ fn analyse(links: &Links, addresses: &[AddressMessage], routes: &[RouteMessage])
         }
     }
 
-    let host_routes: Vec<HostRoute> = routes.iter().filter_map(|r| host_route(r, &name)).collect();
+    // In a stable order, whatever the kernel's: by interface, then address.
+    kept.sort_by(|a, b| (&a.interface, a.address).cmp(&(&b.interface, b.address)));
+    ignored.sort_by(|a, b| (&a.interface, a.address).cmp(&(&b.interface, b.address)));
+    let mut host_routes: Vec<HostRoute> =
+        routes.iter().filter_map(|r| host_route(r, &name)).collect();
+    // The default route first, then by destination.
+    host_routes.sort_by_key(|r| (r.destination.prefix_len() != 0, r.destination, r.metric));
     let upstream = host_routes
         .iter()
         .filter(|r| r.destination.prefix_len() == 0 && r.kind == "unicast")
@@ -371,7 +377,7 @@ fn flags_of(message: &AddressMessage) -> AddressFlags {
 }
 
 /// Why an address cannot carry a pool (empty: it can).
-fn unusable(flags: AddressFlags) -> Vec<&'static str> {
+fn unusable(flags: AddressFlags) -> Vec<String> {
     [
         // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit, for IPv6.
         (AddressFlags::Secondary, "temporary"),
@@ -381,7 +387,7 @@ fn unusable(flags: AddressFlags) -> Vec<&'static str> {
     ]
     .into_iter()
     .filter(|(flag, _)| flags.contains(*flag))
-    .map(|(_, reason)| reason)
+    .map(|(_, reason)| reason.to_string())
     .collect()
 }
 
