@@ -3,8 +3,10 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
-use broker_userspace::wallet::{self, WalletError};
+use broker_userspace::{
+    config::OnchainEndpoint,
+    wallet::{self, WalletError},
+};
 use clap::{Args, Subcommand};
 
 #[derive(Args)]
@@ -102,7 +104,37 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn balance(args: BalanceArgs) -> anyhow::Result<ExitCode> {
-    let _ = (args.rpc_url, args.chain_id, args.config);
+    // Everything local first: nothing goes on the wire with a bad argument.
     let address = wallet::address(&args.key.key)?;
-    Err(anyhow::anyhow!("not yet: {address}")).context("wallet balance")
+    let (rpc_url, chain_id) = endpoint(&args)?;
+    let _ = (address, rpc_url, chain_id);
+    anyhow::bail!("not yet")
+}
+
+/// The flags, else the configuration's `[onchain]` values.
+fn endpoint(args: &BalanceArgs) -> anyhow::Result<(String, u64)> {
+    let from_file = match (&args.rpc_url, args.chain_id) {
+        (Some(_), Some(_)) => OnchainEndpoint::default(),
+        _ => OnchainEndpoint::load(&args.config).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (read for what --rpc-url and --chain-id leave out; pass them, or --config)"
+            )
+        })?,
+    };
+    let missing = |flag: &str, key: &str| {
+        anyhow::anyhow!(
+            "no {flag}, and {} has no [onchain] {key}",
+            args.config.display()
+        )
+    };
+    let rpc_url = args
+        .rpc_url
+        .clone()
+        .or(from_file.rpc_url)
+        .ok_or_else(|| missing("--rpc-url", "rpc_url"))?;
+    let chain_id = args
+        .chain_id
+        .or(from_file.chain_id)
+        .ok_or_else(|| missing("--chain-id", "chain_id"))?;
+    Ok((rpc_url, chain_id))
 }

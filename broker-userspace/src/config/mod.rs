@@ -181,6 +181,34 @@ impl Config {
     }
 }
 
+/// The chain a configuration names (`[onchain] rpc_url` and `chain_id`),
+/// each None where the file does not give it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct OnchainEndpoint {
+    pub rpc_url: Option<String>,
+    pub chain_id: Option<u64>,
+}
+
+impl OnchainEndpoint {
+    /// Reads `[onchain] rpc_url` and `chain_id` of the file at `path` and
+    /// nothing else: for commands that only need the chain (`wallet
+    /// balance`), also while the rest of the configuration is unfinished.
+    pub fn load(path: &Path) -> Result<OnchainEndpoint, ConfigErrors> {
+        #[derive(Deserialize)]
+        struct OnlyOnchain {
+            #[serde(default)]
+            onchain: OnchainEndpoint,
+        }
+        let fail = |problem: String| ConfigErrors {
+            path: path.to_path_buf(),
+            problems: vec![problem],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let file: OnlyOnchain = toml::from_str(&text).map_err(|e| fail(toml_error(&text, &e)))?;
+        Ok(file.onchain)
+    }
+}
+
 /// toml's message on one line, with the line it points at.
 fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
