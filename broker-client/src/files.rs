@@ -12,7 +12,9 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use alloy::primitives::Address;
 use anyhow::Context as _;
+use broker_contracts::error_text::one_line;
 use serde::{Deserialize, Serialize};
 
 pub const ALLOCATION_FILE: &str = "broker-allocation.json";
@@ -81,6 +83,13 @@ pub fn read_allocation(config_dir: &Path) -> anyhow::Result<Option<Allocation>> 
 
 pub fn read_contract(config_dir: &Path) -> anyhow::Result<Option<BrokerContract>> {
     read_json(&contract_path(config_dir))
+}
+
+/// Parses a 0x address read from one of our files.
+pub fn parse_address(what: &str, text: &str) -> anyhow::Result<Address> {
+    text.parse::<Address>()
+        .ok()
+        .with_context(|| format!("{what} `{}` is not a 0x address", one_line(text)))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {

@@ -2,7 +2,6 @@
 //! installs the tunnel (see `broker-client --help` and the README's
 //! "Client" section).
 
-mod chain;
 mod cli;
 mod files;
 mod install;
@@ -17,13 +16,13 @@ use std::process::ExitCode;
 
 use alloy::{primitives::Address, signers::local::PrivateKeySigner};
 use anyhow::Context as _;
-use broker_contracts::error_text::one_line;
+use broker_contracts::{
+    chain::{ChainOptions, Connection},
+    error_text::one_line,
+};
 use clap::Parser as _;
 
-use crate::{
-    chain::Chain,
-    cli::{Cli, Command, Global},
-};
+use crate::cli::{Cli, Command, Global};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -110,7 +109,7 @@ fn registry_contract(g: &Global) -> anyhow::Result<Address> {
         .context("no registry: give --registry-contract or set BLOCKHOST_REGISTRY_CONTRACT")
 }
 
-async fn connect(g: &Global, wallet: Option<PrivateKeySigner>) -> anyhow::Result<Chain> {
+async fn connect(g: &Global, wallet: Option<PrivateKeySigner>) -> anyhow::Result<Connection> {
     let url = g
         .rpc_url
         .as_deref()
@@ -118,5 +117,5 @@ async fn connect(g: &Global, wallet: Option<PrivateKeySigner>) -> anyhow::Result
     let chain_id = g
         .chain_id
         .context("no chain id: give --chain-id or set BLOCKHOST_CHAIN_ID")?;
-    Chain::connect(url, chain_id, wallet).await
+    Ok(Connection::connect(url, chain_id, wallet, ChainOptions::default()).await?)
 }

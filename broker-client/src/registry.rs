@@ -3,11 +3,8 @@
 //! `list-brokers` table.
 
 use alloy::primitives::{Address, U256};
-use anyhow::Context as _;
-use broker_contracts::{BrokerRegistry, BrokerRequests};
+use broker_contracts::{BrokerRegistry, BrokerRequests, chain::Connection};
 use serde::Serialize;
-
-use crate::chain::Chain;
 
 /// One registry entry, with its requests contract's free capacity.
 #[derive(Clone, Debug, Serialize)]
@@ -55,13 +52,16 @@ pub fn ecies_key_from_hex(text: &str) -> Option<[u8; 65]> {
 }
 
 /// Every broker of the registry, in id order.
-pub async fn list(chain: &Chain, registry: Address) -> anyhow::Result<Vec<Broker>> {
+pub async fn list(chain: &Connection, registry: Address) -> anyhow::Result<Vec<Broker>> {
     chain.require_contract("the registry", registry).await?;
     let contract = BrokerRegistry::new(registry, chain.provider());
     let count = chain
-        .view("getBrokerCount", contract.getBrokerCount().call())
+        .view_u64(
+            "getBrokerCount",
+            "broker count",
+            contract.getBrokerCount().call(),
+        )
         .await?;
-    let count = u64::try_from(count).context("an implausible broker count")?;
     let mut brokers = Vec::new();
     for id in 1..=count {
         let b = chain

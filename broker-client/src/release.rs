@@ -4,20 +4,27 @@
 //! local files, and with --cleanup-wg the tunnel.
 
 use alloy::primitives::Address;
-use broker_contracts::BrokerRequests;
+use broker_contracts::{
+    BrokerRequests,
+    chain::{ChainError, Connection},
+};
 use serde_json::json;
 
 use crate::{
-    chain::{Chain, ChainError, parse_address},
     cli::{Global, ReleaseArgs},
-    files, install,
+    files::{self, parse_address},
+    install,
     request::current,
 };
 
 /// The contract's answer when the NFT contract has no current request.
 const NOTHING_TO_RELEASE: &str = "No allocation for this NFT contract";
 
-pub async fn release(global: &Global, args: &ReleaseArgs, chain: &Chain) -> anyhow::Result<()> {
+pub async fn release(
+    global: &Global,
+    args: &ReleaseArgs,
+    chain: &Connection,
+) -> anyhow::Result<()> {
     let config_dir = &global.config_dir;
     let (allocation, contract) = current(config_dir)?;
     let nft = parse_address(
@@ -50,7 +57,11 @@ pub async fn release(global: &Global, args: &ReleaseArgs, chain: &Chain) -> anyh
 
 /// True when this call released it; false when the chain had nothing to
 /// release any more (released before, expired, or answered elsewhere).
-async fn release_on_chain(chain: &Chain, requests: Address, nft: Address) -> anyhow::Result<bool> {
+async fn release_on_chain(
+    chain: &Connection,
+    requests: Address,
+    nft: Address,
+) -> anyhow::Result<bool> {
     let contract = BrokerRequests::new(requests, chain.provider());
     let tx = contract
         .releaseOwnAllocation(nft)

@@ -7,13 +7,16 @@ use std::{path::Path, time::Duration};
 
 use alloy::primitives::Address;
 use anyhow::Context as _;
-use broker_contracts::{BrokerRequests, protocol::RequestPayload};
+use broker_contracts::{
+    BrokerRequests,
+    chain::{ChainError, Connection},
+    protocol::RequestPayload,
+};
 use serde_json::json;
 
 use crate::{
-    chain::{Chain, ChainError, parse_address},
     cli::{Global, RenewArgs, RequestArgs},
-    files::{self, Allocation, BrokerContract},
+    files::{self, Allocation, BrokerContract, parse_address},
     install,
     keys::{self, ServerKey, WgKeys},
     registry::{self, ecies_key_from_hex},
@@ -40,7 +43,7 @@ impl Target {
 
 /// Everything that stays the same across attempts.
 struct Session<'a> {
-    chain: &'a Chain,
+    chain: &'a Connection,
     nft: Address,
     server: &'a ServerKey,
     timeout: Duration,
@@ -71,7 +74,7 @@ pub fn durations(global: &Global) -> anyhow::Result<(Duration, Duration)> {
 pub async fn request(
     global: &Global,
     args: &RequestArgs,
-    chain: &Chain,
+    chain: &Connection,
     registry_contract: Address,
 ) -> anyhow::Result<()> {
     let config_dir = &global.config_dir;
@@ -141,7 +144,7 @@ pub async fn request(
 pub async fn renew(
     global: &Global,
     args: &RenewArgs,
-    chain: &Chain,
+    chain: &Connection,
     registry_contract: Option<Address>,
 ) -> anyhow::Result<()> {
     let config_dir = &global.config_dir;

@@ -11,11 +11,12 @@ use std::{
 use alloy::primitives::{Address, U256};
 use broker_contracts::{
     BrokerRequests,
+    chain::Connection,
     protocol::{self, ResponsePayload},
 };
 use ipnet::Ipv6Net;
 
-use crate::{chain::Chain, keys::parse_wg_key};
+use crate::keys::parse_wg_key;
 
 // BrokerRequests.RequestStatus
 const PENDING: u8 = 0;
@@ -44,7 +45,7 @@ pub struct Answer {
 }
 
 pub struct Wait<'a> {
-    pub chain: &'a Chain,
+    pub chain: &'a Connection,
     pub requests: Address,
     pub request_id: u64,
     pub server_secret: &'a [u8; 32],

@@ -2,13 +2,14 @@
 //! configured, what the chain says of its request.
 
 use alloy::primitives::U256;
-use broker_contracts::BrokerRequests;
+use broker_contracts::{BrokerRequests, chain::Connection};
 use serde_json::{Value, json};
 
 use crate::{
-    chain::{Chain, parse_address},
     cli::{Global, StatusArgs},
-    files, install,
+    files,
+    files::parse_address,
+    install,
 };
 
 const STATUS_NAMES: [&str; 4] = ["pending", "approved", "rejected", "expired"];
@@ -16,7 +17,7 @@ const STATUS_NAMES: [&str; 4] = ["pending", "approved", "rejected", "expired"];
 pub async fn status(
     global: &Global,
     args: &StatusArgs,
-    chain: Option<&Chain>,
+    chain: Option<&Connection>,
 ) -> anyhow::Result<()> {
     let config_dir = &global.config_dir;
     let allocation = files::read_allocation(config_dir)?;
@@ -90,7 +91,7 @@ fn print_fields(v: &Value) {
 }
 
 async fn onchain(
-    chain: &Chain,
+    chain: &Connection,
     a: &files::Allocation,
     c: &files::BrokerContract,
 ) -> anyhow::Result<Value> {

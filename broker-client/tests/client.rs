@@ -420,7 +420,7 @@ async fn bad_inputs_end_in_one_line_errors() {
         (
             request(&nft, &wallet),
             vec![("BLOCKHOST_RPC_URL", "http://127.0.0.1:9")],
-            "cannot reach http://127.0.0.1:9",
+            "cannot reach the RPC endpoint http://127.0.0.1:9",
             1,
         ),
         (

@@ -17,7 +17,12 @@ use alloy::{
 };
 use anyhow::{Context as _, bail};
 
-use crate::{BrokerRegistry, config_snippet::OnchainSnippet, deploy};
+use crate::{
+    BrokerRegistry,
+    chain::{ChainOptions, Connection},
+    config_snippet::OnchainSnippet,
+    deploy,
+};
 
 pub const CHAIN_ID: u64 = 31337;
 
@@ -157,9 +162,15 @@ impl DevChain {
             .await
             .context("phase 2: deploying BrokerRequests")?
             .address;
-        let provider = deploy::connect(&chain.rpc_url, CHAIN_ID, chain.deployer.clone()).await?;
-        let registry = BrokerRegistry::new(chain.registry, &provider);
-        let receipt = registry
+        let conn = Connection::connect(
+            &chain.rpc_url,
+            CHAIN_ID,
+            Some(chain.deployer.clone()),
+            ChainOptions::default(),
+        )
+        .await?;
+        let registry = BrokerRegistry::new(chain.registry, conn.provider());
+        let register = registry
             .registerBroker(
                 chain.operator.address(),
                 chain.requests,
@@ -167,20 +178,14 @@ impl DevChain {
                 options.region.clone(),
                 U256::from(options.capacity),
             )
-            .send()
-            .await
-            .context("phase 3: registering the broker")?
-            .get_receipt()
-            .await
-            .context("phase 3: registering the broker")?;
-        if !receipt.status() {
-            bail!("phase 3: registerBroker reverted");
-        }
-        chain.broker_id = registry
-            .operatorToBrokerId(chain.operator.address())
-            .call()
-            .await
-            .context("reading the broker id")?;
+            .into_transaction_request();
+        conn.transact("phase 3: registerBroker", register).await?;
+        chain.broker_id = conn
+            .view(
+                "operatorToBrokerId",
+                registry.operatorToBrokerId(chain.operator.address()).call(),
+            )
+            .await?;
         Ok(chain)
     }
 

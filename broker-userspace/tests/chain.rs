@@ -928,7 +928,7 @@ async fn unreachable_endpoints_are_transient_and_quick() {
     let t = Instant::now();
     let e = assert_transient(
         Chain::connect(&onchain(&url, 31337, requests, 1), anvil_signer(1)).await,
-        &format!("eth_chainId: cannot reach http://127.0.0.1:{port}: "),
+        &format!("eth_chainId: cannot reach the RPC endpoint http://127.0.0.1:{port}: "),
     );
     assert!(t.elapsed() < Duration::from_secs(2), "{e}");
     assert!(!e.to_string().contains("secret"), "{e}");

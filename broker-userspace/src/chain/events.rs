@@ -8,9 +8,9 @@ use alloy::{
     rpc::types::Filter,
     sol_types::SolEvent,
 };
-use broker_contracts::BrokerRequests;
+use broker_contracts::{BrokerRequests, chain::to_u64, error_text::one_line};
 
-use super::{Chain, ChainError, one_line, to_u64};
+use super::{Chain, ChainError};
 
 /// One `AllocationReleased(requestId, nftContract, by)` event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,14 +30,14 @@ impl Chain {
     /// chain order, fetched [`ChainOptions::log_range`] blocks per call.
     /// Empty when `from > to`.
     ///
-    /// [`ChainOptions::log_range`]: super::ChainOptions::log_range
+    /// [`ChainOptions::log_range`]: broker_contracts::chain::ChainOptions::log_range
     pub async fn released_events(
         &self,
         contract: Address,
         from: u64,
         to: u64,
     ) -> Result<Vec<Released>, ChainError> {
-        let span = self.options.log_range.max(1);
+        let span = self.conn.options().log_range.max(1);
         let mut events = Vec::new();
         let mut start = from;
         while start <= to {
@@ -65,7 +65,10 @@ impl Chain {
             .event_signature(BrokerRequests::AllocationReleased::SIGNATURE_HASH)
             .from_block(from)
             .to_block(to);
-        let logs = self.rpc(&call, self.provider.get_logs(&filter)).await?;
+        let logs = self
+            .conn
+            .rpc(&call, self.conn.provider().get_logs(&filter))
+            .await?;
         for log in logs {
             if log.removed {
                 continue;

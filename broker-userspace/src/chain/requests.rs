@@ -2,20 +2,21 @@
 //! contracts share every function read here, signature for signature (the
 //! tests assert the selectors), so one code path serves both.
 
+use alloy::providers::DynProvider;
 use alloy::{
     eips::BlockId,
     primitives::{Address, U256},
-    sol_types::SolCall,
 };
-use broker_contracts::BrokerRequests;
+use broker_contracts::{BrokerRequests, chain::to_u64};
 
-use super::{BlockRef, Chain, ChainError, decode_returns, to_u64};
+use super::{BlockRef, Chain, ChainError};
 
 alloy::sol! {
     /// `getRequest` with its answer's status read as a plain word: the same
     /// ABI encoding as the contracts' `Request` (an enum is a uint8, one
     /// word), but an unknown status becomes a clear error instead of a
     /// decoding failure, and a foreign contract cannot make decoding panic.
+    #[sol(rpc)]
     interface LenientRequests {
         struct RawRequest {
             uint256 id;
@@ -110,18 +111,21 @@ impl OnchainRequest {
 }
 
 impl Chain {
+    pub(super) fn requests(
+        &self,
+        contract: Address,
+    ) -> BrokerRequests::BrokerRequestsInstance<&DynProvider> {
+        BrokerRequests::new(contract, self.conn.provider())
+    }
+
     /// `getRequestCount()` at `at`.
     pub async fn request_count(&self, contract: Address, at: &BlockRef) -> Result<u64, ChainError> {
         let call = format!("getRequestCount() on {contract} at block {}", at.number);
-        let count = self
-            .view(
-                &call,
-                contract,
-                &BrokerRequests::getRequestCountCall {},
-                at.id(),
-            )
-            .await?;
-        to_u64(&call, "request count", count)
+        let requests = self.requests(contract);
+        let count = requests.getRequestCount().block(at.id());
+        self.conn
+            .view_u64(&call, "request count", count.call())
+            .await
     }
 
     /// `getRequest(id)` at `at` (V2 and V1 alike). An id outside
@@ -143,13 +147,11 @@ impl Chain {
         id: u64,
         block: BlockId,
     ) -> Result<OnchainRequest, ChainError> {
-        let data = LenientRequests::getRequestCall {
-            requestId: U256::from(id),
-        };
-        let out = self
-            .raw_call(call, contract, data.abi_encode(), block)
+        let lenient = LenientRequests::new(contract, self.conn.provider());
+        let raw = self
+            .conn
+            .view(call, lenient.getRequest(U256::from(id)).block(block).call())
             .await?;
-        let raw = decode_returns::<LenientRequests::getRequestCall>(call, contract, &out)?;
         OnchainRequest::from_raw(call, id, raw)
     }
 
@@ -165,15 +167,11 @@ impl Chain {
             "nftContractToRequestId({nft}) on {contract} at block {}",
             at.number
         );
-        let id = self
-            .view(
-                &call,
-                contract,
-                &BrokerRequests::nftContractToRequestIdCall::new((nft,)),
-                at.id(),
-            )
-            .await?;
-        to_u64(&call, "request id", id)
+        let requests = self.requests(contract);
+        let id = requests.nftContractToRequestId(nft);
+        self.conn
+            .view_u64(&call, "request id", id.block(at.id()).call())
+            .await
     }
 
     /// `requestExpirationTime()` at `at`, seconds.
@@ -186,15 +184,11 @@ impl Chain {
             "requestExpirationTime() on {contract} at block {}",
             at.number
         );
-        let secs = self
-            .view(
-                &call,
-                contract,
-                &BrokerRequests::requestExpirationTimeCall {},
-                at.id(),
-            )
-            .await?;
-        to_u64(&call, "expiration time", secs)
+        let requests = self.requests(contract);
+        let secs = requests.requestExpirationTime();
+        self.conn
+            .view_u64(&call, "expiration time", secs.block(at.id()).call())
+            .await
     }
 
     /// The response already on chain for request `id`, read at the LATEST

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use broker_contracts::{
+    chain,
     config_snippet::OnchainSnippet,
     deploy::{self, Progress},
     keys,
@@ -40,7 +41,7 @@ pub struct DeployRequestsArgs {
 
 pub fn run(args: DeployRequestsArgs) -> anyhow::Result<ExitCode> {
     // Everything local first: nothing goes on the wire with a bad argument.
-    deploy::parse_rpc_url(&args.rpc_url)?;
+    chain::parse_rpc_url(&args.rpc_url)?;
     if !args.operator_key.exists() && looks_like_a_key(&args.operator_key) {
         // Never echo it: it is probably the secret itself.
         anyhow::bail!(
@@ -129,7 +130,7 @@ fn report(step: &Progress) {
         } => {
             eprintln!(
                 "operator {address}: balance {} ETH; the deployment costs up to {cost}",
-                deploy::ether(*balance)
+                chain::ether(*balance)
             );
             eprintln!("sending the deployment transaction…");
         }
