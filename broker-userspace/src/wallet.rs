@@ -4,8 +4,15 @@
 
 use std::{io, path::Path};
 
-use alloy::{primitives::Address, signers::local::PrivateKeySigner};
-use broker_contracts::keys::{self, KeyError};
+use alloy::{
+    primitives::{Address, U256},
+    providers::Provider as _,
+    signers::local::PrivateKeySigner,
+};
+use broker_contracts::{
+    chain::{ChainError, ChainOptions, Connection},
+    keys::{self, KeyError},
+};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -70,4 +77,33 @@ pub fn generate(path: &Path, replace: bool) -> Result<Generated, WalletError> {
 /// The address of the key in `path`, a file only its owner may read.
 pub fn address(path: &Path) -> Result<Address, WalletError> {
     Ok(keys::read_private_signer(path)?.address())
+}
+
+/// A balance as read from the chain.
+#[derive(Clone, Debug)]
+pub struct Balance {
+    pub wei: U256,
+    /// The endpoint it was read from, as errors show it (scheme, host and
+    /// port: a hosted endpoint's path carries its API key).
+    pub endpoint: String,
+}
+
+/// The balance of `address` on `rpc_url`, which must serve `chain_id`
+/// (a balance on another network would mislead).
+pub async fn balance(
+    rpc_url: &str,
+    chain_id: u64,
+    address: Address,
+) -> Result<Balance, ChainError> {
+    let chain = Connection::connect(rpc_url, chain_id, None, ChainOptions::default()).await?;
+    let wei = chain
+        .rpc(
+            &format!("eth_getBalance({address})"),
+            chain.provider().get_balance(address),
+        )
+        .await?;
+    Ok(Balance {
+        wei,
+        endpoint: chain.endpoint().shown().to_string(),
+    })
 }

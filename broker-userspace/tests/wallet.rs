@@ -11,8 +11,8 @@ use std::{
     process::{Command, Output},
 };
 
-use alloy::primitives::Address;
-use broker_contracts::keys;
+use alloy::primitives::{Address, U256};
+use broker_contracts::{devchain::Anvil, keys};
 
 fn wallet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_blockhost-broker"))
@@ -201,4 +201,169 @@ fn help_explains_each_command() {
     for word in ["--rpc-url", "--chain-id", "--config", "[onchain]"] {
         assert!(help.contains(word), "no {word} in:\n{help}");
     }
+}
+
+fn balance_line(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with("address  0x"), "{stdout}");
+    assert!(
+        lines[1].starts_with("chain    31337 at http://127.0.0.1:"),
+        "{stdout}"
+    );
+    lines[2].to_string()
+}
+
+#[tokio::test]
+async fn balance_of_a_funded_an_exact_and_an_empty_account() {
+    let anvil = Anvil::start().await.expect("anvil starts");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let funded = key_file(d, "funded.key", DEV_KEY, 0o600);
+    let balance = |key: &Path| {
+        wallet(&[
+            "balance",
+            "-k",
+            path_str(key),
+            "--rpc-url",
+            &anvil.url,
+            "--chain-id",
+            "31337",
+        ])
+    };
+
+    let out = balance(&funded);
+    assert_eq!(
+        balance_line(&out),
+        "balance  10000 ETH (10000000000000000000000 wei)"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("address  {DEV_ADDRESS}\n")));
+
+    // A new key: nothing, then exactly what was given, to the last wei.
+    let fresh = d.join("fresh.key");
+    let address: Address = succeeds(&wallet(&["generate", "-o", path_str(&fresh)]))
+        .parse()
+        .unwrap();
+    assert_eq!(balance_line(&balance(&fresh)), "balance  0 ETH (0 wei)");
+    anvil
+        .set_balance(address, U256::from(1_500_000_000_000_000_001u128))
+        .await
+        .unwrap();
+    assert_eq!(
+        balance_line(&balance(&fresh)),
+        "balance  1.500000000000000001 ETH (1500000000000000001 wei)"
+    );
+    anvil.set_balance(address, U256::from(1)).await.unwrap();
+    assert_eq!(
+        balance_line(&balance(&fresh)),
+        "balance  0.000000000000000001 ETH (1 wei)"
+    );
+}
+
+#[tokio::test]
+async fn balance_takes_the_chain_from_the_configuration() {
+    let anvil = Anvil::start().await.expect("anvil starts");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = key_file(d, "funded.key", DEV_KEY, 0o600);
+    // Only [onchain] is read: the rest of the file may be unfinished.
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nupstream_interface = \"eth0\"\n\n[onchain]\nrpc_url = \"{}\"\nchain_id = 31337\n",
+            anvil.url
+        ),
+    )
+    .unwrap();
+    let with_config = |extra: &[&str]| {
+        let mut args = vec![
+            "balance",
+            "-k",
+            path_str(&key),
+            "--config",
+            path_str(&config),
+        ];
+        args.extend(extra);
+        wallet(&args)
+    };
+    assert_eq!(
+        balance_line(&with_config(&[])),
+        "balance  10000 ETH (10000000000000000000000 wei)"
+    );
+    // A flag wins over the file: another chain id is refused by the node's.
+    fails(
+        &with_config(&["--chain-id", "1"]),
+        "wrong chain: http://127.0.0.1:",
+    );
+    // The environment names the configuration too, as for `run`.
+    let out = Command::new(env!("CARGO_BIN_EXE_blockhost-broker"))
+        .args(["wallet", "balance", "-k", path_str(&key)])
+        .env("BLOCKHOST_BROKER_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        balance_line(&out),
+        "balance  10000 ETH (10000000000000000000000 wei)"
+    );
+
+    // No configuration and no flags; a configuration without the chain.
+    let missing = d.join("missing.toml");
+    let e = fails(
+        &wallet(&[
+            "balance",
+            "-k",
+            path_str(&key),
+            "--config",
+            path_str(&missing),
+        ]),
+        "No such file or directory",
+    );
+    assert!(e.contains("pass --rpc-url and --chain-id"), "{e}");
+    std::fs::write(&config, format!("[onchain]\nrpc_url = \"{}\"\n", anvil.url)).unwrap();
+    fails(&with_config(&[]), "no --chain-id, and");
+    fails(&with_config(&[]), "has no [onchain] chain_id");
+}
+
+#[test]
+fn balance_failures_are_one_line_and_hide_the_endpoints_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "k.key", DEV_KEY, 0o600);
+    let balance = |url: &str| {
+        wallet(&[
+            "balance",
+            "-k",
+            path_str(&key),
+            "--rpc-url",
+            url,
+            "--chain-id",
+            "1",
+        ])
+    };
+    // Nothing listens on port 1; the path stands for a hosted endpoint's
+    // API key, which no error may show.
+    let e = fails(
+        &balance("http://127.0.0.1:1/v3/SECRET-API-KEY"),
+        "cannot reach the RPC endpoint http://127.0.0.1:1",
+    );
+    assert!(!e.contains("SECRET-API-KEY"), "{e}");
+    fails(&balance("ws://127.0.0.1:1"), "invalid RPC URL");
+    // A bad key file is found before anything goes on the wire.
+    let open = key_file(dir.path(), "open.key", DEV_KEY, 0o644);
+    fails(
+        &wallet(&[
+            "balance",
+            "-k",
+            path_str(&open),
+            "--rpc-url",
+            "http://127.0.0.1:1",
+            "--chain-id",
+            "1",
+        ]),
+        "readable by group or others",
+    );
 }

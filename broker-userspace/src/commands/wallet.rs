@@ -3,6 +3,8 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
+use broker_contracts::chain;
 use broker_userspace::{
     config::OnchainEndpoint,
     wallet::{self, WalletError},
@@ -107,8 +109,19 @@ fn balance(args: BalanceArgs) -> anyhow::Result<ExitCode> {
     // Everything local first: nothing goes on the wire with a bad argument.
     let address = wallet::address(&args.key.key)?;
     let (rpc_url, chain_id) = endpoint(&args)?;
-    let _ = (address, rpc_url, chain_id);
-    anyhow::bail!("not yet")
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let balance = runtime.block_on(wallet::balance(&rpc_url, chain_id, address))?;
+    println!("address  {address}");
+    println!("chain    {chain_id} at {}", balance.endpoint);
+    println!(
+        "balance  {} ETH ({} wei)",
+        chain::ether(balance.wei),
+        balance.wei
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The flags, else the configuration's `[onchain]` values.
@@ -117,7 +130,7 @@ fn endpoint(args: &BalanceArgs) -> anyhow::Result<(String, u64)> {
         (Some(_), Some(_)) => OnchainEndpoint::default(),
         _ => OnchainEndpoint::load(&args.config).map_err(|e| {
             anyhow::anyhow!(
-                "{e} (read for what --rpc-url and --chain-id leave out; pass them, or --config)"
+                "{e}; pass --rpc-url and --chain-id, or the broker's configuration with --config"
             )
         })?,
     };
