@@ -41,6 +41,7 @@ use thiserror::Error;
 
 use crate::{
     ipam::Pool,
+    numbers::thousands,
     tunnel::{ROUTE_PROTOCOL, netlink},
 };
 
@@ -487,19 +488,6 @@ fn protocol_name(protocol: RouteProtocol) -> String {
 /// nibble boundaries, where reverse DNS delegates, and the longest ones.
 const SHOWN_SIZES: [u8; 12] = [48, 52, 56, 60, 64, 72, 80, 96, 112, 120, 124, 126];
 
-/// `1234567` → `1,234,567`.
-pub fn thousands(n: u128) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 impl HostIpv6 {
     /// The report for a person, as `detect-ipv6` prints it.
     pub fn to_text(&self) -> String {
@@ -724,13 +712,5 @@ mod tests {
         assert!(is_unique_local("fd12::1".parse().unwrap()));
         assert!(is_unique_local("fc00::1".parse().unwrap()));
         assert!(!is_unique_local("fe00::1".parse().unwrap()));
-    }
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(255), "255");
-        assert_eq!(thousands(65_535), "65,535");
-        assert_eq!(thousands(1_000_000), "1,000,000");
     }
 }

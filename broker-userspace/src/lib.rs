@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod host_ipv6;
 pub mod ipam;
 pub mod ndp;
+pub mod numbers;
 pub mod store;
 pub mod tunnel;
 pub mod wallet;

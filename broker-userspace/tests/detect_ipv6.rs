@@ -18,7 +18,7 @@ fn namespace(tag: &str) -> Netns {
 
 /// The host: `up0` with a global /64 address, a link-local one and a
 /// deprecated one, the default route via a router and a /48 routed to it;
-/// `lan0` with a unique local address; `dad0`, whose peer is down, with an
+/// `lan0` with a unique local address in a small prefix (a /112); `dad0`, whose peer is down, with an
 /// address that stays tentative (duplicate address detection on, and it
 /// cannot run without a carrier).
 fn host() -> Netns {
@@ -39,7 +39,7 @@ fn host() -> Netns {
     ip("-6 addr add 2001:db8:2::5/64 dev up0 preferred_lft 0");
     ip("-6 route add default via 2001:db8:1::1 dev up0");
     ip("-6 route add 2001:db8:100::/48 dev up0");
-    ip("-6 addr add fd00:1::1/64 dev lan0");
+    ip("-6 addr add fd00:1::1/112 dev lan0");
     ip("-6 addr add fd00:3::1/64 dev dad0");
     ns
 }
@@ -76,10 +76,10 @@ fn pool(prefix: &str, origin: Origin, interface: &str, addresses: &[&str]) -> Ca
 }
 
 fn expected() -> HostIpv6 {
-    let address = |interface: &str, address: &str, unique_local| HostAddress {
+    let address = |interface: &str, address: &str, prefix_len, unique_local| HostAddress {
         interface: interface.into(),
         address: addr(address),
-        prefix_len: 64,
+        prefix_len,
         unique_local,
         valid_lifetime_secs: None,
     };
@@ -95,8 +95,8 @@ fn expected() -> HostIpv6 {
             gateway: Some(addr("2001:db8:1::1")),
         }),
         addresses: vec![
-            address("lan0", "fd00:1::1", true),
-            address("up0", "2001:db8:1::2", false),
+            address("lan0", "fd00:1::1", 112, true),
+            address("up0", "2001:db8:1::2", 64, false),
         ],
         ignored_addresses: vec![
             ignored("dad0", "fd00:3::1", "tentative"),
@@ -107,13 +107,13 @@ fn expected() -> HostIpv6 {
             route("2001:db8:1::/64", None, "up0", "kernel"),
             route("2001:db8:2::/64", None, "up0", "kernel"),
             route("2001:db8:100::/48", None, "up0", "boot"),
-            route("fd00:1::/64", None, "lan0", "kernel"),
+            route("fd00:1::/112", None, "lan0", "kernel"),
             route("fd00:3::/64", None, "dad0", "kernel"),
         ],
         pools: vec![
             pool("2001:db8:100::/48", Origin::Routed, "up0", &[]),
             pool("2001:db8:1::/64", Origin::OnLink, "up0", &["2001:db8:1::2"]),
-            pool("fd00:1::/64", Origin::OnLink, "lan0", &["fd00:1::1"]),
+            pool("fd00:1::/112", Origin::OnLink, "lan0", &["fd00:1::1"]),
         ],
     }
 }
@@ -167,6 +167,12 @@ fn reports_global_addresses_routes_pools_and_upstream() {
     assert!(routed.contains(&(64, 65_535)));
     assert!(routed.contains(&(120, 4_722_366_482_869_645_213_695)));
     assert_eq!(routed.last(), Some(&(126, (1 << 78) - 1)));
+    assert_eq!(
+        counts(&host.pools[2]),
+        (113..=126)
+            .map(|len| (len, (1u128 << (len - 112)) - 1))
+            .collect::<Vec<_>>()
+    );
     let on_link = counts(&host.pools[1]);
     assert_eq!(on_link.first(), Some(&(65, 1)));
     assert!(on_link.contains(&(120, 72_057_594_037_927_935)));
@@ -188,7 +194,7 @@ const EXPECTED_TEXT: &str = "\
 Upstream interface: up0 (IPv6 default route via 2001:db8:1::1)
 
 Global IPv6 addresses:
-  lan0         fd00:1::1/64  (unique local: not reachable from the internet)
+  lan0         fd00:1::1/112  (unique local: not reachable from the internet)
   up0          2001:db8:1::2/64
 
 Left out (not usable for a pool):
@@ -200,7 +206,7 @@ Routes:
   2001:db8:1::/64 dev up0 proto kernel metric 256
   2001:db8:2::/64 dev up0 proto kernel metric 256
   2001:db8:100::/48 dev up0 proto boot metric 1024
-  fd00:1::/64 dev lan0 proto kernel metric 256
+  fd00:1::/112 dev lan0 proto kernel metric 256
   fd00:3::/64 dev dad0 proto kernel metric 256
 
 Candidate pools (the broker keeps one allocation for its own address):
@@ -226,16 +232,12 @@ Candidate pools (the broker keeps one allocation for its own address):
       /120    72,057,594,037,927,935
       /124 1,152,921,504,606,846,975
       /126 4,611,686,018,427,387,903
-  fd00:1::/64 on lan0: on-link, this host is fd00:1::1
+  fd00:1::/112 on lan0: on-link, this host is fd00:1::1
     unique local: clients would not be reachable from the internet
-    allocation sizes /65 to /126; allocations each gives:
-      /72                        255
-      /80                     65,535
-      /96              4,294,967,295
-      /112       281,474,976,710,655
-      /120    72,057,594,037,927,935
-      /124 1,152,921,504,606,846,975
-      /126 4,611,686,018,427,387,903
+    allocation sizes /113 to /126; allocations each gives:
+      /120    255
+      /124  4,095
+      /126 16,383
 ";
 
 /// No IPv6 at all but loopback: no upstream, no pool, and it says so.

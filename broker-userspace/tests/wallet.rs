@@ -203,6 +203,19 @@ fn help_explains_each_command() {
     }
 }
 
+/// `wallet balance -k KEY --rpc-url URL --chain-id ID`.
+fn balance(key: &Path, url: &str, chain_id: &str) -> Output {
+    wallet(&[
+        "balance",
+        "-k",
+        path_str(key),
+        "--rpc-url",
+        url,
+        "--chain-id",
+        chain_id,
+    ])
+}
+
 fn balance_line(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -224,17 +237,7 @@ async fn balance_of_a_funded_an_exact_and_an_empty_account() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let funded = key_file(d, "funded.key", DEV_KEY, 0o600);
-    let balance = |key: &Path| {
-        wallet(&[
-            "balance",
-            "-k",
-            path_str(key),
-            "--rpc-url",
-            &anvil.url,
-            "--chain-id",
-            "31337",
-        ])
-    };
+    let balance = |key: &Path| balance(key, &anvil.url, "31337");
 
     let out = balance(&funded);
     assert_eq!(
@@ -333,37 +336,18 @@ async fn balance_takes_the_chain_from_the_configuration() {
 fn balance_failures_are_one_line_and_hide_the_endpoints_path() {
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(dir.path(), "k.key", DEV_KEY, 0o600);
-    let balance = |url: &str| {
-        wallet(&[
-            "balance",
-            "-k",
-            path_str(&key),
-            "--rpc-url",
-            url,
-            "--chain-id",
-            "1",
-        ])
-    };
     // Nothing listens on port 1; the path stands for a hosted endpoint's
     // API key, which no error may show.
     let e = fails(
-        &balance("http://127.0.0.1:1/v3/SECRET-API-KEY"),
+        &balance(&key, "http://127.0.0.1:1/v3/SECRET-API-KEY", "1"),
         "cannot reach the RPC endpoint http://127.0.0.1:1",
     );
     assert!(!e.contains("SECRET-API-KEY"), "{e}");
-    fails(&balance("ws://127.0.0.1:1"), "invalid RPC URL");
+    fails(&balance(&key, "ws://127.0.0.1:1", "1"), "invalid RPC URL");
     // A bad key file is found before anything goes on the wire.
     let open = key_file(dir.path(), "open.key", DEV_KEY, 0o644);
     fails(
-        &wallet(&[
-            "balance",
-            "-k",
-            path_str(&open),
-            "--rpc-url",
-            "http://127.0.0.1:1",
-            "--chain-id",
-            "1",
-        ]),
+        &balance(&open, "http://127.0.0.1:1", "1"),
         "readable by group or others",
     );
 }
