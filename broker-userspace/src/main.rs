@@ -54,6 +54,8 @@ enum Command {
     /// tunnel, or an unreachable/blackhole route). Link-local, temporary,
     /// deprecated, tentative and duplicate addresses are left out. The
     /// broker keeps one allocation of its pool for its own address.
+    ///
+    /// Reads the network namespace it runs in; needs no privileges.
     #[command(name = "detect-ipv6")]
     DetectIpv6(commands::detect_ipv6::DetectIpv6Args),
 }

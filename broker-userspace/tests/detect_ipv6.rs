@@ -4,7 +4,7 @@
 
 use std::{net::Ipv6Addr, process::Output};
 
-use broker_lab::netns::{Netns, veth};
+use broker_lab::netns::Netns;
 use broker_userspace::host_ipv6::{
     self, AllocationSize, CandidatePool, HostAddress, HostIpv6, HostRoute, IgnoredAddress, Origin,
     Upstream, allocation_sizes,
@@ -12,6 +12,7 @@ use broker_userspace::host_ipv6::{
 use ipnet::Ipv6Net;
 
 /// A namespace `bbt-<pid>-<tag>` (the prefix xtask's sweep looks for).
+/// With the reworked test kit this is `Netns::unique(tag)`.
 fn namespace(tag: &str) -> Netns {
     Netns::new(&format!("bbt-{}-{tag}", std::process::id()), false).expect("a namespace")
 }
@@ -28,7 +29,9 @@ fn host() -> Netns {
             .unwrap_or_else(|e| panic!("ip {args}: {e:#}"))
     };
     for (ours, peer) in [("up0", "rt0"), ("lan0", "lanp0")] {
-        veth(&ns, ours, &ns, peer).unwrap();
+        ip(&format!("link add {ours} type veth peer name {peer}"));
+        ip(&format!("link set {peer} up"));
+        ip(&format!("link set {ours} up"));
     }
     ip("link add dad0 type veth peer name dadp0");
     ns.sysctl(&[("net.ipv6.conf.dad0.accept_dad", "1")])

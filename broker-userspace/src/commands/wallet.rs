@@ -53,7 +53,8 @@ struct GenerateArgs {
 
 #[derive(Args)]
 struct KeyFileArgs {
-    /// The key file (hex secret key, with or without 0x).
+    /// The key file: a hex secret key (with or without 0x), readable by its
+    /// owner only (chmod 600).
     #[arg(long = "key", short = 'k', value_name = "FILE")]
     key: PathBuf,
 }
