@@ -203,6 +203,42 @@ impl DevChain {
     }
 }
 
+/// A bare anvil (no contracts) on a free local port, for what needs a chain
+/// but not the broker's contracts (deployment, balances); stopped on drop.
+pub struct Anvil {
+    child: Child,
+    pub url: String,
+}
+
+impl Anvil {
+    pub async fn start() -> anyhow::Result<Anvil> {
+        let (child, url) =
+            DevChain::start_anvil(std::net::Ipv4Addr::LOCALHOST.into(), None).await?;
+        Ok(Anvil { child, url })
+    }
+
+    pub fn provider(&self) -> impl Provider + Clone {
+        ProviderBuilder::new().connect_http(self.url.parse().expect("start_anvil's URL parses"))
+    }
+
+    /// Gives `address` exactly `wei` (anvil_setBalance).
+    pub async fn set_balance(&self, address: Address, wei: U256) -> anyhow::Result<()> {
+        let _: serde_json::Value = self
+            .provider()
+            .raw_request("anvil_setBalance".into(), (address, wei))
+            .await
+            .context("anvil_setBalance")?;
+        Ok(())
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for DevChain {
     fn drop(&mut self) {
         let _ = self.anvil.kill();

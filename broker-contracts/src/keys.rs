@@ -3,8 +3,11 @@
 //! errors name the file, never its content.
 
 use std::{
+    fs, io,
+    io::Write as _,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use alloy::signers::local::PrivateKeySigner;
@@ -24,6 +27,13 @@ pub enum KeyError {
     Invalid { path: PathBuf },
     #[error("key file {path} is readable by group or others (mode {mode:o}); chmod 600 it")]
     TooOpen { path: PathBuf, mode: u32 },
+    /// Never echoes the argument: it is probably the secret itself.
+    #[error(
+        "this takes the path of a key file, and what was given looks like a key, not a file: \
+         put the key in a file readable only by you (chmod 600), pass its path, and consider \
+         the key exposed (shell history, process list)"
+    )]
+    KeyNotPath,
 }
 
 /// The 32 bytes of a hex secret key file.
@@ -65,18 +75,77 @@ pub fn read_signer(path: &Path) -> Result<PrivateKeySigner, KeyError> {
     })
 }
 
+/// An Ethereum signer from a key file that only its owner can read: what a
+/// command given a key file's path (`--operator-key`, `-k`) uses. A key
+/// typed where its path belongs is refused without being echoed.
+pub fn read_private_signer(path: &Path) -> Result<PrivateKeySigner, KeyError> {
+    if !path.exists() && looks_like_a_key(path) {
+        return Err(KeyError::KeyNotPath);
+    }
+    check_private(path)?;
+    read_signer(path)
+}
+
+/// 64 hex digits, with or without 0x: a secret key given where its file
+/// should be.
+fn looks_like_a_key(arg: &Path) -> bool {
+    let s = arg.to_string_lossy();
+    let s = s.trim();
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Writes `secret` as 64 lowercase hex digits and a newline, mode 0600 from
-/// the start (never briefly readable by others).
-pub fn write_secret(path: &Path, secret: &[u8; 32]) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    use std::io::Write as _;
-    writeln!(file, "{}", hex::encode(secret))?;
-    file.sync_all()
+/// the start (never briefly readable by others), replacing `path`
+/// atomically: a reader, or the file after a crash, holds the old key or
+/// the new one, never a part of either.
+pub fn write_secret(path: &Path, secret: &[u8; 32]) -> io::Result<()> {
+    write_atomically(path, secret, true)
+}
+
+/// Like [`write_secret`], but never replaces a file: an existing `path`
+/// fails with [`io::ErrorKind::AlreadyExists`], decided by the kernel when
+/// the name is made (no window between a check and the write).
+pub fn create_secret(path: &Path, secret: &[u8; 32]) -> io::Result<()> {
+    write_atomically(path, secret, false)
+}
+
+/// Writes a temporary file beside `path`, syncs it, then gives it its name:
+/// rename(2) replaces, link(2) refuses an existing name.
+fn write_atomically(path: &Path, secret: &[u8; 32], replace: bool) -> io::Result<()> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let temp = dir.join(format!(
+        ".{}.{}-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        writeln!(file, "{}", hex::encode(secret))?;
+        file.sync_all()?;
+        if replace {
+            fs::rename(&temp, path)
+        } else {
+            fs::hard_link(&temp, path)
+        }
+    })();
+    // Gone already after a rename; the spare name after a link or a failure.
+    let _ = fs::remove_file(&temp);
+    written?;
+    // The new directory entry itself survives a crash.
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -132,5 +201,36 @@ mod tests {
         write_secret(&p, &[0x11; 32]).unwrap();
         assert!(check_private(&p).is_ok());
         assert_eq!(read_secret(&p).unwrap(), [0x11; 32]);
+    }
+
+    #[test]
+    fn create_never_replaces_and_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("bbt-keys-create-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("new.key");
+        create_secret(&p, &[0x22; 32]).unwrap();
+        assert!(check_private(&p).is_ok());
+        let e = create_secret(&p, &[0x33; 32]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(read_secret(&p).unwrap(), [0x22; 32]);
+        write_secret(&p, &[0x33; 32]).unwrap();
+        assert_eq!(read_secret(&p).unwrap(), [0x33; 32]);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["new.key"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_given_as_a_path_is_refused_without_echo() {
+        let k = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+        for arg in [k.to_string(), format!("0x{k}")] {
+            let e = read_private_signer(Path::new(&arg)).unwrap_err();
+            assert!(matches!(e, KeyError::KeyNotPath), "{e}");
+            assert!(!e.to_string().contains(k));
+        }
     }
 }

@@ -5,8 +5,11 @@
 pub mod chain;
 pub mod config;
 pub mod daemon;
+pub mod host_ipv6;
 pub mod ipam;
 pub mod ndp;
+pub mod numbers;
 pub mod operator;
 pub mod store;
 pub mod tunnel;
+pub mod wallet;

@@ -42,6 +42,22 @@ enum Command {
     /// Check the configuration file as `run` reads it: every problem on its
     /// own line, exit status 1 if there is any.
     CheckConfig(commands::check_config::CheckConfigArgs),
+    /// The operator's wallet: `generate` a key, show its `address`, read its
+    /// `balance` on chain.
+    Wallet(commands::wallet::WalletArgs),
+    /// Show the host's global IPv6 addresses and routes, the pools a broker
+    /// could hand out from them with the allocation sizes each allows, and
+    /// the upstream interface (the one holding the IPv6 default route).
+    ///
+    /// A pool is the prefix of a global address (on-link) or a prefix routed
+    /// to this host (a route to an interface without a gateway, e.g. a 6in4
+    /// tunnel, or an unreachable/blackhole route). Link-local, temporary,
+    /// deprecated, tentative and duplicate addresses are left out. The
+    /// broker keeps one allocation of its pool for its own address.
+    ///
+    /// Reads the network namespace it runs in; needs no privileges.
+    #[command(name = "detect-ipv6")]
+    DetectIpv6(commands::detect_ipv6::DetectIpv6Args),
     /// The running daemon's figures: pool, requests per contract, chain
     /// lag, operator wallet, NDP responder, WireGuard peers. Without a
     /// daemon, what the database holds.
@@ -67,6 +83,8 @@ fn main() -> ExitCode {
         Command::DeployRequests(args) => commands::deploy_requests::run(args),
         Command::GenerateKey(args) => commands::generate_key::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),
+        Command::Wallet(args) => commands::wallet::run(args),
+        Command::DetectIpv6(args) => commands::detect_ipv6::run(args),
         Command::Status(args) => commands::status::run(args),
         Command::Allocations(args) => commands::allocations::run(args),
     };

@@ -11,51 +11,17 @@ use std::{
     net::TcpListener,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output},
+    process::{Command, Output},
 };
 
 use alloy::{
     network::TransactionBuilder as _,
     primitives::{Address, TxHash, U256},
-    providers::{Provider, ProviderBuilder},
+    providers::Provider,
     rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
 };
-use broker_contracts::{BrokerRequests, devchain::DevChain};
-
-/// A bare anvil (no contracts), killed on drop.
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Anvil {
-    async fn start() -> Self {
-        let (child, url) = DevChain::start_anvil(std::net::Ipv4Addr::LOCALHOST.into(), None)
-            .await
-            .expect("anvil starts");
-        Anvil { child, url }
-    }
-
-    fn provider(&self) -> impl Provider + Clone {
-        ProviderBuilder::new().connect_http(self.url.parse().unwrap())
-    }
-
-    async fn set_balance(&self, address: Address, wei: U256) {
-        let _: serde_json::Value = self
-            .provider()
-            .raw_request("anvil_setBalance".into(), (address, wei))
-            .await
-            .unwrap();
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use broker_contracts::{BrokerRequests, devchain::Anvil};
 
 /// A directory of this test's own, removed on drop.
 struct TempDir(PathBuf);
@@ -187,12 +153,13 @@ fn field<'a>(stdout: &'a str, label: &str) -> &'a str {
 
 #[tokio::test]
 async fn deploys_owned_by_the_operator_and_prints_the_config() {
-    let anvil = Anvil::start().await;
+    let anvil = Anvil::start().await.expect("anvil starts");
     let dir = TempDir::new("success");
     let (operator, key, key_text) = dir.key("operator.key");
     anvil
         .set_balance(operator.address(), U256::from(10u64).pow(U256::from(18)))
-        .await;
+        .await
+        .unwrap();
 
     // A relative key path, as an operator types it; the config names it
     // absolutely (the daemon runs from another directory).
@@ -288,12 +255,13 @@ fn https_endpoints_get_tls() {
 
 #[tokio::test]
 async fn wrong_chain_id() {
-    let anvil = Anvil::start().await;
+    let anvil = Anvil::start().await.expect("anvil starts");
     let dir = TempDir::new("wrong-chain");
     let (operator, key, text) = dir.key("operator.key");
     anvil
         .set_balance(operator.address(), U256::from(10u64).pow(U256::from(18)))
-        .await;
+        .await
+        .unwrap();
     assert_fails(
         &deploy(&anvil.url, "11155111", &key),
         Stage::Network,
@@ -313,7 +281,7 @@ async fn wrong_chain_id() {
 
 #[tokio::test]
 async fn empty_wallet() {
-    let anvil = Anvil::start().await;
+    let anvil = Anvil::start().await.expect("anvil starts");
     let dir = TempDir::new("empty");
     let (operator, key, text) = dir.key("operator.key");
     assert_fails(
@@ -330,12 +298,13 @@ async fn empty_wallet() {
 
 #[tokio::test]
 async fn wallet_too_poor_for_the_gas() {
-    let anvil = Anvil::start().await;
+    let anvil = Anvil::start().await.expect("anvil starts");
     let dir = TempDir::new("poor");
     let (operator, key, text) = dir.key("operator.key");
     anvil
         .set_balance(operator.address(), U256::from(1000))
-        .await;
+        .await
+        .unwrap();
     assert_fails(
         &deploy(&anvil.url, "31337", &key),
         Stage::Network,
@@ -354,7 +323,7 @@ async fn wallet_too_poor_for_the_gas() {
 /// exactly enough deploys.
 #[tokio::test]
 async fn balance_check_is_exact() {
-    let anvil = Anvil::start().await;
+    let anvil = Anvil::start().await.expect("anvil starts");
     let dir = TempDir::new("exact");
     let (operator, key, text) = dir.key("operator.key");
     let provider = anvil.provider();
@@ -369,7 +338,8 @@ async fn balance_check_is_exact() {
 
     anvil
         .set_balance(operator.address(), needed - U256::from(1))
-        .await;
+        .await
+        .unwrap();
     assert_fails(
         &deploy(&anvil.url, "31337", &key),
         Stage::Network,
@@ -378,7 +348,7 @@ async fn balance_check_is_exact() {
     );
     assert_eq!(provider.get_block_number().await.unwrap(), 0);
 
-    anvil.set_balance(operator.address(), needed).await;
+    anvil.set_balance(operator.address(), needed).await.unwrap();
     let out = deploy(&anvil.url, "31337", &key);
     assert!(
         out.status.success(),
@@ -444,7 +414,7 @@ fn key_instead_of_key_file() {
     assert_fails(
         &deploy(&dead_url(), "31337", Path::new(&secret)),
         Stage::Local,
-        "--operator-key takes the path of a key file",
+        "--operator-key: this takes the path of a key file",
         &[&secret],
     );
 }

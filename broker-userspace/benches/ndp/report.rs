@@ -4,6 +4,8 @@
 
 use std::{fmt::Write as _, path::Path};
 
+use broker_userspace::numbers::thousands;
+
 use crate::{
     kernel_cost::{Case, Point},
     lab::Design,
@@ -77,19 +79,6 @@ impl Machine {
             self.cpu, self.cores, self.kernel
         )
     }
-}
-
-/// 1234567 -> "1,234,567".
-fn thousands(v: u64) -> String {
-    let s = v.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn duration(micros: f64) -> String {

@@ -42,16 +42,7 @@ pub struct DeployRequestsArgs {
 pub fn run(args: DeployRequestsArgs) -> anyhow::Result<ExitCode> {
     // Everything local first: nothing goes on the wire with a bad argument.
     chain::parse_rpc_url(&args.rpc_url)?;
-    if !args.operator_key.exists() && looks_like_a_key(&args.operator_key) {
-        // Never echo it: it is probably the secret itself.
-        anyhow::bail!(
-            "--operator-key takes the path of a key file, and this looks like a key, not a file: \
-             put the key in a file readable only by you (chmod 600), pass its path, and \
-             consider the key exposed (shell history, process list)"
-        );
-    }
-    keys::check_private(&args.operator_key)?;
-    let operator = keys::read_signer(&args.operator_key)?;
+    let operator = keys::read_private_signer(&args.operator_key).context("--operator-key")?;
     let key_file = std::path::absolute(&args.operator_key)
         .with_context(|| format!("resolving {}", args.operator_key.display()))?;
     let owner = operator.address();
@@ -92,15 +83,6 @@ pub fn run(args: DeployRequestsArgs) -> anyhow::Result<ExitCode> {
     println!();
     println!("{NEXT_STEPS}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// 64 hex digits, with or without 0x: a secret key given where its file
-/// should be.
-fn looks_like_a_key(arg: &Path) -> bool {
-    let s = arg.to_string_lossy();
-    let s = s.trim();
-    let hex = s.strip_prefix("0x").unwrap_or(s);
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn snippet(

@@ -17,17 +17,23 @@ pub struct GenerateKeyArgs {
 }
 
 pub fn run(args: GenerateKeyArgs) -> anyhow::Result<ExitCode> {
-    if args.output.exists() && !args.force {
-        bail!(
-            "{} exists; pass --force to replace it (requests encrypted to the old key become unreadable)",
-            args.output.display()
-        );
-    }
     let (secret, _) = ecies::utils::generate_keypair();
     let secret = secret.serialize();
     let public = protocol::public_key(&secret).context("deriving the public key")?;
-    keys::write_secret(&args.output, &secret)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    // create_secret refuses an existing file when it makes the name: no
+    // window between a check and the write.
+    let written = if args.force {
+        keys::write_secret(&args.output, &secret)
+    } else {
+        keys::create_secret(&args.output, &secret)
+    };
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} exists; pass --force to replace it (requests encrypted to the old key become unreadable)",
+            args.output.display()
+        ),
+        written => written.with_context(|| format!("writing {}", args.output.display()))?,
+    }
     eprintln!(
         "wrote the ECIES secret key to {} (mode 0600); its public key, for the registry:",
         args.output.display()

@@ -3,7 +3,9 @@
 pub mod allocations;
 pub mod check_config;
 pub mod deploy_requests;
+pub mod detect_ipv6;
 pub mod generate_key;
 pub mod ndp;
 pub mod run;
 pub mod status;
+pub mod wallet;

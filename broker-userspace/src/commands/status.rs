@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use alloy::primitives::{U256, utils::format_ether};
+use broker_contracts::chain::ether;
 use broker_userspace::{
     config::{self, Config},
     operator::{
@@ -145,14 +145,14 @@ fn text(s: &Status) -> String {
     if let Some(w) = &s.wallet {
         line(
             "wallet",
-            format!("{} holds {} ETH", w.address, eth(w.balance_wei)),
+            format!("{} holds {} ETH", w.address, ether(w.balance_wei)),
         );
         if w.low {
             line(
                 "",
                 format!(
                     "LOW: below {} ETH ([onchain] low_balance_eth): fund it, or answers and releases will fail",
-                    eth(w.low_balance_wei)
+                    ether(w.low_balance_wei)
                 ),
             );
         }
@@ -206,12 +206,6 @@ fn text(s: &Status) -> String {
     out
 }
 
-/// Wei in ETH, without trailing zeros.
-fn eth(wei: U256) -> String {
-    let text = format_ether(wei);
-    text.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
 /// `secs` since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc(secs: u64) -> String {
     let (days, rest) = (secs / 86_400, secs % 86_400);
@@ -246,14 +240,6 @@ pub fn ago(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn eth_amounts_lose_their_trailing_zeros() {
-        let eth = |wei: u128| super::eth(alloy::primitives::U256::from(wei));
-        assert_eq!(eth(1_000_000_000_000_000_000_000_000), "1000000");
-        assert_eq!(eth(1_500_000_000_000_000), "0.0015");
-        assert_eq!(eth(0), "0");
-    }
-
     #[test]
     fn utc_dates() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");

@@ -159,7 +159,7 @@ fn database_table<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn ether<S: Serializer>(wei: &U256, s: S) -> Result<S::Ok, S::Error> {
-    alloy::primitives::utils::format_ether(*wei).serialize(s)
+    broker_contracts::chain::ether(*wei).serialize(s)
 }
 
 fn pool_keys<S: Serializer>(pool: &Pool, s: S) -> Result<S::Ok, S::Error> {
@@ -202,6 +202,34 @@ impl Config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(fail(problems.into_lines())),
         }
+    }
+}
+
+/// The chain a configuration names (`[onchain] rpc_url` and `chain_id`),
+/// each None where the file does not give it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct OnchainEndpoint {
+    pub rpc_url: Option<String>,
+    pub chain_id: Option<u64>,
+}
+
+impl OnchainEndpoint {
+    /// Reads `[onchain] rpc_url` and `chain_id` of the file at `path` and
+    /// nothing else: for commands that only need the chain (`wallet
+    /// balance`), also while the rest of the configuration is unfinished.
+    pub fn load(path: &Path) -> Result<OnchainEndpoint, ConfigErrors> {
+        #[derive(Deserialize)]
+        struct OnlyOnchain {
+            #[serde(default)]
+            onchain: OnchainEndpoint,
+        }
+        let fail = |problem: String| ConfigErrors {
+            path: path.to_path_buf(),
+            problems: vec![problem],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let file: OnlyOnchain = toml::from_str(&text).map_err(|e| fail(toml_error(&text, &e)))?;
+        Ok(file.onchain)
     }
 }
 

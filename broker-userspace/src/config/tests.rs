@@ -303,3 +303,36 @@ fn enums_are_spelt_alike_in_the_file_and_on_the_command_line() {
     check::<WireguardImplementation>();
     assert_eq!(WireguardImplementation::Userspace.to_string(), "userspace");
 }
+
+#[test]
+fn the_onchain_endpoint_is_read_alone() {
+    let f = Fixture::new();
+    let path = f.dir.path().join("partial.toml");
+    // Only [onchain] matters: an unfinished file still names its chain.
+    std::fs::write(
+        &path,
+        "[broker]\nunknown = 1\n\n[onchain]\nrpc_url = \"http://node:8545\"\nchain_id = 5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        OnchainEndpoint::load(&path).unwrap(),
+        OnchainEndpoint {
+            rpc_url: Some("http://node:8545".into()),
+            chain_id: Some(5),
+        }
+    );
+    std::fs::write(&path, "[database]\npath = \"/x\"\n").unwrap();
+    assert_eq!(
+        OnchainEndpoint::load(&path).unwrap(),
+        OnchainEndpoint::default()
+    );
+    std::fs::write(&path, "[onchain]\nchain_id = \"five\"\n").unwrap();
+    let e = OnchainEndpoint::load(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}: line 2: ", path.display())),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+    let e = OnchainEndpoint::load(&f.dir.path().join("missing.toml")).unwrap_err();
+    assert!(e.to_string().contains("No such file or directory"), "{e}");
+}

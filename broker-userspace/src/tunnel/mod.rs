@@ -12,7 +12,7 @@
 
 mod error;
 mod link;
-mod netlink;
+pub(crate) mod netlink;
 mod routes;
 mod userspace;
 mod wireguard;

@@ -1,4 +1,5 @@
-//! The route-netlink connection shared by the link and route code.
+//! The route-netlink connection shared by the link and route code (and
+//! [`crate::host_ipv6`]).
 
 use std::io;
 
@@ -6,7 +7,7 @@ use rtnetlink::Handle;
 
 /// A route-netlink socket in the calling thread's network namespace, its
 /// connection driven by a task on the current tokio runtime.
-pub(super) fn connect() -> io::Result<Handle> {
+pub(crate) fn connect() -> io::Result<Handle> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
     Ok(handle)
@@ -14,7 +15,7 @@ pub(super) fn connect() -> io::Result<Handle> {
 
 /// The kernel's errno when there is one ("File exists (os error 17)"),
 /// rtnetlink's own description otherwise.
-pub(super) fn to_io(e: rtnetlink::Error) -> io::Error {
+pub(crate) fn to_io(e: rtnetlink::Error) -> io::Error {
     match e {
         rtnetlink::Error::NetlinkError(message) => message.to_io(),
         other => io::Error::other(other.to_string()),
@@ -22,6 +23,6 @@ pub(super) fn to_io(e: rtnetlink::Error) -> io::Error {
 }
 
 /// True when `e` is the kernel answering with errno `code`.
-pub(super) fn is_errno(e: &rtnetlink::Error, code: i32) -> bool {
+pub(crate) fn is_errno(e: &rtnetlink::Error, code: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == code)
 }
