@@ -47,7 +47,8 @@ use crate::{
         ALLOCATION_SIZE, BROKER_V4, CHAIN_ADDR, RPC_PORT, SERVERS, Topology, UPSTREAM_IF,
         UPSTREAM_PREFIX, WG_PORT,
     },
-    wireguard::{WireguardGo, write_private},
+    files::write_private,
+    wireguard::WireguardGo,
 };
 
 pub struct Options {

@@ -4,7 +4,8 @@
 //! end-to-end tests (`tests/end_to_end.rs`) and `cargo xtask demo`
 //! (`src/bin/broker-lab.rs`) all build on it.
 //!
-//! - the pieces: [`names`] (test object names), [`netns`] (namespaces and
+//! - the pieces: [`names`] (test object names), [`files`] (new files of a
+//!   mode), [`netns`] (namespaces and
 //!   veth pairs), [`process`] (processes and their logs), [`wireguard`]
 //!   (wireguard-go interfaces), [`pins`] (bpffs pin directories), [`relay`]
 //!   (an RPC endpoint that can hang), [`broker`] (the binaries, `ndp serve`),
@@ -20,6 +21,7 @@
 
 pub mod broker;
 pub mod broker_config;
+pub mod files;
 pub mod inspect;
 pub mod lab;
 pub mod names;

@@ -6,8 +6,6 @@
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     process::Command,
     thread,
@@ -19,6 +17,7 @@ use broker_userspace::tunnel::socket_path;
 use wireguard_control::Key;
 
 use crate::{
+    files::write_private,
     netns::{Netns, run},
     process::run_bounded,
 };
@@ -86,18 +85,6 @@ pub fn daemons(name: &str) -> Vec<i32> {
             })
         })
         .collect()
-}
-
-/// Writes `content` and a newline to a new file of mode 0600 (never
-/// readable by others, not even for a moment).
-pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| writeln!(f, "{content}"))
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Starts wireguard-go `name` in `ns` (it goes to the background; the

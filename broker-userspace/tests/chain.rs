@@ -5,7 +5,7 @@
 //! accounts 2 and 3), as BlockHost servers would.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, TcpListener},
     time::{Duration, Instant},
 };
 

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use alloy::primitives::U256;
 use broker_contracts::{
     BrokerRequests, TestNFT, bindings::legacy_fixture::BrokerRequestsV1, devchain::anvil_signer,
 };
@@ -233,7 +234,7 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
         //    someone else in the same block: the requester no longer owns it
         //    when the broker looks.
         let sold = lab.nft(CLIENT).await?;
-        let payload = lab.encrypt(&client.payload(sold).to_json());
+        let payload = lab.encrypt(&client.payload(sold).to_json())?;
         let wallet = lab.wallet(CLIENT)?;
         lab.anvil("evm_setAutomine", json!([false])).await?;
         let submitted = BrokerRequests::new(lab.chain.requests, &wallet)
@@ -808,7 +809,7 @@ fn an_owner_release_frees_the_prefix_but_never_a_newer_request() {
         // request before the release event, which must not take the new
         // allocation away.
         let third = Client::new(CLIENT);
-        let payload = lab.encrypt(&third.payload(nft).to_json());
+        let payload = lab.encrypt(&third.payload(nft).to_json())?;
         let wallet = lab.wallet(CLIENT)?;
         let contract = BrokerRequests::new(lab.chain.requests, &wallet);
         lab.anvil("evm_setAutomine", json!([false])).await?;
@@ -896,7 +897,7 @@ fn a_legacy_v1_contract_is_watched_beside_the_primary_one() {
             .call()
             .await
             .unwrap();
-        assert_eq!(capacity, U256::from(lab.pool.slots() - 1));
+        assert_eq!(capacity, U256::from(lab.config.broker.pool.slots() - 1));
 
         let old = Client::new(CLIENT);
         let old_nft = lab.nft(CLIENT).await?;
@@ -1019,7 +1020,7 @@ fn sigterm_while_an_answer_waits_to_be_mined_stops_promptly_and_a_restart_answer
             .contract_address
             .expect("a contract address");
         let client = Client::new(CLIENT);
-        let payload = lab.encrypt(&client.payload(nft).to_json());
+        let payload = lab.encrypt(&client.payload(nft).to_json())?;
         let sent = BrokerRequests::new(lab.chain.requests, lab.wallet(CLIENT)?)
             .submitRequest(nft, payload.into())
             .gas(CLIENT_TX_GAS)

@@ -592,7 +592,7 @@ fn sit_tunnel_answers_without_link_layer_option() {
     ).unwrap();
     let log = broker.log();
     assert!(log.contains("attached (L3 device)"), "{log}");
-    let (code, out) = broker_status(&broker_ns, &pins.dir);
+    let (code, out) = ndp_status(&broker_ns, &pins.dir).unwrap();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("interface:  sit1 (attached)"), "{out}");
     assert!(out.contains("mode:       tc"), "{out}");
@@ -789,7 +789,7 @@ fn tun_answers_without_link_layer_option() {
     let lab = TunLab::new();
     let log = lab.broker.log();
     assert!(log.contains("attached (L3 device)"), "{log}");
-    let (code, out) = broker_status(&lab.broker_ns, &lab.pins.dir);
+    let (code, out) = ndp_status(&lab.broker_ns, &lab.pins.dir).unwrap();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("interface:  tun0 (attached)"), "{out}");
     assert!(out.contains("mode:       tc"), "{out}");
@@ -984,7 +984,7 @@ fn refused(ns: &Netns, args: &[&str]) -> String {
         "ndp serve {args:?} left {} behind",
         pins.dir.path().display()
     );
-    let (code, out) = broker_status(ns, &pins.dir);
+    let (code, out) = ndp_status(ns, &pins.dir).unwrap();
     assert_eq!(code, Some(3), "ndp status after {args:?}: {out}");
     lines[0].to_string()
 }

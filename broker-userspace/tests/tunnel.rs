@@ -23,7 +23,8 @@ use ipnet::Ipv6Net;
 use broker_lab::{
     names::interface_name,
     netns::{End, Netns, veth},
-    wireguard::{self, WireguardGo, daemons, write_private},
+    files::write_private,
+    wireguard::{self, WireguardGo, daemons},
 };
 use wireguard_control::Key;
 
