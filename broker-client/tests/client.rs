@@ -384,7 +384,8 @@ async fn bad_inputs_end_in_one_line_errors() {
         &open_key,
         broker_contracts::devchain::ANVIL_KEYS[support::CLIENT],
         0o644,
-    ).unwrap();
+    )
+    .unwrap();
     std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let missing = env.dir.path().join("missing.key");
     let request = |nft: &str, key: &str| {

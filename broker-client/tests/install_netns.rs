@@ -10,10 +10,10 @@ mod support;
 use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Instant};
 
 use broker_lab::{
+    files::write_private,
     names::interface_name,
     netns::{End, Netns, run, veth},
     wireguard::{self, WireguardGo},
-    files::write_private,
 };
 use support::{CLIENT_BIN, Run, write_new};
 use wireguard_control::Key;
@@ -104,7 +104,8 @@ async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
         &config_dir.join("broker-allocation.json"),
         &serde_json::to_string_pretty(&allocation).unwrap(),
         0o640,
-    ).unwrap();
+    )
+    .unwrap();
     let wg_dir = dir.path().join("wireguard");
     let client_if = interface_name("s");
     let _client_wg = WireguardGo::guard(&server_ns, &client_if);

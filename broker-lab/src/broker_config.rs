@@ -24,9 +24,18 @@ fn to_toml(config: &Config) -> Table {
     let int = |n: u64| Value::Integer(n as i64);
     let b = &config.broker;
     let mut broker = Table::new();
-    broker.insert("upstream_interface".into(), b.upstream_interface.clone().into());
-    broker.insert("upstream_prefix".into(), b.pool.upstream().to_string().into());
-    broker.insert("allocation_size".into(), int(b.pool.allocation_size().into()));
+    broker.insert(
+        "upstream_interface".into(),
+        b.upstream_interface.clone().into(),
+    );
+    broker.insert(
+        "upstream_prefix".into(),
+        b.pool.upstream().to_string().into(),
+    );
+    broker.insert(
+        "allocation_size".into(),
+        int(b.pool.allocation_size().into()),
+    );
     let mode = match b.ndp_mode {
         AttachMode::Auto => "auto",
         AttachMode::Driver => "driver",

@@ -38,6 +38,7 @@ use wireguard_control::Key;
 use crate::{
     broker::binary,
     broker_config,
+    files::write_private,
     names::{MAX_INTERFACE_NAME, lab_prefix},
     narrate::Narrator,
     netns::{Netns, run},
@@ -47,7 +48,6 @@ use crate::{
         ALLOCATION_SIZE, BROKER_V4, CHAIN_ADDR, RPC_PORT, SERVERS, Topology, UPSTREAM_IF,
         UPSTREAM_PREFIX, WG_PORT,
     },
-    files::write_private,
     wireguard::WireguardGo,
 };
 
@@ -161,13 +161,17 @@ impl Lab {
             "BlockHost servers: a wallet and an NFT contract (ERC-721, owner() = the wallet) each",
         );
         for number in 1..=SERVERS {
-            let server = lab.make_server(&options.dir, number, interface(&format!("s{number}"))?).await?;
+            let server = lab
+                .make_server(&options.dir, number, interface(&format!("s{number}"))?)
+                .await?;
             lab.narrator.done(&format!(
                 "server{number}: wallet {}, NFT contract {}",
                 server.wallet, server.nft
             ));
-            lab.wireguard
-                .push(WireguardGo::guard(&lab.net.servers[number - 1], &server.interface));
+            lab.wireguard.push(WireguardGo::guard(
+                &lab.net.servers[number - 1],
+                &server.interface,
+            ));
             lab.servers.push(server);
         }
         Ok(lab)
@@ -262,8 +266,7 @@ impl Lab {
             message_of(&attached)
         ));
         if let Some(log) = log {
-            self.narrator
-                .detail(&format!("its log: {}", log.display()));
+            self.narrator.detail(&format!("its log: {}", log.display()));
         }
         self.broker()
     }

@@ -208,10 +208,7 @@ impl Drop for Netns {
 fn enter(file: &File, name: &str) -> anyhow::Result<()> {
     // SAFETY: an open /run/netns file; only the calling thread changes.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "entering namespace {name}: {}",
-            io::Error::last_os_error()
-        );
+        bail!("entering namespace {name}: {}", io::Error::last_os_error());
     }
     Ok(())
 }

@@ -105,14 +105,21 @@ const POLL: Duration = Duration::from_millis(200);
 impl Lab {
     /// A TestNFT owned by anvil account `owner`.
     pub async fn nft(&self, owner: usize) -> anyhow::Result<Address> {
-        Ok(*TestNFT::deploy(self.wallet(owner)?, anvil_signer(owner).address())
-            .await
-            .context("deploying a TestNFT")?
-            .address())
+        Ok(
+            *TestNFT::deploy(self.wallet(owner)?, anvil_signer(owner).address())
+                .await
+                .context("deploying a TestNFT")?
+                .address(),
+        )
     }
 
     /// `submitRequest(nft, payload)` from `account`; the request id.
-    pub async fn submit(&self, account: usize, nft: Address, payload: Vec<u8>) -> anyhow::Result<u64> {
+    pub async fn submit(
+        &self,
+        account: usize,
+        nft: Address,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<u64> {
         self.submit_to(self.chain.requests, account, nft, payload)
             .await
     }
@@ -140,12 +147,16 @@ impl Lab {
 
     /// The encrypted payload of a request as a client sends it.
     pub fn encrypt(&self, json: &str) -> anyhow::Result<Vec<u8>> {
-        Ok(protocol::encrypt(&self.chain.ecies_public, json.as_bytes())?)
+        Ok(protocol::encrypt(
+            &self.chain.ecies_public,
+            json.as_bytes(),
+        )?)
     }
 
     /// A valid request from `client` for `nft`.
     pub async fn request_tunnel(&self, client: &Client, nft: Address) -> anyhow::Result<u64> {
-        self.request_tunnel_at(self.chain.requests, client, nft).await
+        self.request_tunnel_at(self.chain.requests, client, nft)
+            .await
     }
 
     pub async fn request_tunnel_at(
@@ -225,7 +236,10 @@ impl Lab {
                 APPROVED => {
                     let (framed_id, ciphertext) =
                         protocol::unframe_response(&request.responsePayload)?;
-                    ensure!(framed_id == id, "the answer to {id} names request {framed_id}");
+                    ensure!(
+                        framed_id == id,
+                        "the answer to {id} names request {framed_id}"
+                    );
                     let plaintext = protocol::decrypt(&client.secret, ciphertext)
                         .context("the answer does not decrypt with the client's key")?;
                     return Ok(ResponsePayload::parse(&plaintext)?);
@@ -253,10 +267,7 @@ impl Lab {
     pub fn check_answer(&self, answer: &ResponsePayload) -> anyhow::Result<Ipv6Net> {
         let pool = &self.config.broker.pool;
         let prefix: Ipv6Net = answer.prefix.parse()?;
-        ensure!(
-            prefix.prefix_len() == pool.allocation_size(),
-            "{answer:?}"
-        );
+        ensure!(prefix.prefix_len() == pool.allocation_size(), "{answer:?}");
         ensure!(pool.upstream().contains(&prefix), "{answer:?}");
         ensure!(prefix == prefix.trunc(), "host bits in {answer:?}");
         ensure!(
@@ -325,7 +336,10 @@ impl Lab {
         self.response_events_at(self.chain.requests).await
     }
 
-    pub async fn response_events_at(&self, contract: Address) -> anyhow::Result<BTreeMap<u64, usize>> {
+    pub async fn response_events_at(
+        &self,
+        contract: Address,
+    ) -> anyhow::Result<BTreeMap<u64, usize>> {
         let filter = Filter::new()
             .address(contract)
             .event_signature(BrokerRequests::ResponseSubmitted::SIGNATURE_HASH)

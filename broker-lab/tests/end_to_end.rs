@@ -145,8 +145,11 @@ fn a_released_prefix_goes_to_the_next_server_and_two_servers_work_at_once() {
             lab.net.servers[0].ip(&["link", "show", interface]).is_err(),
             "release --cleanup-wg left the tunnel {interface} up"
         );
-        lab.broker()?
-            .wait_log(&["released:", &first.to_string()], 1, Duration::from_secs(30))?;
+        lab.broker()?.wait_log(
+            &["released:", &first.to_string()],
+            1,
+            Duration::from_secs(30),
+        )?;
         let peers = lab.peers()?;
         ensure!(peers.is_empty(), "peers after the release: {peers:?}");
 

@@ -16,12 +16,12 @@ use alloy::{
     rpc::types::TransactionReceipt,
     sol_types::SolCall as _,
 };
-use broker_lab::relay::Relay;
 use broker_contracts::{
     BrokerRequests, BrokerRequestsV1, FakeNFT, TestNFT,
     devchain::{DevChain, Options, anvil_signer},
     protocol::frame_response,
 };
+use broker_lab::relay::Relay;
 use broker_userspace::{
     chain::{Chain, ChainError, ChainOptions, NftCheck, OnchainRequest, Released, RequestStatus},
     config::Onchain,

@@ -291,7 +291,8 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
         let key_in_use = lab
             .submit(CLIENT, nft, lab.encrypt(&payload.to_json())?)
             .await?;
-        lab.broker()?.wait_log(&["rejected (silently)"], 5, secs(15))?;
+        lab.broker()?
+            .wait_log(&["rejected (silently)"], 5, secs(15))?;
 
         let invalid = [
             (not_owner, "NotOwner"),
@@ -305,7 +306,8 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
         let log = lab.broker()?.log();
         for (id, reason) in invalid {
             assert_eq!(lab.status(id).await?, PENDING, "request {id} ({reason})");
-            let line = lines_with(&log, &["rejected (silently)", &format!(" id={id}")]).next()
+            let line = lines_with(&log, &["rejected (silently)", &format!(" id={id}")])
+                .next()
                 .unwrap_or_else(|| panic!("no rejection of request {id} in:\n{log}"));
             assert!(line.contains(reason), "request {id}: {line}");
         }
@@ -349,11 +351,15 @@ fn an_rpc_outage_is_survived() {
         assert!(lab.broker()?.running());
         assert_eq!(lab.status(id).await?, PENDING);
         let log = lab.broker()?.log();
-        let failure = lines_with(&log, &["poll failed (1 in a row)"]).next().unwrap();
+        let failure = lines_with(&log, &["poll failed (1 in a row)"])
+            .next()
+            .unwrap();
         assert!(failure.contains("no answer from"), "{failure}");
         // Backed off: 10 s of RPC timeout plus a pause of 2 poll intervals
         // (1 without back-off) between the two failures.
-        let second = lines_with(&log, &["poll failed (2 in a row)"]).next().unwrap();
+        let second = lines_with(&log, &["poll failed (2 in a row)"])
+            .next()
+            .unwrap();
         let between = log_time(second) - log_time(failure);
         assert!(
             between >= 11.6,
@@ -442,7 +448,8 @@ fn a_daemon_killed_anywhere_in_the_request_path_answers_exactly_once() {
             lab.stop_broker()?;
             // The restart sent the answer itself, or found it on chain.
             let log = lab.broker()?.log();
-            let found = lines_with(&log, &["already answered on chain", &format!(" id={id}")]).next();
+            let found =
+                lines_with(&log, &["already answered on chain", &format!(" id={id}")]).next();
             let sent = lines_with(&log, &["answered", &format!(" id={id}"), "tx=0x"]).next();
             if point == "before-answered" {
                 assert!(found.is_some() && sent.is_none(), "{point}:\n{log}");
@@ -522,7 +529,9 @@ fn a_tunnel_that_never_comes_up_is_released() {
         assert_eq!(lab.status(id).await?, EXPIRED);
         let log = lab.broker()?.log();
         assert!(
-            lines_with(&log, &["released: no handshake within 10 s"]).next().is_some(),
+            lines_with(&log, &["released: no handshake within 10 s"])
+                .next()
+                .is_some(),
             "{log}"
         );
         assert_eq!(lab.peers()?, []);
@@ -602,7 +611,9 @@ fn a_restart_repairs_tampered_kernel_state() {
 
         lab.start_broker()?;
         let log = lab.broker()?.log();
-        let summary = lines_with(&log, &["kernel reconciled with the database"]).next().unwrap();
+        let summary = lines_with(&log, &["kernel reconciled with the database"])
+            .next()
+            .unwrap();
         assert!(
             summary.ends_with(
                 "kernel reconciled with the database: 1 allocations; peers +1 -1, routes +1 -1, NDP +1 -1"
@@ -965,10 +976,12 @@ fn a_fresh_database_starts_at_start_request_id_and_takes_a_bounded_number_per_po
         // more than 3 alone; all in one poll would take a fraction of that.
         // (The daemon logs an answer after its receipt, which can be after
         // the test saw the request approved.)
-        lab.broker()?.wait_log(&["answered contract="], 3, secs(10))?;
+        lab.broker()?
+            .wait_log(&["answered contract="], 3, secs(10))?;
         let log = lab.broker()?.log();
         let answered = |id: u64| {
-            let line = lines_with(&log, &["answered", &format!(" id={id}"), "tx=0x"]).next()
+            let line = lines_with(&log, &["answered", &format!(" id={id}"), "tx=0x"])
+                .next()
                 .unwrap_or_else(|| panic!("request {id} answered but not logged:\n{log}"));
             log_time(line)
         };

@@ -22,7 +22,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker_userspace::ndp::{self, AttachedMode, Counters, Interface, PassProgram};
 use broker_lab::{
     broker::{broker_command, ndp_serve, ndp_status},
     ndp_frames::{BROKER_MAC, Model, Ns, ROUTER_MAC, Verdict, solicited_node},
@@ -30,6 +29,7 @@ use broker_lab::{
     pins::TestPins,
     process::{Process, run_bounded},
 };
+use broker_userspace::ndp::{self, AttachedMode, Counters, Interface, PassProgram};
 
 /// The delegated prefix, an address in it and addresses outside it, all of
 /// them on the broker's `lo` so that an echo request reaching the broker is
@@ -96,36 +96,46 @@ impl VethLab {
             End::new(&broker_ns, BROKER_IF).with_mac(&mac_string(BROKER_MAC)),
         )
         .unwrap();
-        router.ip(&[
-            "addr",
-            "add",
-            "2001:db8:ff::1/64",
-            "dev",
-            ROUTER_IF,
-            "nodad",
-        ]).unwrap();
-        broker_ns.ip(&[
-            "addr",
-            "add",
-            "2001:db8:ff::2/64",
-            "dev",
-            BROKER_IF,
-            "nodad",
-        ]).unwrap();
+        router
+            .ip(&[
+                "addr",
+                "add",
+                "2001:db8:ff::1/64",
+                "dev",
+                ROUTER_IF,
+                "nodad",
+            ])
+            .unwrap();
+        broker_ns
+            .ip(&[
+                "addr",
+                "add",
+                "2001:db8:ff::2/64",
+                "dev",
+                BROKER_IF,
+                "nodad",
+            ])
+            .unwrap();
         for (net, addr) in [
             (PREFIX, INSIDE),
             (OUTSIDE_PREFIX, OUTSIDE),
             (OTHER_PREFIX, OTHER),
         ] {
-            router.ip(&["-6", "route", "add", net, "dev", ROUTER_IF]).unwrap();
-            broker_ns.ip(&["addr", "add", &format!("{addr}/128"), "dev", "lo"]).unwrap();
+            router
+                .ip(&["-6", "route", "add", net, "dev", ROUTER_IF])
+                .unwrap();
+            broker_ns
+                .ip(&["addr", "add", &format!("{addr}/128"), "dev", "lo"])
+                .unwrap();
         }
         // In PROBE state the router sends unicast solicitations only, then
         // gives up: no multicast fallback that could hide an unanswered probe.
-        router.sysctl(&[
-            ("net.ipv6.neigh.r0.ucast_solicit", "3"),
-            ("net.ipv6.neigh.r0.mcast_resolicit", "0"),
-        ]).unwrap();
+        router
+            .sysctl(&[
+                ("net.ipv6.neigh.r0.ucast_solicit", "3"),
+                ("net.ipv6.neigh.r0.mcast_resolicit", "0"),
+            ])
+            .unwrap();
         // Native XDP_TX on a veth delivers only to a peer with XDP attached.
         let pass = (mode == Mode::Driver).then(|| {
             router.run(|| {
@@ -169,13 +179,17 @@ impl VethLab {
 
     fn neigh_state(&self, addr: &str) -> String {
         self.router
-            .neigh(ROUTER_IF, addr).unwrap()
+            .neigh(ROUTER_IF, addr)
+            .unwrap()
             .map_or_else(|| "(none)".into(), |n| n.state)
     }
 
     /// The id of the XDP program attached to b0, from `ip -d link`.
     fn xdp_prog_id(&self) -> Option<u32> {
-        let out = self.broker_ns.ip(&["-d", "link", "show", "dev", BROKER_IF]).unwrap();
+        let out = self
+            .broker_ns
+            .ip(&["-d", "link", "show", "dev", BROKER_IF])
+            .unwrap();
         let words: Vec<&str> = out.split_whitespace().collect();
         let at = words.windows(2).position(|w| w == ["prog/xdp", "id"])?;
         words.get(at + 2)?.parse().ok()
@@ -191,7 +205,8 @@ impl VethLab {
         );
         let entry = self
             .router
-            .neigh(ROUTER_IF, addr).unwrap()
+            .neigh(ROUTER_IF, addr)
+            .unwrap()
             .unwrap_or_else(|| panic!("no neighbour entry for {addr}"));
         assert_eq!(entry.state, "REACHABLE", "{addr}: {entry:?}");
         assert_eq!(
@@ -211,7 +226,8 @@ impl VethLab {
         assert!(!self.router.ping(addr, 1), "ping {addr} was answered");
         let entry = self
             .router
-            .neigh(ROUTER_IF, addr).unwrap()
+            .neigh(ROUTER_IF, addr)
+            .unwrap()
             .unwrap_or_else(|| panic!("no neighbour entry for {addr} after a ping"));
         assert!(
             entry.state == "INCOMPLETE" || entry.state == "FAILED",
@@ -262,7 +278,9 @@ fn answers_inside_the_prefix_only(mode: Mode) {
     let log = lab.broker().log();
     assert!(log.contains("1 added, 1 removed"), "{log}");
     assert_eq!(lab.status().prefixes, 1);
-    lab.router.ip(&["-6", "neigh", "flush", "dev", ROUTER_IF]).unwrap();
+    lab.router
+        .ip(&["-6", "neigh", "flush", "dev", ROUTER_IF])
+        .unwrap();
     let state = lab.neigh_state(INSIDE);
     assert!(
         state == "(none)" || state == "FAILED",
@@ -296,18 +314,20 @@ fn answers_unicast_probes(mode: Mode) {
     // Forces PROBE: the kernel sends up to ucast_solicit unicast probes, one
     // a second, and with mcast_resolicit 0 marks the entry FAILED if none is
     // answered.
-    lab.router.ip(&[
-        "-6",
-        "neigh",
-        "change",
-        INSIDE,
-        "dev",
-        ROUTER_IF,
-        "lladdr",
-        &mac_string(BROKER_MAC),
-        "nud",
-        "probe",
-    ]).unwrap();
+    lab.router
+        .ip(&[
+            "-6",
+            "neigh",
+            "change",
+            INSIDE,
+            "dev",
+            ROUTER_IF,
+            "lladdr",
+            &mac_string(BROKER_MAC),
+            "nud",
+            "probe",
+        ])
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut states = Vec::new();
     loop {
@@ -572,24 +592,29 @@ fn sit_tunnel_answers_without_link_layer_option() {
             "2001:db8:ff::2/64",
         ),
     ] {
-        ns.ip(&["addr", "add", &format!("{local}/24"), "dev", dev]).unwrap();
+        ns.ip(&["addr", "add", &format!("{local}/24"), "dev", dev])
+            .unwrap();
         // `ip link add … type sit` rather than `ip tunnel add … mode sit`:
         // the same device, made over netlink, without needing sit0.
         ns.ip(&[
             "link", "add", "sit1", "type", "sit", "local", local, "remote", remote, "ttl", "64",
-        ]).unwrap();
+        ])
+        .unwrap();
         ns.ip(&["link", "set", "sit1", "up"]).unwrap();
         ns.ip(&["addr", "add", v6, "dev", "sit1", "nodad"]).unwrap();
     }
     let inside: Ipv6Addr = "2001:db8:1::5".parse().unwrap();
     let outside: Ipv6Addr = "2001:db8:2::5".parse().unwrap();
-    broker_ns.ip(&["addr", "add", "2001:db8:1::5/128", "dev", "lo"]).unwrap();
+    broker_ns
+        .ip(&["addr", "add", "2001:db8:1::5/128", "dev", "lo"])
+        .unwrap();
 
     let mut broker = ndp_serve(
         &broker_ns,
         &pins.dir,
         &["--interface", "sit1", "--prefix", PREFIX],
-    ).unwrap();
+    )
+    .unwrap();
     let log = broker.log();
     assert!(log.contains("attached (L3 device)"), "{log}");
     let (code, out) = ndp_status(&broker_ns, &pins.dir).unwrap();
@@ -745,13 +770,18 @@ impl TunLab {
         let broker_ns = Netns::unique("tunb").unwrap();
         let tun = broker_ns.run(|| Tun::create("tun0"));
         broker_ns.ip(&["link", "set", "tun0", "up"]).unwrap();
-        broker_ns.ip(&["addr", "add", "2001:db8:ff::2/64", "dev", "tun0", "nodad"]).unwrap();
-        broker_ns.ip(&["addr", "add", &format!("{INSIDE5}/128"), "dev", "lo"]).unwrap();
+        broker_ns
+            .ip(&["addr", "add", "2001:db8:ff::2/64", "dev", "tun0", "nodad"])
+            .unwrap();
+        broker_ns
+            .ip(&["addr", "add", &format!("{INSIDE5}/128"), "dev", "lo"])
+            .unwrap();
         let broker = ndp_serve(
             &broker_ns,
             &pins.dir,
             &["--interface", "tun0", "--prefix", PREFIX],
-        ).unwrap();
+        )
+        .unwrap();
         TunLab {
             broker,
             tun,
@@ -1033,7 +1063,8 @@ fn bad_input_is_refused_and_pins_nothing() {
 #[test]
 fn failed_attach_pins_nothing() {
     let ns = Netns::unique("badatt").unwrap();
-    ns.ip(&["link", "add", "bbbridge", "type", "bridge"]).unwrap();
+    ns.ip(&["link", "add", "bbbridge", "type", "bridge"])
+        .unwrap();
     ns.ip(&["link", "set", "bbbridge", "up"]).unwrap();
     let error = refused(
         &ns,

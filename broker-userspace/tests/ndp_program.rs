@@ -11,13 +11,13 @@
 use std::net::Ipv6Addr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use broker_userspace::ndp::{Counters, LinkLayer, Responder, ResponderOptions};
-use ipnet::Ipv6Net;
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use broker_lab::{
     ndp_frames::{self, BROKER_MAC, Model, Ns, Verdict, checksum},
     pins::TestPins,
 };
+use broker_userspace::ndp::{Counters, LinkLayer, Responder, ResponderOptions};
+use ipnet::Ipv6Net;
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;

@@ -15,17 +15,17 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use broker_lab::{
+    files::write_private,
+    names::interface_name,
+    netns::{End, Netns, veth},
+    wireguard::{self, WireguardGo, daemons},
+};
 use broker_userspace::{
     config::{self, WireguardImplementation},
     tunnel::{Backend, Peer, ROUTE_PROTOCOL, Routes, Tunnel, TunnelError, socket_path},
 };
 use ipnet::Ipv6Net;
-use broker_lab::{
-    names::interface_name,
-    netns::{End, Netns, veth},
-    files::write_private,
-    wireguard::{self, WireguardGo, daemons},
-};
 use wireguard_control::Key;
 
 const PORT: u16 = 51820;
@@ -130,9 +130,11 @@ fn start_client(ns: &Netns, name: &str, key: &Key, broker_public: &Key) {
         &format!("{CLIENT_ADDR}/128"),
         "dev",
         name,
-    ]).unwrap();
+    ])
+    .unwrap();
     ns.ip(&["link", "set", name, "up"]).unwrap();
-    ns.ip(&["-6", "route", "add", &format!("{GATEWAY}/128"), "dev", name]).unwrap();
+    ns.ip(&["-6", "route", "add", &format!("{GATEWAY}/128"), "dev", name])
+        .unwrap();
 }
 
 fn peer(public_key: &Key, prefix: &str) -> Peer {
@@ -161,8 +163,12 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
         End::new(&client, "c0").with_mac("02:00:00:00:01:02"),
     )
     .unwrap();
-    broker.ip(&["addr", "add", &format!("{BROKER_UNDERLAY}/24"), "dev", "b0"]).unwrap();
-    client.ip(&["addr", "add", &format!("{CLIENT_UNDERLAY}/24"), "dev", "c0"]).unwrap();
+    broker
+        .ip(&["addr", "add", &format!("{BROKER_UNDERLAY}/24"), "dev", "b0"])
+        .unwrap();
+    client
+        .ip(&["addr", "add", &format!("{CLIENT_UNDERLAY}/24"), "dev", "c0"])
+        .unwrap();
     let broker_if = interface_name("b");
     let client_if = interface_name("c");
     let _broker_wg = WireguardGo::guard(&broker, &broker_if);
@@ -187,7 +193,9 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
     assert_eq!(tunnel.backend(), Backend::Userspace);
     assert_eq!(tunnel.name(), broker_if);
     assert_eq!(tunnel.public_key(), broker_key.get_public());
-    let forwarding = broker.output("sysctl", &["-n", "net.ipv6.conf.all.forwarding"]).unwrap();
+    let forwarding = broker
+        .output("sysctl", &["-n", "net.ipv6.conf.all.forwarding"])
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
     assert_eq!(tunnel.last_handshake(&client_public.0).unwrap(), None);
 
@@ -279,20 +287,26 @@ fn a_second_open_adopts_the_interface_and_its_peers() {
         String::from_utf8_lossy(&port.stdout).trim(),
         (PORT + 1).to_string()
     );
-    let addresses = ns.ip(&["-6", "addr", "show", "dev", &name, "scope", "global"]).unwrap();
+    let addresses = ns
+        .ip(&["-6", "addr", "show", "dev", &name, "scope", "global"])
+        .unwrap();
     assert_eq!(
         addresses.matches(&format!("{GATEWAY}/128")).count(),
         1,
         "{addresses}"
     );
-    assert!(ns.ip(&["link", "show", &name]).unwrap().contains(",UP"), "not up");
+    assert!(
+        ns.ip(&["link", "show", &name]).unwrap().contains(",UP"),
+        "not up"
+    );
 }
 
 #[test]
 fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
     let ns = Netns::unique("tr").unwrap();
     // This kernel has no dummy module: a veth pair gives two devices.
-    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]).unwrap();
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        .unwrap();
     for dev in ["d0", "d1"] {
         ns.ip(&["link", "set", dev, "up"]).unwrap();
     }
@@ -302,8 +316,10 @@ fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
     };
     let (d0, d1) = (index("d0"), index("d1"));
     // An operator's route through d0, and the kernel's own, are not ours.
-    ns.ip(&["-6", "route", "add", "2001:db8:9::/64", "dev", "d0"]).unwrap();
-    ns.ip(&["-6", "addr", "add", "2001:db8:8::1/64", "dev", "d0"]).unwrap();
+    ns.ip(&["-6", "route", "add", "2001:db8:9::/64", "dev", "d0"])
+        .unwrap();
+    ns.ip(&["-6", "addr", "add", "2001:db8:8::1/64", "dev", "d0"])
+        .unwrap();
     let (p1, p2, p3) = (
         net("2001:db8:5::100/120"),
         net("2001:db8:5::200/120"),
@@ -326,7 +342,9 @@ fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
         assert_eq!(routes.list(d1).await.unwrap(), [p3]);
 
         // The kernel's view: our protocol, main table.
-        let shown = ns.ip(&["-6", "route", "show", "proto", &ROUTE_PROTOCOL.to_string()]).unwrap();
+        let shown = ns
+            .ip(&["-6", "route", "show", "proto", &ROUTE_PROTOCOL.to_string()])
+            .unwrap();
         assert_eq!(shown.lines().count(), 3, "{shown}");
         assert!(shown.contains("2001:db8:5::100/120 dev d0"), "{shown}");
 
@@ -345,7 +363,8 @@ fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
         assert_eq!(routes.list(d0).await.unwrap(), []);
     });
     assert!(
-        ns.ip(&["-6", "route", "show", "2001:db8:9::/64"]).unwrap()
+        ns.ip(&["-6", "route", "show", "2001:db8:9::/64"])
+            .unwrap()
             .contains("dev d0"),
         "the operator's route is gone"
     );
@@ -430,7 +449,8 @@ fn foreign_devices_and_other_namespaces_interfaces_are_not_adopted() {
     let key = Key::generate_private();
 
     let veth = interface_name("v");
-    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "v1"]).unwrap();
+    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "v1"])
+        .unwrap();
     let e = open(
         &ns,
         &wireguard_config(&veth, PORT, WireguardImplementation::Auto),

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -20,12 +20,12 @@ use alloy::{
     providers::{DynProvider, Provider, ProviderBuilder},
     signers::local::PrivateKeySigner,
 };
-use broker_lab::process::run_bounded;
 use broker_contracts::{
     BrokerRegistry, BrokerRequests, TestNFT, deploy,
     devchain::{DevChain, Options, anvil_signer},
     protocol::{self, RequestPayload, ResponsePayload},
 };
+use broker_lab::process::run_bounded;
 use ipnet::Ipv6Net;
 use serde_json::json;
 use wireguard_control::Key;
@@ -82,7 +82,12 @@ impl Env {
         .address();
         let dir = tempfile::tempdir().unwrap();
         let wallet_key = dir.path().join("wallet.key");
-        write_new(&wallet_key, &format!("0x{}", broker_contracts::devchain::ANVIL_KEYS[CLIENT]), 0o600).unwrap();
+        write_new(
+            &wallet_key,
+            &format!("0x{}", broker_contracts::devchain::ANVIL_KEYS[CLIENT]),
+            0o600,
+        )
+        .unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         Env {
             dev,
