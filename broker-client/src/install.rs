@@ -164,23 +164,11 @@ pub fn tunnel_address(prefix: &str) -> anyhow::Result<Ipv6Addr> {
 /// `host:port` or `[v6]:port` with nothing else in it: it goes into the
 /// configuration file as it is.
 pub fn check_endpoint(endpoint: &str) -> anyhow::Result<()> {
-    let bad = || format!("endpoint {:?} is not host:port", one_line(endpoint));
-    let (host, port) = endpoint.rsplit_once(':').with_context(bad)?;
-    port.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .with_context(bad)?;
-    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<Ipv6Addr>().is_ok()
-    } else {
-        !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-    };
-    if !host_ok {
-        anyhow::bail!(bad());
-    }
+    anyhow::ensure!(
+        broker_contracts::protocol::is_endpoint(endpoint),
+        "endpoint {:?} is not host:port",
+        one_line(endpoint)
+    );
     Ok(())
 }
 

@@ -146,6 +146,25 @@ impl ResponsePayload {
     }
 }
 
+/// Whether `s` is what `brokerEndpoint` may hold: `host:port`, the host a
+/// name or an address (IPv6 in brackets), and nothing else (the client
+/// writes it into a WireGuard configuration as it is). The broker checks its
+/// configured endpoint with it, the client every endpoint it receives.
+pub fn is_endpoint(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

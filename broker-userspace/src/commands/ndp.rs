@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use broker_userspace::ndp::{
     self, AttachMode, AttachedMode, Interface, PinDir, Responder, ResponderOptions, Status,
 };
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use ipnet::IpNet;
 
 #[derive(clap::Args)]
@@ -44,8 +44,8 @@ pub enum NdpCommand {
         /// auto: on Ethernet, native (driver) XDP, else generic XDP; on an L3
         /// device (SIT and other tunnels), TC. Or force one. On a veth, driver
         /// mode only delivers answers if the peer runs an XDP program too.
-        #[arg(long, value_enum, default_value_t = Mode::Auto)]
-        mode: Mode,
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        mode: AttachMode,
         /// Set the Router flag in advertisements (the broker routes these
         /// prefixes, so a router's view of them is accurate).
         #[arg(long)]
@@ -62,25 +62,6 @@ pub enum NdpCommand {
     Detach,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Mode {
-    Auto,
-    Driver,
-    Generic,
-    Tc,
-}
-
-impl From<Mode> for AttachMode {
-    fn from(m: Mode) -> Self {
-        match m {
-            Mode::Auto => AttachMode::Auto,
-            Mode::Driver => AttachMode::Driver,
-            Mode::Generic => AttachMode::Generic,
-            Mode::Tc => AttachMode::Tc,
-        }
-    }
-}
-
 pub fn run(args: NdpArgs) -> anyhow::Result<ExitCode> {
     let pins = &PinDir::new(args.pin_dir);
     match args.command {
@@ -90,14 +71,7 @@ pub fn run(args: NdpArgs) -> anyhow::Result<ExitCode> {
             mode,
             router,
             detach_on_exit,
-        } => serve(
-            pins,
-            &interface,
-            &prefixes,
-            mode.into(),
-            router,
-            detach_on_exit,
-        ),
+        } => serve(pins, &interface, &prefixes, mode, router, detach_on_exit),
         NdpCommand::Status => Ok(match ndp::status(pins)? {
             Some(status) => {
                 print_status(pins, &status);

@@ -28,7 +28,20 @@ use super::{
 /// mode) and falls back to generic XDP, saying so in the log; for an L3
 /// device (SIT and other tunnels), TC, the only place an answer can leave
 /// such a device as IPv6 (see broker-ebpf's `ndp_responder_tc`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// The configuration's `ndp_mode` and `ndp serve --mode` spell it alike.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     #[default]
     Auto,

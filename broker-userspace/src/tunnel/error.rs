@@ -4,6 +4,7 @@ use ipnet::Ipv6Net;
 use thiserror::Error;
 
 use super::Backend;
+use crate::config::WireguardImplementation;
 
 /// Everything that can go wrong with the tunnel interface and its routes.
 /// Messages name the interface, port or prefix involved, never a key.
@@ -23,7 +24,7 @@ pub enum TunnelError {
     ImplementationMismatch {
         name: String,
         found: Backend,
-        wanted: &'static str,
+        wanted: WireguardImplementation,
     },
     #[error(
         "a wireguard-go for `{name}` answers at {socket}, but there is no `{name}` in this network namespace (it runs in another one?)"

@@ -262,7 +262,8 @@ impl Tunnel {
     }
 }
 
-/// What config.rs checks, again, for callers that did not come through it.
+/// What the configuration's check (config/check.rs) does, again, for
+/// callers that did not come through it.
 fn valid_name(name: &str) -> Result<InterfaceName, TunnelError> {
     let invalid = || TunnelError::InvalidName(name.into());
     if name.contains(char::is_whitespace) {
@@ -295,16 +296,17 @@ fn adopt(
             });
         }
     };
-    let wanted = match (implementation, backend) {
-        (WireguardImplementation::Kernel, Backend::Userspace) => "kernel",
-        (WireguardImplementation::Userspace, Backend::Kernel) => "userspace",
-        _ => return Ok(backend),
-    };
-    Err(TunnelError::ImplementationMismatch {
-        name: name.into(),
-        found: backend,
-        wanted,
-    })
+    match (implementation, backend) {
+        (WireguardImplementation::Kernel, Backend::Userspace)
+        | (WireguardImplementation::Userspace, Backend::Kernel) => {
+            Err(TunnelError::ImplementationMismatch {
+                name: name.into(),
+                found: backend,
+                wanted: implementation,
+            })
+        }
+        _ => Ok(backend),
+    }
 }
 
 async fn create(

@@ -1,0 +1,286 @@
+//! Checking the file section by section, every problem on its own line.
+//!
+//! Typed values arrive as strings and are parsed here with their own
+//! `Deserialize` (the counterpart of the `Serialize` that writes them), so a
+//! malformed value is one problem among the others instead of the end of
+//! the reading. Each section's function checks its fields and builds its
+//! part of [`Config`]; a part comes out `None` when a value it needs is
+//! unusable, and the problems say why.
+
+use std::{net::SocketAddr, path::Path};
+
+use alloy::{primitives::Address, transports::http::reqwest::Url};
+use broker_contracts::{error_text::describe, keys, protocol};
+use clap::ValueEnum;
+use ipnet::Ipv6Net;
+use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
+
+use super::{Broker, Config, Onchain, Wireguard, file};
+use crate::ipam::Pool;
+
+/// What is wrong so far, one line a problem.
+#[derive(Default)]
+pub(super) struct Problems(Vec<String>);
+
+impl Problems {
+    pub fn into_lines(self) -> Vec<String> {
+        self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn add(&mut self, line: String) {
+        self.0.push(line);
+    }
+
+    fn require(&mut self, ok: bool, line: &str) {
+        if !ok {
+            self.add(line.into());
+        }
+    }
+
+    /// `text` read as a `T`, or a problem saying that `what` is not
+    /// `expected` (serde's own messages name types, not the forms to write).
+    fn parse<T: DeserializeOwned>(&mut self, what: &str, text: &str, expected: &str) -> Option<T> {
+        let value = read(text);
+        if value.is_none() {
+            self.add(format!("{what} \"{text}\" is not {expected}"));
+        }
+        value
+    }
+
+    /// One of an enum's values, spelt as on the command line; its default
+    /// when the key is absent.
+    fn choice<E>(&mut self, what: &str, text: Option<&str>) -> Option<E>
+    where
+        E: ValueEnum + DeserializeOwned + Default,
+    {
+        let Some(text) = text else {
+            return Some(E::default());
+        };
+        let names: Vec<_> = E::value_variants()
+            .iter()
+            .filter_map(|v| Some(v.to_possible_value()?.get_name().to_owned()))
+            .collect();
+        self.parse(what, text, &format!("one of {}", names.join(", ")))
+    }
+}
+
+/// `text` read with `T`'s own `Deserialize`, the counterpart of the
+/// `Serialize` that writes it.
+fn read<T: DeserializeOwned>(text: &str) -> Option<T> {
+    T::deserialize(text.into_deserializer())
+        .map_err(|_: value::Error| ())
+        .ok()
+}
+
+pub(super) fn config(file: file::File, p: &mut Problems) -> Option<Config> {
+    let upstream_interface = file.broker.upstream_interface.clone();
+    let broker = broker(file.broker, p);
+    let wireguard = wireguard(file.wireguard, &upstream_interface, p);
+    let api_listen = api(file.api, p);
+    let onchain = onchain(file.onchain, p);
+    Some(Config {
+        broker: broker?,
+        wireguard: wireguard?,
+        api_listen: api_listen?,
+        database_path: file.database.path,
+        onchain: onchain?,
+    })
+}
+
+fn api(a: file::Api, p: &mut Problems) -> Option<Option<SocketAddr>> {
+    match a.listen {
+        None => Some(None),
+        Some(text) => p.parse("[api] listen", &text, "an address:port").map(Some),
+    }
+}
+
+fn broker(b: file::Broker, p: &mut Problems) -> Option<Broker> {
+    interface_name("[broker] upstream_interface", &b.upstream_interface, p);
+    let pool = pool(&b, p);
+    let ndp_mode = p.choice("[broker] ndp_mode", b.ndp_mode.as_deref());
+    Some(Broker {
+        upstream_interface: b.upstream_interface,
+        pool: pool?,
+        ndp_mode: ndp_mode?,
+        ndp_router_flag: b.ndp_router_flag,
+        ndp_pin_dir: b.ndp_pin_dir,
+        dns_zone: b.dns_zone,
+    })
+}
+
+fn pool(b: &file::Broker, p: &mut Problems) -> Option<Pool> {
+    let net: Ipv6Net = p.parse(
+        "[broker] upstream_prefix",
+        &b.upstream_prefix,
+        "an IPv6 prefix",
+    )?;
+    if net.network() != net.addr() {
+        p.add(format!(
+            "[broker] upstream_prefix {net} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+        return None;
+    }
+    Pool::new(net, b.allocation_size)
+        .map_err(|e| p.add(format!("[broker] allocation_size: {e}")))
+        .ok()
+}
+
+fn wireguard(w: file::Wireguard, upstream_interface: &str, p: &mut Problems) -> Option<Wireguard> {
+    interface_name("[wireguard] interface", &w.interface, p);
+    p.require(
+        w.interface != upstream_interface,
+        "[wireguard] interface must differ from [broker] upstream_interface",
+    );
+    p.require(w.listen_port != 0, "[wireguard] listen_port must not be 0");
+    if !protocol::is_endpoint(&w.endpoint) {
+        p.add(format!(
+            "[wireguard] endpoint \"{}\" is not host:port (e.g. 203.0.113.10:51820 or [2001:db8::1]:51820)",
+            w.endpoint
+        ));
+    }
+    key_file(
+        "[wireguard] private_key_file",
+        &w.private_key_file,
+        wireguard_key,
+        p,
+    );
+    let implementation = p.choice("[wireguard] implementation", w.implementation.as_deref());
+    p.require(
+        w.handshake_timeout_secs >= 10,
+        "[wireguard] handshake_timeout_secs must be at least 10",
+    );
+    Some(Wireguard {
+        interface: w.interface,
+        listen_port: w.listen_port,
+        endpoint: w.endpoint,
+        private_key_file: w.private_key_file,
+        implementation: implementation?,
+        handshake_timeout_secs: w.handshake_timeout_secs,
+    })
+}
+
+fn onchain(o: file::Onchain, p: &mut Problems) -> Option<Onchain> {
+    rpc_url(&o.rpc_url, p);
+    let requests_contract = contract("[onchain] requests_contract", &o.requests_contract, p);
+    let registry_contract = match &o.registry_contract {
+        None => Some(None),
+        Some(text) => contract("[onchain] registry_contract", text, p).map(Some),
+    };
+    let legacy = legacy_contracts(&o.legacy_requests_contracts, requests_contract, p);
+    key_file(
+        "[onchain] operator_key_file",
+        &o.operator_key_file,
+        secp256k1_key,
+        p,
+    );
+    key_file(
+        "[onchain] ecies_key_file",
+        &o.ecies_key_file,
+        secp256k1_key,
+        p,
+    );
+    p.require(
+        o.poll_interval_secs >= 1,
+        "[onchain] poll_interval_secs must be at least 1",
+    );
+    p.require(
+        o.max_requests_per_poll >= 1,
+        "[onchain] max_requests_per_poll must be at least 1",
+    );
+    p.require(
+        o.start_request_id >= 1,
+        "[onchain] start_request_id must be at least 1 (request ids start at 1)",
+    );
+    Some(Onchain {
+        rpc_url: o.rpc_url,
+        chain_id: o.chain_id,
+        requests_contract: requests_contract?,
+        registry_contract: registry_contract?,
+        legacy_requests_contracts: legacy,
+        operator_key_file: o.operator_key_file,
+        ecies_key_file: o.ecies_key_file,
+        poll_interval_secs: o.poll_interval_secs,
+        confirmations: o.confirmations,
+        start_request_id: o.start_request_id,
+        max_requests_per_poll: o.max_requests_per_poll,
+    })
+}
+
+fn interface_name(what: &str, name: &str, p: &mut Problems) {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+        p.add(format!(
+            "{what} \"{name}\" is not an interface name (1 to 15 characters, no '/' or spaces)"
+        ));
+    }
+}
+
+fn rpc_url(text: &str, p: &mut Problems) {
+    let http = read::<Url>(text).is_some_and(|url| ["http", "https"].contains(&url.scheme()));
+    if !http {
+        p.add(format!(
+            "[onchain] rpc_url \"{text}\" is not an http(s) URL"
+        ));
+    }
+}
+
+fn contract(what: &str, text: &str, p: &mut Problems) -> Option<Address> {
+    let address: Address = p.parse(what, text, "an address (0x and 40 hex digits)")?;
+    if address == Address::ZERO {
+        p.add(format!("{what} must not be the zero address"));
+        return None;
+    }
+    Some(address)
+}
+
+/// The contracts still watched after a move, each once and none of them the
+/// current one.
+fn legacy_contracts(texts: &[String], current: Option<Address>, p: &mut Problems) -> Vec<Address> {
+    let what = "[onchain] legacy_requests_contracts";
+    let mut legacy = Vec::new();
+    for text in texts {
+        if let Some(a) = contract(what, text, p) {
+            if Some(a) == current || legacy.contains(&a) {
+                p.add(format!("{what} lists {a} twice or with requests_contract"));
+            }
+            legacy.push(a);
+        }
+    }
+    legacy
+}
+
+/// The file exists, only its owner can read it, and `holds_key` finds a key
+/// of the expected form in it. Problems name the file, never its content.
+fn key_file(what: &str, path: &Path, holds_key: fn(&Path) -> Result<(), String>, p: &mut Problems) {
+    let checked = keys::check_private(path)
+        .map_err(|e| describe(&e))
+        .and_then(|()| holds_key(path));
+    if let Err(message) = checked {
+        p.add(format!("{what}: {message}"));
+    }
+}
+
+/// 64 hex digits that make a secp256k1 secret (operator key, ECIES key).
+fn secp256k1_key(path: &Path) -> Result<(), String> {
+    let secret = keys::read_secret(path).map_err(|e| describe(&e))?;
+    ecies::SecretKey::parse_slice(&secret)
+        .map(drop)
+        .map_err(|_| format!("{} is not a valid secp256k1 secret key", path.display()))
+}
+
+/// A WireGuard private key as `wg genkey` writes it (base64).
+fn wireguard_key(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    wireguard_control::Key::from_base64(text.trim())
+        .map(drop)
+        .map_err(|_| {
+            format!(
+                "{} does not hold a WireGuard private key (`wg genkey` format)",
+                path.display()
+            )
+        })
+}

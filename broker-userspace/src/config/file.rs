@@ -1,0 +1,109 @@
+//! The file as written: every key, with its default where it has one, and
+//! the typed values still as strings, for [`super::check`] to parse each on
+//! its own (a typed field here would end the reading at its first error).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    pub broker: Broker,
+    pub wireguard: Wireguard,
+    #[serde(default)]
+    pub api: Api,
+    pub database: Database,
+    pub onchain: Onchain,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Broker {
+    pub upstream_interface: String,
+    pub upstream_prefix: String,
+    pub allocation_size: u8,
+    /// `None`: `AttachMode::default()`.
+    pub ndp_mode: Option<String>,
+    #[serde(default = "default_true")]
+    pub ndp_router_flag: bool,
+    #[serde(default = "default_pin_dir")]
+    pub ndp_pin_dir: PathBuf,
+    pub dns_zone: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Wireguard {
+    #[serde(default = "default_wg_interface")]
+    pub interface: String,
+    #[serde(default = "default_wg_port")]
+    pub listen_port: u16,
+    pub endpoint: String,
+    pub private_key_file: PathBuf,
+    /// `None`: `WireguardImplementation::default()`.
+    pub implementation: Option<String>,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Api {
+    pub listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Database {
+    pub path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Onchain {
+    pub rpc_url: String,
+    pub chain_id: u64,
+    pub requests_contract: String,
+    pub registry_contract: Option<String>,
+    #[serde(default)]
+    pub legacy_requests_contracts: Vec<String>,
+    pub operator_key_file: PathBuf,
+    pub ecies_key_file: PathBuf,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: u64,
+    #[serde(default = "default_confirmations")]
+    pub confirmations: u64,
+    #[serde(default = "default_start_request_id")]
+    pub start_request_id: u64,
+    #[serde(default = "default_max_requests_per_poll")]
+    pub max_requests_per_poll: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_pin_dir() -> PathBuf {
+    crate::ndp::DEFAULT_PIN_DIR.into()
+}
+fn default_wg_interface() -> String {
+    "wg-broker".into()
+}
+fn default_wg_port() -> u16 {
+    51820
+}
+fn default_handshake_timeout() -> u64 {
+    120
+}
+fn default_poll_interval() -> u64 {
+    5
+}
+fn default_confirmations() -> u64 {
+    1
+}
+fn default_start_request_id() -> u64 {
+    1
+}
+fn default_max_requests_per_poll() -> u64 {
+    50
+}

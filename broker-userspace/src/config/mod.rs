@@ -1,0 +1,194 @@
+//! `/etc/blockhost-broker/config.toml`: read strictly, checked whole, and
+//! written by serialising a [`Config`].
+//!
+//! Unknown keys are errors (a misspelt key must not silently fall back to a
+//! default), and so are malformed values, an allocation size not longer
+//! than the upstream prefix, and key files that are missing, malformed or
+//! readable by group or others. [`Config::load`] reports every problem it
+//! finds, one line each, rather than stopping at the first: it reads the
+//! file as written ([`file`]), then checks it section by section ([`check`]).
+
+mod check;
+mod file;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use alloy::primitives::Address;
+use clap::ValueEnum;
+use ipnet::Ipv6Net;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::{ipam::Pool, ndp::AttachMode};
+
+pub const DEFAULT_PATH: &str = "/etc/blockhost-broker/config.toml";
+
+/// Everything wrong with a configuration file, one problem per line.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {p}", self.path.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// How WireGuard interfaces are driven (`[wireguard] implementation`),
+/// spelt alike in the file, on a command line (clap) and in messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WireguardImplementation {
+    /// The kernel module when present, else wireguard-go.
+    #[default]
+    Auto,
+    /// The kernel module only.
+    Kernel,
+    /// wireguard-go only.
+    Userspace,
+}
+
+impl fmt::Display for WireguardImplementation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(name.get_name())
+    }
+}
+
+/// A checked configuration. It serialises to the file it is read from:
+/// [`Config::load`] reads what `toml::to_string` writes as the same
+/// `Config`, which is how tests and set-up write one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    pub broker: Broker,
+    pub wireguard: Wireguard,
+    /// `[api] listen`: address of the local status API, if enabled (read and
+    /// checked; served from the operator-surface release on).
+    #[serde(
+        rename = "api",
+        serialize_with = "api_table",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_listen: Option<SocketAddr>,
+    /// `[database] path`.
+    #[serde(rename = "database", serialize_with = "database_table")]
+    pub database_path: PathBuf,
+    pub onchain: Onchain,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Broker {
+    pub upstream_interface: String,
+    /// `upstream_prefix` and `allocation_size`.
+    #[serde(flatten, serialize_with = "pool_keys")]
+    pub pool: Pool,
+    pub ndp_mode: AttachMode,
+    pub ndp_router_flag: bool,
+    pub ndp_pin_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_zone: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Wireguard {
+    pub interface: String,
+    pub listen_port: u16,
+    /// `host:port` that clients connect to (the response's `brokerEndpoint`).
+    pub endpoint: String,
+    pub private_key_file: PathBuf,
+    pub implementation: WireguardImplementation,
+    pub handshake_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Onchain {
+    pub rpc_url: String,
+    pub chain_id: u64,
+    pub requests_contract: Address,
+    /// Read and checked; used from the operator-surface release on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_contract: Option<Address>,
+    pub legacy_requests_contracts: Vec<Address>,
+    pub operator_key_file: PathBuf,
+    pub ecies_key_file: PathBuf,
+    pub poll_interval_secs: u64,
+    pub confirmations: u64,
+    pub start_request_id: u64,
+    pub max_requests_per_poll: u64,
+}
+
+// The keys of the file that `Config` holds in other shapes.
+
+fn api_table<S: Serializer>(listen: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Api<'a> {
+        listen: &'a Option<SocketAddr>,
+    }
+    Api { listen }.serialize(s)
+}
+
+fn database_table<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Database<'a> {
+        path: &'a Path,
+    }
+    Database { path }.serialize(s)
+}
+
+fn pool_keys<S: Serializer>(pool: &Pool, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct PoolKeys {
+        upstream_prefix: Ipv6Net,
+        allocation_size: u8,
+    }
+    PoolKeys {
+        upstream_prefix: pool.upstream(),
+        allocation_size: pool.allocation_size(),
+    }
+    .serialize(s)
+}
+
+impl Config {
+    /// Reads and checks `path`, reporting every problem found.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let fail = |problems: Vec<String>| ConfigErrors {
+            path: path.to_path_buf(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(vec![e.to_string()]))?;
+        let file: file::File =
+            toml::from_str(&text).map_err(|e| fail(vec![toml_error(&text, &e)]))?;
+        let mut problems = check::Problems::default();
+        match check::config(file, &mut problems) {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(fail(problems.into_lines())),
+        }
+    }
+}
+
+/// toml's message on one line, with the line it points at.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message.to_string(),
+    }
+}

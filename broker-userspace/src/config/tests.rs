@@ -1,0 +1,268 @@
+//! `Config::load` on files written by hand and by `Config` itself.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use super::*;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fixture { dir };
+        f.key("ecies.key", &"11".repeat(32), 0o600);
+        f.key("operator.key", &format!("0x{}", "22".repeat(32)), 0o600);
+        let wg = wireguard_control::Key::generate_private().to_base64();
+        f.key("wg.key", &wg, 0o600);
+        f
+    }
+
+    fn key(&self, name: &str, content: &str, mode: u32) {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, format!("{content}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn text(&self) -> String {
+        let d = self.dir.path().display();
+        format!(
+            r#"
+[broker]
+upstream_interface = "eth0"
+upstream_prefix = "2001:db8:100::/48"
+allocation_size = 120
+
+[wireguard]
+endpoint = "203.0.113.10:51820"
+private_key_file = "{d}/wg.key"
+
+[database]
+path = "{d}/broker.redb"
+
+[onchain]
+rpc_url = "http://127.0.0.1:8545"
+chain_id = 31337
+requests_contract = "0x8464135c8F25Da09e49BC8782676a84730C318bC"
+legacy_requests_contracts = ["0x5FbDB2315678afecb367f032d93F642f64180aa3"]
+operator_key_file = "{d}/operator.key"
+ecies_key_file = "{d}/ecies.key"
+"#
+        )
+    }
+
+    /// The valid text with `lines` added to each named section (added
+    /// itself when the text has no such section).
+    fn text_with(&self, keys: &[(&str, &str)]) -> String {
+        keys.iter().fold(self.text(), |text, (section, lines)| {
+            let header = format!("[{section}]");
+            if text.contains(&header) {
+                text.replace(&header, &format!("{header}\n{lines}"))
+            } else {
+                format!("{text}\n{header}\n{lines}\n")
+            }
+        })
+    }
+
+    fn load(&self, text: &str) -> Result<Config, ConfigErrors> {
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    fn problems(&self, text: &str) -> Vec<String> {
+        self.load(text).unwrap_err().problems
+    }
+}
+
+#[test]
+fn loads_a_valid_file_with_defaults() {
+    let f = Fixture::new();
+    let c = f.load(&f.text()).unwrap();
+    assert_eq!(c.broker.pool.allocation_size(), 120);
+    assert_eq!(c.broker.ndp_mode, AttachMode::Auto);
+    assert_eq!(c.wireguard.interface, "wg-broker");
+    assert_eq!(c.wireguard.handshake_timeout_secs, 120);
+    assert_eq!(c.onchain.legacy_requests_contracts.len(), 1);
+    assert_eq!(c.onchain.poll_interval_secs, 5);
+    assert_eq!(c.api_listen, None);
+}
+
+/// What `toml::to_string` writes, `Config::load` reads back as the same
+/// `Config`, and writing that again gives the same text: with the
+/// defaults, and with every optional key set to something else.
+#[test]
+fn a_serialised_config_loads_as_itself() {
+    let f = Fixture::new();
+    let all_keys = f.text_with(&[
+        (
+            "broker",
+            "ndp_mode = \"tc\"\nndp_router_flag = false\n\
+             ndp_pin_dir = \"/sys/fs/bpf/other\"\ndns_zone = \"tunnels.example\"",
+        ),
+        (
+            "wireguard",
+            "interface = \"wg9\"\nlisten_port = 51999\n\
+             implementation = \"userspace\"\nhandshake_timeout_secs = 30",
+        ),
+        ("api", "listen = \"[::1]:8080\""),
+        (
+            "onchain",
+            "registry_contract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n\
+             poll_interval_secs = 2\nconfirmations = 3\nstart_request_id = 7\n\
+             max_requests_per_poll = 9",
+        ),
+    ]);
+    for text in [f.text(), all_keys.clone()] {
+        let config = f.load(&text).unwrap();
+        let written = toml::to_string(&config).unwrap();
+        let reloaded = f
+            .load(&written)
+            .unwrap_or_else(|e| panic!("{e}\n{written}"));
+        assert_eq!(reloaded, config, "{written}");
+        assert_eq!(toml::to_string(&reloaded).unwrap(), written);
+    }
+    let c = f.load(&all_keys).unwrap();
+    assert_eq!(c.broker.ndp_mode, AttachMode::Tc);
+    assert_eq!(
+        c.wireguard.implementation,
+        WireguardImplementation::Userspace
+    );
+    assert_eq!(c.api_listen, Some("[::1]:8080".parse().unwrap()));
+    assert!(c.onchain.registry_contract.is_some());
+    assert_eq!(c.onchain.max_requests_per_poll, 9);
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_line() {
+    let f = Fixture::new();
+    let text = f.text().replace(
+        "allocation_size = 120",
+        "allocation_size = 120\nalocation = 1",
+    );
+    let p = f.problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("line 6: unknown field `alocation`"),
+        "{p:?}"
+    );
+    let p = f.problems(&(f.text() + "\n[extra]\nx = 1\n"));
+    assert!(p[0].contains("unknown field `extra`"), "{p:?}");
+}
+
+#[test]
+fn every_problem_is_reported_once_on_its_own_line() {
+    let f = Fixture::new();
+    f.key("ecies.key", &"11".repeat(32), 0o644);
+    f.key("operator.key", "not hex", 0o600);
+    let text = f
+        .text()
+        .replace("2001:db8:100::/48", "2001:db8:100::/4x")
+        .replace("203.0.113.10:51820", "no-port")
+        .replace("0x8464135c8F25Da09e49BC8782676a84730C318bC", "0x1234");
+    let p = f.problems(&text);
+    let expect = [
+        "upstream_prefix \"2001:db8:100::/4x\" is not an IPv6 prefix",
+        "endpoint \"no-port\" is not host:port",
+        "requests_contract \"0x1234\" is not an address",
+        "operator_key_file: key file",
+        "ecies_key_file: key file",
+    ];
+    assert_eq!(p.len(), expect.len(), "{p:#?}");
+    for e in expect {
+        assert!(p.iter().any(|line| line.contains(e)), "{e}: {p:#?}");
+    }
+    assert!(p.iter().all(|line| !line.contains('\n')));
+    assert!(
+        p.iter().any(|l| l.contains("readable by group or others")),
+        "{p:#?}"
+    );
+    let shown = ConfigErrors {
+        path: "/c".into(),
+        problems: p,
+    }
+    .to_string();
+    assert!(!shown.contains("not hex"), "key content leaked: {shown}");
+}
+
+#[test]
+fn allocation_size_must_be_longer_than_the_upstream_prefix() {
+    let f = Fixture::new();
+    for (size, ok) in [
+        ("48", false),
+        ("40", false),
+        ("49", true),
+        ("128", true),
+        ("129", false),
+    ] {
+        let text = f.text().replace(
+            "allocation_size = 120",
+            &format!("allocation_size = {size}"),
+        );
+        assert_eq!(f.load(&text).is_ok(), ok, "/{size}");
+    }
+    let text = f.text().replace("2001:db8:100::/48", "2001:db8:100::1/48");
+    assert!(f.problems(&text)[0].contains("did you mean 2001:db8:100::/48?"));
+}
+
+#[test]
+fn missing_and_malformed_key_files() {
+    let f = Fixture::new();
+    std::fs::remove_file(f.dir.path().join("wg.key")).unwrap();
+    let p = f.problems(&f.text());
+    assert!(
+        p[0].contains("private_key_file") && p[0].contains("No such file"),
+        "{p:?}"
+    );
+    f.key("wg.key", "short", 0o600);
+    let p = f.problems(&f.text());
+    assert!(p[0].contains("WireGuard private key"), "{p:?}");
+    f.key("ecies.key", &"00".repeat(32), 0o600);
+    f.key(
+        "wg.key",
+        &wireguard_control::Key::generate_private().to_base64(),
+        0o600,
+    );
+    let p = f.problems(&f.text());
+    assert!(p[0].contains("not a valid secp256k1 secret key"), "{p:?}");
+}
+
+#[test]
+fn malformed_typed_values_are_collected_with_the_accepted_forms() {
+    let f = Fixture::new();
+    let text = f
+        .text_with(&[
+            ("broker", "ndp_mode = \"xdp\""),
+            ("wireguard", "implementation = \"go\""),
+            ("api", "listen = \"localhost\""),
+            (
+                "onchain",
+                "registry_contract = \"0x0000000000000000000000000000000000000000\"",
+            ),
+        ])
+        .replace("http://127.0.0.1:8545", "ws://127.0.0.1:8545");
+    let p = f.problems(&text);
+    let expect = [
+        "[broker] ndp_mode \"xdp\" is not one of auto, driver, generic, tc",
+        "[wireguard] implementation \"go\" is not one of auto, kernel, userspace",
+        "[api] listen \"localhost\" is not an address:port",
+        "[onchain] rpc_url \"ws://127.0.0.1:8545\" is not an http(s) URL",
+        "[onchain] registry_contract must not be the zero address",
+    ];
+    assert_eq!(p, expect, "{p:#?}");
+}
+
+/// The file and the command line (`ndp serve --mode`) spell the enums alike.
+#[test]
+fn enums_are_spelt_alike_in_the_file_and_on_the_command_line() {
+    fn check<E: ValueEnum + Serialize>() {
+        for v in E::value_variants() {
+            let name = v.to_possible_value().unwrap();
+            assert_eq!(serde_json::to_value(v).unwrap(), name.get_name());
+        }
+    }
+    check::<AttachMode>();
+    check::<WireguardImplementation>();
+    assert_eq!(WireguardImplementation::Userspace.to_string(), "userspace");
+}
