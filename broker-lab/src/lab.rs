@@ -5,7 +5,7 @@
 //!
 //! The broker's configuration is a real [`Config`] ([`Lab::config`]): a
 //! test changes what it is about before it starts the broker, and each
-//! start writes it out.
+//! start writes it out (`toml::to_string`, the file `Config::load` reads).
 
 use std::{
     fs,
@@ -37,7 +37,6 @@ use wireguard_control::Key;
 
 use crate::{
     broker::binary,
-    broker_config,
     files::write_private,
     names::{MAX_INTERFACE_NAME, lab_prefix},
     narrate::Narrator,
@@ -221,7 +220,9 @@ impl Lab {
     /// broker's namespace with crash points `failpoints` (`NAME=return;…`,
     /// for a build with the `failpoints` feature), not waiting.
     pub fn spawn_broker(&mut self, failpoints: Option<&str>) -> anyhow::Result<&mut Process> {
-        broker_config::write(&self.config, &self.config_path)?;
+        let text = toml::to_string(&self.config).context("serialising the configuration")?;
+        fs::write(&self.config_path, text)
+            .with_context(|| format!("writing {}", self.config_path.display()))?;
         let mut cmd = self.net.broker.command(binary("blockhost-broker")?);
         cmd.args(["run", "--config"])
             .arg(&self.config_path)

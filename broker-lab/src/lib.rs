@@ -5,22 +5,21 @@
 //! (`src/bin/broker-lab.rs`) all build on it.
 //!
 //! - the pieces: [`names`] (test object names), [`files`] (new files of a
-//!   mode), [`netns`] (namespaces and
-//!   veth pairs), [`process`] (processes and their logs), [`wireguard`]
-//!   (wireguard-go interfaces), [`pins`] (bpffs pin directories), [`relay`]
-//!   (an RPC endpoint that can hang), [`broker`] (the binaries, `ndp serve`),
-//!   [`broker_config`] (the broker's configuration file), [`ndp_frames`]
-//!   (solicitations and a reference model of the answers);
+//!   mode), [`netns`] (namespaces and veth pairs), [`process`] (processes
+//!   and their logs), [`wireguard`] (wireguard-go interfaces), [`pins`]
+//!   (bpffs pin directories), [`relay`] (an RPC endpoint that can hang),
+//!   [`broker`] (the binaries, `ndp serve`), [`ndp_frames`] (solicitations
+//!   and a reference model of the answers);
 //! - the system: [`topology`] (the namespaces and addresses), [`lab`] (the
-//!   chain, the broker and the servers), [`requests`] (servers played with
-//!   the bindings), [`inspect`] (the broker's kernel state), [`scenario`]
-//!   (the steps the demo shows), [`narrate`].
+//!   chain, the broker with its configuration written from the real
+//!   `Config`, and the servers), [`requests`] (servers played with the
+//!   bindings), [`inspect`] (the broker's kernel state), [`scenario`] (the
+//!   steps the demo shows), [`narrate`].
 //!
 //! Needs root. Every namespace, process, pin and socket goes away when its
 //! guard (or the [`Lab`]) drops.
 
 pub mod broker;
-pub mod broker_config;
 pub mod files;
 pub mod inspect;
 pub mod lab;
