@@ -328,7 +328,7 @@ impl Lab {
         self.wallet(0)?
             .raw_request(method.into(), params)
             .await
-            .with_context(|| format!("{method}"))
+            .context(method)
     }
 
     /// How many `ResponseSubmitted` events each request has.
