@@ -21,10 +21,14 @@ use anyhow::{Context as _, bail};
 pub struct Process {
     label: String,
     child: Option<Child>,
-    output: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+    /// Its log: the broker and wireguard-go write theirs to stderr.
+    stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
     log: Option<PathBuf>,
+    /// Whether a drop while the test fails prints the log.
+    print_on_failure: bool,
 }
 
 impl Process {
@@ -50,20 +54,28 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {label} ({cmd:?})"))?;
-        let output = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().context("piped")?;
-        let stderr = child.stderr.take().context("piped")?;
+        let (stdout, stderr) = (Arc::default(), Arc::default());
         let readers = vec![
-            collect(stdout, Arc::clone(&output), file.clone()),
-            collect(stderr, Arc::clone(&output), file),
+            collect(
+                child.stdout.take().context("piped")?,
+                Arc::clone(&stdout),
+                file.clone(),
+            ),
+            collect(
+                child.stderr.take().context("piped")?,
+                Arc::clone(&stderr),
+                file,
+            ),
         ];
         Ok(Process {
             label: label.to_string(),
             child: Some(child),
-            output,
+            stdout,
+            stderr,
             readers,
             status: None,
             log,
+            print_on_failure: true,
         })
     }
 
@@ -71,14 +83,19 @@ impl Process {
         &self.label
     }
 
-    /// The file its output is copied to, if any.
+    /// The file its stdout and stderr are copied to, if any.
     pub fn log_file(&self) -> Option<&Path> {
         self.log.as_deref()
     }
 
-    /// Everything it wrote so far (stdout and stderr, as they came).
+    /// Everything it wrote to stderr so far.
     pub fn log(&self) -> String {
-        self.output.lock().unwrap().clone()
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Its process id while it runs.
@@ -103,7 +120,7 @@ impl Process {
         self.status
     }
 
-    /// Waits (at most `limit`) until `count` lines of its output hold all
+    /// Waits (at most `limit`) until `count` lines of its log hold all
     /// of `needles`; returns the last of them. An error, with the output's
     /// end, if it exits or the time passes first.
     pub fn wait_log(
@@ -203,9 +220,10 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
-        if thread::panicking() || std::env::var_os("BBT_DAEMON_LOGS").is_some() {
+        let asked = std::env::var_os("BBT_DAEMON_LOGS").is_some();
+        if self.print_on_failure && (thread::panicking() || asked) {
             eprintln!(
-                "----- output of {} -----\n{}----- end of {} -----",
+                "----- log of {} -----\n{}----- end of {} -----",
                 self.label,
                 self.log(),
                 self.label
@@ -257,41 +275,14 @@ fn collect(
 
 /// Runs `cmd` to completion, killing it after `limit`. Returns its status
 /// (None when it had to be killed), stdout and stderr.
-pub fn run_bounded(mut cmd: Command, limit: Duration) -> anyhow::Result<Bounded> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let (stdout, stderr) = (
-        Arc::new(Mutex::new(String::new())),
-        Arc::new(Mutex::new(String::new())),
-    );
-    let readers = [
-        collect(child.stdout.take().context("piped")?, stdout.clone(), None),
-        collect(child.stderr.take().context("piped")?, stderr.clone(), None),
-    ];
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait().context("waiting for the child")? {
-            Some(status) => break Some(status),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    for reader in readers {
-        let _ = reader.join();
-    }
-    let take = |s: Arc<Mutex<String>>| std::mem::take(&mut *s.lock().unwrap());
+pub fn run_bounded(cmd: Command, limit: Duration) -> anyhow::Result<Bounded> {
+    let mut process = Process::spawn("a bounded run", cmd)?;
+    process.print_on_failure = false;
+    let status = process.wait_exit(limit).ok();
     Ok(Bounded {
         status,
-        stdout: take(stdout),
-        stderr: take(stderr),
+        stdout: process.stdout(),
+        stderr: process.log(),
     })
 }
 
