@@ -82,7 +82,7 @@ pub struct ClientOutput {
 pub struct Lab {
     /// Every broker started, the current one last (their logs stay).
     brokers: Vec<Process>,
-    pub(crate) wireguard: Vec<WireguardGo>,
+    wireguard: Vec<WireguardGo>,
     _pins: TestPins,
     names: String,
     pub servers: Vec<Server>,

@@ -16,10 +16,9 @@ use std::{
 };
 
 use broker_lab::{
-    files::write_private,
     names::interface_name,
     netns::{End, Netns, veth},
-    wireguard::{self, WireguardGo, daemons},
+    wireguard::{ClientTunnel, WireguardGo, daemons},
 };
 use broker_userspace::{
     config::{self, WireguardImplementation},
@@ -94,49 +93,6 @@ fn assert_gone(ns: &Netns, name: &str) {
     }
 }
 
-/// The client end: wireguard-go, configured with `wg` (the private key from
-/// a 0600 file), CLIENT_ADDR on it and a route to the gateway through it.
-fn start_client(ns: &Netns, name: &str, key: &Key, broker_public: &Key) {
-    wireguard::start(ns, name).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("client.key");
-    write_private(&key_file, &key.to_base64()).unwrap();
-    let out = ns
-        .output(
-            "wg",
-            &[
-                "set",
-                name,
-                "private-key",
-                key_file.to_str().unwrap(),
-                "peer",
-                &broker_public.to_base64(),
-                "endpoint",
-                &format!("{BROKER_UNDERLAY}:{PORT}"),
-                "allowed-ips",
-                &format!("{GATEWAY}/128"),
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "wg set: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{CLIENT_ADDR}/128"),
-        "dev",
-        name,
-    ])
-    .unwrap();
-    ns.ip(&["link", "set", name, "up"]).unwrap();
-    ns.ip(&["-6", "route", "add", &format!("{GATEWAY}/128"), "dev", name])
-        .unwrap();
-}
-
 fn peer(public_key: &Key, prefix: &str) -> Peer {
     Peer {
         public_key: public_key.0,
@@ -199,7 +155,20 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
     assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
     assert_eq!(tunnel.last_handshake(&client_public.0).unwrap(), None);
 
-    start_client(&client, &client_if, &client_key, &tunnel.public_key());
+    // The client end: wireguard-go configured with `wg`, CLIENT_ADDR on it
+    // and a route to the gateway through it.
+    let key_dir = tempfile::tempdir().unwrap();
+    let gateway = format!("{GATEWAY}/128");
+    ClientTunnel {
+        ns: &client,
+        name: &client_if,
+        key_dir: key_dir.path(),
+        endpoint: &format!("{BROKER_UNDERLAY}:{PORT}"),
+        allowed_ips: &gateway,
+        route: &gateway,
+    }
+    .start(&client_key, &tunnel.public_key(), CLIENT_ADDR)
+    .unwrap();
     assert!(
         client.ping(&GATEWAY.to_string(), 5),
         "the client cannot reach the gateway"
