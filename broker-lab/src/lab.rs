@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    net::IpAddr,
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Stdio},
     thread,
@@ -43,6 +43,7 @@ use crate::{
     netns::{Netns, run},
     pins::TestPins,
     process::{Process, tail},
+    relay::Relay,
     topology::{
         ALLOCATION_SIZE, BROKER_V4, CHAIN_ADDR, RPC_PORT, SERVERS, Topology, UPSTREAM_IF,
         UPSTREAM_PREFIX, WG_PORT,
@@ -93,6 +94,11 @@ pub struct Lab {
     pub broker_public: Key,
     pub dir: PathBuf,
     pub narrator: Narrator,
+    /// The chain's URL for the broker and the servers (through the relay).
+    pub rpc_url: String,
+    _relay: Relay,
+    /// The chain; its `rpc_url` is for the lab's own calls (the chain's
+    /// namespace only).
     pub chain: DevChain,
     pub net: Topology,
 }
@@ -124,23 +130,34 @@ impl Lab {
             "The chain: anvil, then BrokerRegistry, BrokerRequests and the broker's registration",
         );
         net.chain.enter()?;
+        // anvil listens on the chain namespace's loopback, where the lab's
+        // own calls go (alloy polls a non-local URL for receipts only every
+        // 7 s); the other namespaces reach it at CHAIN_ADDR:RPC_PORT through
+        // a relay.
         let chain = DevChain::start(&devchain::Options {
-            host: CHAIN_ADDR.parse::<IpAddr>()?,
-            port: Some(RPC_PORT),
             region: "lab".into(),
-            capacity: 0,
+            ..devchain::Options::default()
         })
         .await
         .context("starting the chain")?;
+        let relay = Relay::listen(
+            SocketAddr::new(CHAIN_ADDR.parse()?, RPC_PORT),
+            &chain.rpc_url,
+        )?;
         narrator.done(&format!(
             "anvil at {}; registry {}, requests {} (broker id {})",
-            chain.rpc_url, chain.registry, chain.requests, chain.broker_id
+            relay.url, chain.registry, chain.requests, chain.broker_id
         ));
 
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", names.trim_end_matches('-')));
         let broker_dir = options.dir.join("broker");
-        let (config, broker_public) =
-            broker_files(&broker_dir, &chain, &broker_interface, pin_dir.clone())?;
+        let (config, broker_public) = broker_files(
+            &broker_dir,
+            &chain,
+            &relay.url,
+            &broker_interface,
+            pin_dir.clone(),
+        )?;
         let mut lab = Lab {
             brokers: Vec::new(),
             wireguard: vec![WireguardGo::guard(&net.broker, &broker_interface)],
@@ -152,6 +169,8 @@ impl Lab {
             broker_public,
             dir: options.dir.clone(),
             narrator,
+            rpc_url: relay.url.clone(),
+            _relay: relay,
             chain,
             net,
         };
@@ -159,16 +178,19 @@ impl Lab {
         lab.narrator.step(
             "BlockHost servers: a wallet and an NFT contract (ERC-721, owner() = the wallet) each",
         );
-        for number in 1..=SERVERS {
-            let server = lab
-                .make_server(&options.dir, number, interface(&format!("s{number}"))?)
-                .await?;
+        let servers = (1..=SERVERS).map(|number| {
+            let interface = interface(&format!("s{number}"));
+            let (lab, dir) = (&lab, &options.dir);
+            async move { lab.make_server(dir, number, interface?).await }
+        });
+        // Deployed side by side: each from its own wallet.
+        for server in futures::future::try_join_all(servers).await? {
             lab.narrator.done(&format!(
-                "server{number}: wallet {}, NFT contract {}",
-                server.wallet, server.nft
+                "server{}: wallet {}, NFT contract {}",
+                server.number, server.wallet, server.nft
             ));
             lab.wireguard.push(WireguardGo::guard(
-                &lab.net.servers[number - 1],
+                &lab.net.servers[server.number - 1],
                 &server.interface,
             ));
             lab.servers.push(server);
@@ -314,7 +336,7 @@ impl Lab {
         let server = &self.servers[number - 1];
         let mut cmd = self.net.servers[number - 1].command(binary("broker-client")?);
         cmd.args(args)
-            .env("BLOCKHOST_RPC_URL", &self.chain.rpc_url)
+            .env("BLOCKHOST_RPC_URL", &self.rpc_url)
             .env("BLOCKHOST_CHAIN_ID", self.chain.chain_id.to_string())
             .env(
                 "BLOCKHOST_REGISTRY_CONTRACT",
@@ -419,6 +441,7 @@ impl Drop for Lab {
 fn broker_files(
     dir: &std::path::Path,
     chain: &DevChain,
+    rpc_url: &str,
     interface: &str,
     pin_dir: PathBuf,
 ) -> anyhow::Result<(Config, Key)> {
@@ -452,7 +475,7 @@ fn broker_files(
         api_listen: None,
         database_path: dir.join("state/broker.redb"),
         onchain: config::Onchain {
-            rpc_url: chain.rpc_url.clone(),
+            rpc_url: rpc_url.into(),
             chain_id: chain.chain_id,
             requests_contract: chain.requests,
             registry_contract: Some(chain.registry),

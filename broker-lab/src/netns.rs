@@ -70,12 +70,11 @@ impl Netns {
         &self.name
     }
 
-    /// IPv4 and IPv6 forwarding on (a router) or off.
-    pub fn forwarding(&self, on: bool) -> anyhow::Result<()> {
-        let value = if on { "1" } else { "0" };
+    /// IPv4 and IPv6 forwarding on: a router.
+    pub fn enable_forwarding(&self) -> anyhow::Result<()> {
         self.sysctl(&[
-            ("net.ipv6.conf.all.forwarding", value),
-            ("net.ipv4.ip_forward", value),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.ip_forward", "1"),
         ])
     }
 

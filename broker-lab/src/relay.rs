@@ -26,8 +26,14 @@ pub struct Relay {
 impl Relay {
     /// Relays `<host>:<free port>` to `target` (`http://host:port`).
     pub fn start(host: IpAddr, target: &str) -> anyhow::Result<Relay> {
+        Self::listen(SocketAddr::new(host, 0), target)
+    }
+
+    /// Relays `listen` to `target` (`http://host:port`).
+    pub fn listen(listen: SocketAddr, target: &str) -> anyhow::Result<Relay> {
         let target = target.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind((host, 0)).context("binding the relay")?;
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("binding the relay to {listen}"))?;
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
         let stalled = Arc::new(AtomicBool::new(false));

@@ -51,7 +51,9 @@ impl Topology {
         let ns = |name: &str, router: bool| {
             let ns = Netns::new(&format!("{prefix}{name}"))
                 .with_context(|| format!("creating the {name} namespace"))?;
-            ns.forwarding(router)?;
+            if router {
+                ns.enable_forwarding()?;
+            }
             anyhow::Ok(ns)
         };
         let topology = Topology {

@@ -117,7 +117,7 @@ fn try_it_yourself(lab: &Lab, server: String) -> anyhow::Result<()> {
         .heading("Try it yourself (as root, in another terminal)");
     println!(
         "  export BLOCKHOST_RPC_URL={} BLOCKHOST_CHAIN_ID={} BLOCKHOST_REGISTRY_CONTRACT={}",
-        lab.chain.rpc_url, lab.chain.chain_id, lab.chain.registry
+        lab.rpc_url, lab.chain.chain_id, lab.chain.registry
     );
     let lines = [
         (
