@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use alloy::primitives::U256;
 use broker_contracts::protocol::RequestPayload;
 use serde_json::Value;
-use support::{ENDPOINT, Env, Reply, Responder, write_file};
+use support::{ENDPOINT, Env, Reply, Responder, write_new};
 use wireguard_control::Key;
 
 const APPROVED: u8 = 1;
@@ -331,7 +331,7 @@ async fn release_frees_the_allocation_on_chain_and_locally() {
     // (no interface of that name exists, so nothing is taken down).
     std::fs::create_dir_all(env.wg_dir()).unwrap();
     let conf = env.wg_dir().join("bbt-none0.conf");
-    write_file(&conf, "[Interface]", 0o600);
+    write_new(&conf, "[Interface]", 0o600).unwrap();
 
     let run = env
         .run(&[
@@ -380,11 +380,12 @@ async fn bad_inputs_end_in_one_line_errors() {
     let nft = env.nft.to_string();
     let wallet = env.wallet_key.to_str().unwrap().to_string();
     let open_key = env.dir.path().join("open.key");
-    write_file(
+    write_new(
         &open_key,
         broker_contracts::devchain::ANVIL_KEYS[support::CLIENT],
         0o644,
-    );
+    )
+    .unwrap();
     std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let missing = env.dir.path().join("missing.key");
     let request = |nft: &str, key: &str| {

@@ -7,39 +7,16 @@
 
 mod support;
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    sync::atomic::{AtomicU32, Ordering},
-    time::Instant,
-};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Instant};
 
 use broker_lab::{
-    netns::{Netns, run, veth},
-    process::stop_wireguard_go,
+    files::write_private,
+    names::interface_name,
+    netns::{End, Netns, run, veth},
+    wireguard::{self, WireguardGo},
 };
-use support::{CLIENT_BIN, Run, write_file};
+use support::{CLIENT_BIN, Run, write_new};
 use wireguard_control::Key;
-
-/// `bbt-<pid in hex>-<n><tag>`: unique across test processes, at most 15
-/// characters (an interface name; the UAPI sockets under
-/// /var/run/wireguard are shared by every namespace).
-fn unique_name(tag: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let name = format!("bbt-{:x}-{n}{tag}", std::process::id());
-    assert!(name.len() <= 15, "{name} is too long for an interface");
-    name
-}
-
-/// Stops a wireguard-go interface when dropped, also when the test fails.
-struct WireguardGo(String);
-
-impl Drop for WireguardGo {
-    fn drop(&mut self) {
-        stop_wireguard_go(&self.0);
-    }
-}
 
 const PREFIX: &str = "2001:db8:0:1::100/120";
 const GATEWAY: &str = "2001:db8:0:1::2";
@@ -57,10 +34,10 @@ fn check_tools() {
 async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
     check_tools();
     let started = Instant::now();
-    let broker_ns = Netns::new(&unique_name("b"), false).unwrap();
-    let server_ns = Netns::new(&unique_name("s"), false).unwrap();
+    let broker_ns = Netns::unique("b").unwrap();
+    let server_ns = Netns::unique("s").unwrap();
     let veth_b = "veth-b";
-    veth(&broker_ns, veth_b, &server_ns, "veth-s").unwrap();
+    veth(End::new(&broker_ns, veth_b), End::new(&server_ns, "veth-s")).unwrap();
     broker_ns
         .ip(&["-6", "addr", "add", "fd00:bb::1/64", "dev", veth_b])
         .unwrap();
@@ -74,13 +51,11 @@ async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
 
     // The broker's end: wireguard-go, its key from a 0600 file, the client
     // as a peer allowed the prefix, the gateway address, a route.
-    let broker_if = unique_name("b");
-    let _broker_wg = WireguardGo(broker_if.clone());
-    let mut start = broker_ns.command("wireguard-go");
-    start.arg(&broker_if).env_remove("WG_PROCESS_FOREGROUND");
-    run(&mut start).unwrap();
+    let broker_if = interface_name("b");
+    let _broker_wg = WireguardGo::guard(&broker_ns, &broker_if);
+    wireguard::start(&broker_ns, &broker_if).unwrap();
     let key_file = dir.path().join("broker-wg.key");
-    write_file(&key_file, &broker_key.to_base64(), 0o600);
+    write_private(&key_file, &broker_key.to_base64()).unwrap();
     run(broker_ns.command("wg").args([
         "set",
         &broker_if,
@@ -125,14 +100,15 @@ async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
         "broker_wallet": "",
         "dns_zone": "",
     });
-    write_file(
+    write_new(
         &config_dir.join("broker-allocation.json"),
         &serde_json::to_string_pretty(&allocation).unwrap(),
         0o640,
-    );
+    )
+    .unwrap();
     let wg_dir = dir.path().join("wireguard");
-    let client_if = unique_name("s");
-    let _client_wg = WireguardGo(client_if.clone());
+    let client_if = interface_name("s");
+    let _client_wg = WireguardGo::guard(&server_ns, &client_if);
 
     let mut cmd = server_ns.command(CLIENT_BIN);
     for (k, _) in std::env::vars_os() {

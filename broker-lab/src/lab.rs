@@ -2,21 +2,25 @@
 //! the BlockHost servers with their NFT contracts and wallets, in the
 //! namespaces of [`Topology`]. Everything is stopped and removed when the
 //! lab drops, also after an error or a failed test.
+//!
+//! The broker's configuration is a real [`Config`] ([`Lab::config`]): a
+//! test changes what it is about before it starts the broker, and each
+//! start writes it out (`toml::to_string`, the file `Config::load` reads).
 
 use std::{
     fs,
-    io::Write as _,
-    net::IpAddr,
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
+    net::SocketAddr,
+    path::PathBuf,
     process::{Child, Stdio},
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use alloy::{
     network::EthereumWallet,
     primitives::Address,
     providers::{DynProvider, Provider as _, ProviderBuilder},
+    signers::local::PrivateKeySigner,
 };
 use anyhow::{Context as _, bail};
 use broker_contracts::{
@@ -24,16 +28,27 @@ use broker_contracts::{
     devchain::{self, DevChain, anvil_signer},
     keys,
 };
+use broker_userspace::{
+    config::{self, Config, WireguardImplementation},
+    ipam::Pool,
+    ndp::AttachMode,
+};
 use wireguard_control::Key;
 
 use crate::{
+    broker::binary,
+    files::write_private,
+    names::{MAX_INTERFACE_NAME, lab_prefix},
     narrate::Narrator,
     netns::{Netns, run},
-    process::{Process, stop_wireguard_go, tail},
+    pins::TestPins,
+    process::{Process, tail},
+    relay::Relay,
     topology::{
         ALLOCATION_SIZE, BROKER_V4, CHAIN_ADDR, RPC_PORT, SERVERS, Topology, UPSTREAM_IF,
         UPSTREAM_PREFIX, WG_PORT,
     },
+    wireguard::WireguardGo,
 };
 
 pub struct Options {
@@ -42,7 +57,6 @@ pub struct Options {
     pub names: String,
     /// Where keys, configurations, the database and logs go.
     pub dir: PathBuf,
-    pub handshake_timeout_secs: u64,
 }
 
 /// A BlockHost server: its namespace (in the topology), wallet, NFT
@@ -64,16 +78,27 @@ pub struct ClientOutput {
     pub stderr: String,
 }
 
+/// Fields drop in order: the broker processes first, then the WireGuard
+/// interfaces, the pins, the chain and the namespaces.
 pub struct Lab {
-    broker: Option<Process>,
+    /// Every broker started, the current one last (their logs stay).
+    brokers: Vec<Process>,
+    wireguard: Vec<WireguardGo>,
+    _pins: TestPins,
     names: String,
     pub servers: Vec<Server>,
-    pub broker_interface: String,
-    pub pin_dir: PathBuf,
+    /// The broker's configuration, written at each start.
+    pub config: Config,
+    pub config_path: PathBuf,
+    /// The broker's WireGuard public key (the answers' `broker_pubkey`).
+    pub broker_public: Key,
     pub dir: PathBuf,
-    pub config: PathBuf,
     pub narrator: Narrator,
-    bins: PathBuf,
+    /// The chain's URL for the broker and the servers (through the relay).
+    pub rpc_url: String,
+    _relay: Relay,
+    /// The chain; its `rpc_url` is for the lab's own calls (the chain's
+    /// namespace only).
     pub chain: DevChain,
     pub net: Topology,
 }
@@ -82,53 +107,70 @@ impl Lab {
     /// Builds the namespaces, starts the chain (the calling thread moves
     /// into the chain's namespace for good: run this on a thread of its
     /// own with a current-thread runtime), deploys the contracts, gives each
-    /// server a wallet and an NFT contract, and writes the broker's keys and
-    /// configuration. The broker is started by [`Lab::start_broker`].
+    /// server a wallet and an NFT contract, and writes the broker's keys.
+    /// The broker is started by [`Lab::start_broker`].
     pub async fn start(options: Options, narrator: Narrator) -> anyhow::Result<Lab> {
-        let bins = binaries_dir()?;
         fs::create_dir_all(&options.dir)
             .with_context(|| format!("creating {}", options.dir.display()))?;
+        let names = options.names;
+        let interface = |tag: &str| {
+            let name = format!("{names}{tag}");
+            anyhow::ensure!(name.len() <= MAX_INTERFACE_NAME, "{name} is too long");
+            Ok(name)
+        };
+        let broker_interface = interface("wg")?;
 
         narrator.step("Network namespaces: a chain host, the provider's router, an internet host, the broker and two BlockHost servers");
-        let net = Topology::build(&options.names)?;
+        let net = Topology::build(&names)?;
         narrator.done(&format!(
-            "namespaces {}{{chain,router,internet,broker,server1,server2}}",
-            options.names
+            "namespaces {names}{{chain,router,internet,broker,server1,server2}}"
         ));
 
         narrator.step(
             "The chain: anvil, then BrokerRegistry, BrokerRequests and the broker's registration",
         );
         net.chain.enter()?;
+        // anvil listens on the chain namespace's loopback, where the lab's
+        // own calls go (alloy polls a non-local URL for receipts only every
+        // 7 s); the other namespaces reach it at CHAIN_ADDR:RPC_PORT through
+        // a relay.
         let chain = DevChain::start(&devchain::Options {
-            host: CHAIN_ADDR.parse::<IpAddr>()?,
-            port: Some(RPC_PORT),
             region: "lab".into(),
-            capacity: 0,
+            ..devchain::Options::default()
         })
         .await
         .context("starting the chain")?;
+        let relay = Relay::listen(
+            SocketAddr::new(CHAIN_ADDR.parse()?, RPC_PORT),
+            &chain.rpc_url,
+        )?;
         narrator.done(&format!(
             "anvil at {}; registry {}, requests {} (broker id {})",
-            chain.rpc_url, chain.registry, chain.requests, chain.broker_id
+            relay.url, chain.registry, chain.requests, chain.broker_id
         ));
 
-        let broker_interface = format!("{}wg", options.names);
-        let pin_dir = PathBuf::from(format!(
-            "/sys/fs/bpf/{}",
-            options.names.trim_end_matches('-')
-        ));
-        let config = write_broker_files(&options, &chain, &broker_interface, &pin_dir)?;
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", names.trim_end_matches('-')));
+        let broker_dir = options.dir.join("broker");
+        let (config, broker_public) = broker_files(
+            &broker_dir,
+            &chain,
+            &relay.url,
+            &broker_interface,
+            pin_dir.clone(),
+        )?;
         let mut lab = Lab {
-            broker: None,
-            names: options.names.clone(),
+            brokers: Vec::new(),
+            wireguard: vec![WireguardGo::guard(&net.broker, &broker_interface)],
+            _pins: TestPins::at(pin_dir),
+            names: names.clone(),
             servers: Vec::new(),
-            broker_interface,
-            pin_dir,
-            dir: options.dir.clone(),
             config,
+            config_path: broker_dir.join("config.toml"),
+            broker_public,
+            dir: options.dir.clone(),
             narrator,
-            bins,
+            rpc_url: relay.url.clone(),
+            _relay: relay,
             chain,
             net,
         };
@@ -136,29 +178,39 @@ impl Lab {
         lab.narrator.step(
             "BlockHost servers: a wallet and an NFT contract (ERC-721, owner() = the wallet) each",
         );
-        for number in 1..=SERVERS {
-            let server = lab.make_server(&options, number).await?;
+        let servers = (1..=SERVERS).map(|number| {
+            let interface = interface(&format!("s{number}"));
+            let (lab, dir) = (&lab, &options.dir);
+            async move { lab.make_server(dir, number, interface?).await }
+        });
+        // Deployed side by side: each from its own wallet.
+        for server in futures::future::try_join_all(servers).await? {
             lab.narrator.done(&format!(
-                "server{number}: wallet {}, NFT contract {}",
-                server.wallet, server.nft
+                "server{}: wallet {}, NFT contract {}",
+                server.number, server.wallet, server.nft
+            ));
+            lab.wireguard.push(WireguardGo::guard(
+                &lab.net.servers[server.number - 1],
+                &server.interface,
             ));
             lab.servers.push(server);
         }
         Ok(lab)
     }
 
-    async fn make_server(&self, options: &Options, number: usize) -> anyhow::Result<Server> {
+    async fn make_server(
+        &self,
+        dir: &std::path::Path,
+        number: usize,
+        interface: String,
+    ) -> anyhow::Result<Server> {
         // anvil accounts 0 and 1 are the deployer and the operator.
         let signer = anvil_signer(1 + number);
-        let dir = options.dir.join(format!("server{number}"));
+        let dir = dir.join(format!("server{number}"));
         fs::create_dir_all(&dir)?;
         let wallet_key = dir.join("wallet.key");
         keys::write_secret(&wallet_key, &signer.to_bytes().0)?;
-        let provider: DynProvider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer.clone()))
-            .connect_http(self.chain.rpc_url.parse()?)
-            .erased();
-        let nft = *TestNFT::deploy(provider, signer.address())
+        let nft = *TestNFT::deploy(self.wallet(1 + number)?, signer.address())
             .await
             .with_context(|| format!("deploying server{number}'s NFT contract"))?
             .address();
@@ -169,66 +221,106 @@ impl Lab {
             nft,
             config_dir: dir.join("etc-blockhost"),
             wg_config_dir: dir.join("etc-wireguard"),
-            interface: format!("{}s{number}", options.names),
+            interface,
         })
     }
 
-    /// Starts `blockhost-broker run` in the broker's namespace and waits
-    /// until its NDP responder and tunnel interface are up.
-    pub fn start_broker(&mut self) -> anyhow::Result<()> {
+    /// A provider signing with anvil account `account`.
+    pub fn wallet(&self, account: usize) -> anyhow::Result<DynProvider> {
+        self.provider(anvil_signer(account))
+    }
+
+    /// A provider on the lab's chain signing with `signer`.
+    pub fn provider(&self, signer: PrivateKeySigner) -> anyhow::Result<DynProvider> {
+        Ok(ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(self.chain.rpc_url.parse()?)
+            .erased())
+    }
+
+    /// Writes [`Lab::config`] and starts `blockhost-broker run` in the
+    /// broker's namespace with crash points `failpoints` (`NAME=return;…`,
+    /// for a build with the `failpoints` feature), not waiting.
+    pub fn spawn_broker(&mut self, failpoints: Option<&str>) -> anyhow::Result<&mut Process> {
+        let text = toml::to_string(&self.config).context("serialising the configuration")?;
+        fs::write(&self.config_path, text)
+            .with_context(|| format!("writing {}", self.config_path.display()))?;
+        let mut cmd = self.net.broker.command(binary("blockhost-broker")?);
+        cmd.args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("NO_COLOR", "1")
+            .env("BLOCKHOST_BROKER_LOG", "info")
+            .env_remove("FAILPOINTS");
+        if let Some(points) = failpoints {
+            cmd.env("FAILPOINTS", points);
+        }
+        let n = self.brokers.len() + 1;
+        let log = match n {
+            1 => self.dir.join("broker.log"),
+            n => self.dir.join(format!("broker-{n}.log")),
+        };
+        let label = format!("{}broker #{n}", self.names);
+        self.brokers.push(Process::spawn_logged(&label, cmd, log)?);
+        self.broker()
+    }
+
+    /// Starts the broker with crash points `points` and waits until it says
+    /// they are armed (they are absent from a build without the feature: a
+    /// plain `cargo build` after `cargo test` replaces the binary).
+    pub fn spawn_crashing(&mut self, points: &str) -> anyhow::Result<&mut Process> {
+        let broker = self.spawn_broker(Some(points))?;
+        broker.wait_log(&["crash points armed"], 1, Duration::from_secs(10))?;
+        Ok(broker)
+    }
+
+    /// Starts `blockhost-broker run` and waits until its NDP responder and
+    /// tunnel interface are up and the kernel matches its database.
+    pub fn start_broker(&mut self) -> anyhow::Result<&mut Process> {
         self.narrator
             .step("The broker: blockhost-broker run (XDP NDP responder on its upstream interface, WireGuard, watching BrokerRequests)");
-        let mut cmd = self.net.broker.command(self.binary("blockhost-broker"));
-        cmd.args(["run", "--config"]).arg(&self.config);
-        let log = self.dir.join("broker.log");
-        let mut broker = Process::spawn("the broker", cmd, log)?;
-        let attached = broker.wait_log("NDP responder attached", Duration::from_secs(30))?;
-        broker.wait_log(
-            "kernel reconciled with the database",
-            Duration::from_secs(30),
-        )?;
-        self.narrator
-            .done(&format!("pid {}; {}", broker.pid(), message_of(&attached)));
-        self.narrator
-            .detail(&format!("its log: {}", broker.log.display()));
-        self.broker = Some(broker);
-        Ok(())
-    }
-
-    /// Stops the broker with SIGTERM (it must exit 0).
-    pub fn stop_broker(&mut self) -> anyhow::Result<()> {
-        if let Some(mut broker) = self.broker.take() {
-            let status = broker.stop(Duration::from_secs(30))?;
-            if !status.success() {
-                bail!(
-                    "the broker exited with {status}:\n{}",
-                    tail(&broker.log_text(), 20)
-                );
-            }
+        let broker = self.spawn_broker(None)?;
+        let limit = Duration::from_secs(30);
+        let attached = broker.wait_log(&["NDP responder attached"], 1, limit)?;
+        broker.wait_log(&["kernel reconciled with the database"], 1, limit)?;
+        let (pid, log) = (broker.pid(), broker.log_file().map(|p| p.to_path_buf()));
+        self.narrator.done(&format!(
+            "pid {}; {}",
+            pid.unwrap_or_default(),
+            message_of(&attached)
+        ));
+        if let Some(log) = log {
+            self.narrator.detail(&format!("its log: {}", log.display()));
         }
-        Ok(())
+        self.broker()
     }
 
-    /// Waits until the broker logs a line with all of `needles`.
-    pub fn wait_broker_log(&mut self, needles: &[&str], limit: Duration) -> anyhow::Result<String> {
-        let broker = self.broker.as_mut().context("the broker is not running")?;
-        broker.wait_log_all(needles, limit)
+    /// The broker started last.
+    pub fn broker(&mut self) -> anyhow::Result<&mut Process> {
+        self.brokers.last_mut().context("no broker was started")
     }
 
+    /// Stops the broker with SIGTERM (it must exit 0 within 30 s).
+    pub fn stop_broker(&mut self) -> anyhow::Result<()> {
+        self.broker()?.stop(Duration::from_secs(30))
+    }
+
+    /// The log of the broker started last.
     pub fn broker_log(&self) -> String {
-        self.broker
-            .as_ref()
-            .map(Process::log_text)
-            .unwrap_or_default()
+        self.brokers.last().map(Process::log).unwrap_or_default()
+    }
+
+    /// True while a broker runs (the database is then locked).
+    pub fn broker_running(&mut self) -> bool {
+        self.brokers.iter_mut().any(Process::running)
     }
 
     /// Fails if the broker exited.
     pub fn check_broker(&mut self) -> anyhow::Result<()> {
-        match self.broker.as_mut().map(|b| (b.exited(), b.log_text())) {
-            Some((Some(status), log)) => bail!("the broker exited ({status}):\n{}", tail(&log, 20)),
-            Some((None, _)) => Ok(()),
-            None => bail!("the broker is not running"),
+        let broker = self.broker()?;
+        if let Some(status) = broker.exited() {
+            bail!("the broker exited ({status}):\n{}", tail(&broker.log(), 20));
         }
+        Ok(())
     }
 
     /// Runs `broker-client ARGS` in server `number`'s namespace, set up
@@ -242,9 +334,9 @@ impl Lab {
     /// Starts `broker-client ARGS` as [`Lab::client`] does, without waiting.
     pub fn spawn_client(&self, number: usize, args: &[&str]) -> anyhow::Result<Child> {
         let server = &self.servers[number - 1];
-        let mut cmd = self.net.servers[number - 1].command(self.binary("broker-client"));
+        let mut cmd = self.net.servers[number - 1].command(binary("broker-client")?);
         cmd.args(args)
-            .env("BLOCKHOST_RPC_URL", &self.chain.rpc_url)
+            .env("BLOCKHOST_RPC_URL", &self.rpc_url)
             .env("BLOCKHOST_CHAIN_ID", self.chain.chain_id.to_string())
             .env(
                 "BLOCKHOST_REGISTRY_CONTRACT",
@@ -325,122 +417,81 @@ impl Lab {
         Ok(text)
     }
 
-    /// The workspace binary `name` the lab runs.
-    pub fn binary(&self, name: &str) -> PathBuf {
-        self.bins.join(name)
+    /// The pin directory of the broker's NDP responder.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.config.broker.ndp_pin_dir
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut broker) = self.broker.take() {
-            let _ = broker.stop(Duration::from_secs(15));
-        }
-        // The responder stays attached (and its maps pinned) after the
-        // daemon exits, by design: take it away.
-        if self.pin_dir.exists() {
-            let detach = self
-                .net
-                .broker
-                .command(self.binary("blockhost-broker"))
-                .args(["ndp", "--pin-dir"])
-                .arg(&self.pin_dir)
-                .arg("detach")
-                .output();
-            if !detach.is_ok_and(|o| o.status.success()) {
-                let _ = fs::remove_dir_all(&self.pin_dir);
+        // A clean stop where it still runs; the guards do the rest (the
+        // responder stays attached after the daemon exits, by design: the
+        // pins guard takes it away).
+        for broker in &mut self.brokers {
+            if broker.running() {
+                let _ = broker.terminate(Duration::from_secs(15));
             }
         }
-        for server in &self.servers {
-            stop_wireguard_go(&server.interface);
-        }
-        stop_wireguard_go(&self.broker_interface);
-        // Then the chain (anvil) and the namespaces drop.
     }
 }
 
-/// The directory with the workspace's binaries: the one of the running
-/// program (target/debug), or its parent for a test (target/debug/deps),
-/// or `BLOCKHOST_LAB_BIN_DIR`.
-fn binaries_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("BLOCKHOST_LAB_BIN_DIR") {
-        return Ok(dir.into());
-    }
-    let exe = std::env::current_exe().context("finding the running program")?;
-    let mut dir = exe
-        .parent()
-        .context("the program's directory")?
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    for name in ["blockhost-broker", "broker-client"] {
-        if !dir.join(name).is_file() {
-            bail!(
-                "{} is missing: build it first (cargo build -p broker-userspace -p broker-client)",
-                dir.join(name).display()
-            );
-        }
-    }
-    Ok(dir)
-}
-
-/// The broker's keys and configuration, in `dir/broker/`.
-fn write_broker_files(
-    options: &Options,
+/// The broker's keys in `dir` and a configuration for the lab's topology
+/// and `chain`; with its WireGuard public key.
+fn broker_files(
+    dir: &std::path::Path,
     chain: &DevChain,
+    rpc_url: &str,
     interface: &str,
-    pin_dir: &Path,
-) -> anyhow::Result<PathBuf> {
-    let dir = options.dir.join("broker");
-    fs::create_dir_all(&dir)?;
-    let operator_key = dir.join("operator.key");
-    keys::write_secret(&operator_key, &chain.operator.to_bytes().0)?;
-    let ecies_key = dir.join("ecies.key");
-    keys::write_secret(&ecies_key, &chain.ecies_secret)?;
-    let wg_key = dir.join("wg.key");
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&wg_key)
-        .and_then(|mut f| writeln!(f, "{}", Key::generate_private().to_base64()))
-        .with_context(|| format!("writing {}", wg_key.display()))?;
-    let config = dir.join("config.toml");
-    let onchain = chain.config_snippet(&operator_key, &ecies_key);
-    let text = format!(
-        r#"[broker]
-upstream_interface = "{UPSTREAM_IF}"
-upstream_prefix = "{UPSTREAM_PREFIX}"
-allocation_size = {ALLOCATION_SIZE}
-# A veth delivers native-mode XDP answers only when its peer runs an XDP
-# program too; the router's side runs none.
-ndp_mode = "generic"
-ndp_pin_dir = "{pins}"
-control_socket = "{socket}"
-
-[wireguard]
-interface = "{interface}"
-listen_port = {WG_PORT}
-endpoint = "{BROKER_V4}:{WG_PORT}"
-private_key_file = "{wg_key}"
-implementation = "userspace"
-handshake_timeout_secs = {timeout}
-
-[database]
-path = "{db}"
-
-{onchain}poll_interval_secs = 1
-confirmations = 0
-"#,
-        pins = pin_dir.display(),
-        socket = dir.join("control.sock").display(),
-        wg_key = wg_key.display(),
-        timeout = options.handshake_timeout_secs,
-        db = dir.join("state/broker.redb").display(),
-    );
-    fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-    Ok(config)
+    pin_dir: PathBuf,
+) -> anyhow::Result<(Config, Key)> {
+    fs::create_dir_all(dir)?;
+    let operator_key_file = dir.join("operator.key");
+    keys::write_secret(&operator_key_file, &chain.operator.to_bytes().0)?;
+    let ecies_key_file = dir.join("ecies.key");
+    keys::write_secret(&ecies_key_file, &chain.ecies_secret)?;
+    let wg_key = Key::generate_private();
+    let private_key_file = dir.join("wg.key");
+    write_private(&private_key_file, &wg_key.to_base64())?;
+    let config = Config {
+        broker: config::Broker {
+            upstream_interface: UPSTREAM_IF.into(),
+            pool: Pool::new(UPSTREAM_PREFIX.parse()?, ALLOCATION_SIZE)?,
+            // A veth delivers native-mode XDP answers only when its peer
+            // runs an XDP program too; the router's side runs none.
+            ndp_mode: AttachMode::Generic,
+            ndp_router_flag: true,
+            ndp_pin_dir: pin_dir,
+            dns_zone: None,
+            // Each lab's own: parallel tests never share a socket.
+            control_socket: Some(dir.join("control.sock")),
+        },
+        wireguard: config::Wireguard {
+            interface: interface.into(),
+            listen_port: WG_PORT,
+            endpoint: format!("{BROKER_V4}:{WG_PORT}"),
+            private_key_file,
+            implementation: WireguardImplementation::Userspace,
+            handshake_timeout_secs: 120,
+        },
+        api_listen: None,
+        database_path: dir.join("state/broker.redb"),
+        onchain: config::Onchain {
+            rpc_url: rpc_url.into(),
+            chain_id: chain.chain_id,
+            requests_contract: chain.requests,
+            registry_contract: Some(chain.registry),
+            legacy_requests_contracts: Vec::new(),
+            operator_key_file,
+            ecies_key_file,
+            poll_interval_secs: 1,
+            confirmations: 0,
+            start_request_id: 1,
+            max_requests_per_poll: 50,
+            low_balance_wei: alloy::primitives::utils::parse_ether("0.01")?,
+        },
+    };
+    Ok((config, wg_key.get_public()))
 }
 
 fn client_shown(number: usize, args: &[&str]) -> String {
@@ -450,4 +501,39 @@ fn client_shown(number: usize, args: &[&str]) -> String {
 /// The message of a tracing log line (after the level and target).
 fn message_of(line: &str) -> &str {
     line.split_once(": ").map_or(line, |(_, m)| m)
+}
+
+/// Runs `body` on a lab of its own (names `bbt-<pid>-<n>-`, files in a
+/// temporary directory), on a thread of its own with a current-thread
+/// runtime, quietly. Panics with the error (after the broker's log) if it
+/// fails; says how long it took if it passes.
+pub fn lab_test(tag: &str, body: impl AsyncFnOnce(&mut Lab) -> anyhow::Result<()> + Send) {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let result = thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime")
+                .block_on(async {
+                    let options = Options {
+                        names: lab_prefix(),
+                        dir: dir.path().to_path_buf(),
+                    };
+                    let mut lab = Lab::start(options, Narrator::quiet()).await?;
+                    let result = body(&mut lab).await;
+                    if result.is_err() {
+                        eprintln!("{tag}: the broker's log:\n{}", tail(&lab.broker_log(), 60));
+                    }
+                    result
+                })
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    });
+    if let Err(e) = result {
+        panic!("{tag}: {e:#}");
+    }
+    eprintln!("{tag}: passed in {:.1} s", started.elapsed().as_secs_f64());
 }

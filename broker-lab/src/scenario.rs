@@ -74,10 +74,9 @@ impl Lab {
                 "to-broker",
             ],
         )?;
-        let broker_mac = self.net.broker.ip(&["-br", "link", "show", UPSTREAM_IF])?;
-        let broker_mac = broker_mac.split_whitespace().nth(2).unwrap_or_default();
+        let broker_mac = self.net.broker.mac(UPSTREAM_IF)?;
         ensure!(
-            neigh.contains(broker_mac),
+            neigh.contains(&broker_mac),
             "the router's neighbour entry for {address} is not the broker's MAC {broker_mac}: {neigh}"
         );
         self.narrator.done(&format!(

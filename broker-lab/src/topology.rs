@@ -18,7 +18,7 @@
 
 use anyhow::Context as _;
 
-use crate::netns::{Netns, veth};
+use crate::netns::{End, Netns, veth};
 
 pub const CHAIN_ADDR: &str = "192.0.2.2";
 pub const RPC_PORT: u16 = 8545;
@@ -49,8 +49,12 @@ impl Topology {
     /// them. On an error, what was built is torn down again.
     pub fn build(prefix: &str) -> anyhow::Result<Topology> {
         let ns = |name: &str, router: bool| {
-            Netns::new(&format!("{prefix}{name}"), router)
-                .with_context(|| format!("creating the {name} namespace"))
+            let ns = Netns::new(&format!("{prefix}{name}"))
+                .with_context(|| format!("creating the {name} namespace"))?;
+            if router {
+                ns.enable_forwarding()?;
+            }
+            anyhow::Ok(ns)
         };
         let topology = Topology {
             chain: ns("chain", false)?,
@@ -74,17 +78,17 @@ impl Topology {
             servers,
         } = self;
 
-        veth(router, "to-chain", chain, "eth0")?;
+        veth(End::new(router, "to-chain"), End::new(chain, "eth0"))?;
         router.ip(&["addr", "add", "192.0.2.1/24", "dev", "to-chain"])?;
         chain.ip(&["addr", "add", &format!("{CHAIN_ADDR}/24"), "dev", "eth0"])?;
         chain.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
 
-        veth(router, "to-internet", internet, "eth0")?;
+        veth(End::new(router, "to-internet"), End::new(internet, "eth0"))?;
         router.ip(&["addr", "add", "2001:db8:200::1/64", "dev", "to-internet"])?;
         internet.ip(&["addr", "add", &format!("{INTERNET_ADDR}/64"), "dev", "eth0"])?;
         internet.ip(&["-6", "route", "add", "default", "via", "2001:db8:200::1"])?;
 
-        veth(router, "to-broker", broker, UPSTREAM_IF)?;
+        veth(End::new(router, "to-broker"), End::new(broker, UPSTREAM_IF))?;
         router.ip(&[
             "addr",
             "add",
@@ -116,7 +120,7 @@ impl Topology {
         for (i, server) in servers.iter().enumerate() {
             let base = 16 * i;
             let side = format!("to-server{}", i + 1);
-            veth(router, &side, server, "eth0")?;
+            veth(End::new(router, &side), End::new(server, "eth0"))?;
             router.ip(&[
                 "addr",
                 "add",

@@ -8,54 +8,12 @@
 //! `bbt-<pid>-<n>-…`; dropping it removes everything, also when the test
 //! fails (the broker's log is printed then).
 
-use std::{
-    sync::atomic::{AtomicU32, Ordering},
-    thread,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use alloy::{network::EthereumWallet, primitives::U256, providers::ProviderBuilder};
 use anyhow::{Context as _, bail, ensure};
 use broker_contracts::{BrokerRequests, protocol};
-use broker_lab::{Lab, Narrator, Options, process::tail};
-
-fn lab_test(tag: &str, body: impl AsyncFnOnce(&mut Lab) -> anyhow::Result<()> + Send) {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let names = format!(
-        "bbt-{:x}-{}-",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let started = Instant::now();
-    let result = thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime")
-                .block_on(async {
-                    let options = Options {
-                        names,
-                        dir: dir.path().to_path_buf(),
-                        handshake_timeout_secs: 120,
-                    };
-                    let mut lab = Lab::start(options, Narrator::quiet()).await?;
-                    let result = body(&mut lab).await;
-                    if result.is_err() {
-                        eprintln!("{tag}: the broker's log:\n{}", tail(&lab.broker_log(), 60));
-                    }
-                    result
-                })
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    });
-    if let Err(e) = result {
-        panic!("{tag}: {e:#}");
-    }
-    eprintln!("{tag}: passed in {:.1} s", started.elapsed().as_secs_f64());
-}
+use broker_lab::{Lab, lab_test};
 
 fn field(value: &serde_json::Value, key: &str) -> anyhow::Result<String> {
     value[key]
@@ -64,12 +22,9 @@ fn field(value: &serde_json::Value, key: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no {key} in {value}"))
 }
 
-/// The broker's WireGuard peers, as `wg show IF allowed-ips` lists them.
-fn broker_peers(lab: &Lab) -> anyhow::Result<String> {
-    lab.shell(
-        &lab.net.broker,
-        &["wg", "show", &lab.broker_interface, "allowed-ips"],
-    )
+/// Whether the broker has a WireGuard peer with public key `key`.
+fn broker_has_peer(lab: &Lab, key: &str) -> anyhow::Result<bool> {
+    Ok(lab.peers()?.iter().any(|(peer, _)| peer == key))
 }
 
 #[test]
@@ -102,10 +57,10 @@ fn a_server_gets_a_prefix_reaches_the_internet_renews_and_survives_a_stale_answe
             "renew changed the prefix: {renewed}"
         );
         ensure!(new_key != old_key, "renew kept the WireGuard key");
-        let peers = broker_peers(lab)?;
         ensure!(
-            peers.contains(&new_key) && !peers.contains(&old_key),
-            "the broker's peers after renew:\n{peers}"
+            broker_has_peer(lab, &new_key)? && !broker_has_peer(lab, &old_key)?,
+            "the broker's peers after renew: {:?}",
+            lab.peers()?
         );
         lab.check_traffic(1)?;
 
@@ -190,9 +145,13 @@ fn a_released_prefix_goes_to_the_next_server_and_two_servers_work_at_once() {
             lab.net.servers[0].ip(&["link", "show", interface]).is_err(),
             "release --cleanup-wg left the tunnel {interface} up"
         );
-        lab.wait_broker_log(&["released:", &first.to_string()], Duration::from_secs(30))?;
-        let peers = broker_peers(lab)?;
-        ensure!(peers.trim().is_empty(), "peers after the release:\n{peers}");
+        lab.broker()?.wait_log(
+            &["released:", &first.to_string()],
+            1,
+            Duration::from_secs(30),
+        )?;
+        let peers = lab.peers()?;
+        ensure!(peers.is_empty(), "peers after the release: {peers:?}");
 
         let second = lab.connect(2)?;
         ensure!(

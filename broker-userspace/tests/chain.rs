@@ -5,12 +5,7 @@
 //! accounts 2 and 3), as BlockHost servers would.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    net::{Ipv4Addr, TcpListener},
     time::{Duration, Instant},
 };
 
@@ -26,6 +21,7 @@ use broker_contracts::{
     devchain::{DevChain, Options, anvil_signer},
     protocol::frame_response,
 };
+use broker_lab::relay::Relay;
 use broker_userspace::{
     chain::{Chain, ChainError, ChainOptions, NftCheck, OnchainRequest, Released, RequestStatus},
     config::Onchain,
@@ -1018,65 +1014,13 @@ async fn an_outage_mid_session_is_transient() {
     );
 }
 
-/// A TCP relay to `target` that can be told to stop relaying requests
-/// (an endpoint that accepts and then never answers).
-struct Relay {
-    url: String,
-    stalled: Arc<AtomicBool>,
-}
-
-impl Relay {
-    fn start(target: &str) -> Relay {
-        let target = target.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let stalled = Arc::new(AtomicBool::new(false));
-        let flag = stalled.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let flag = flag.clone();
-                std::thread::spawn(move || pump(client, server, Some(flag)));
-                std::thread::spawn(move || pump(s2, c2, None));
-            }
-        });
-        Relay { url, stalled }
-    }
-
-    fn stall(&self) {
-        self.stalled.store(true, Ordering::SeqCst);
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, stall: Option<Arc<AtomicBool>>) {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if stall.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
-            // Swallow this and everything after it; keep the connection open.
-            while from.read(&mut buf).is_ok_and(|n| n > 0) {}
-            return;
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_stalled_endpoint_times_out() {
     let env = Env::start(0).await;
     let contract = env.requests();
     let nft = env.nft(CLIENT).await;
     let (id, _) = env.submit(CLIENT, nft, b"payload").await;
-    let relay = Relay::start(&env.dev.rpc_url);
+    let relay = Relay::start(Ipv4Addr::LOCALHOST.into(), &env.dev.rpc_url).unwrap();
     let timeout = Duration::from_millis(250);
     let chain = Chain::connect_with(
         &onchain(&relay.url, env.dev.chain_id, contract, 0),

@@ -9,8 +9,6 @@
 //! their names start with `bbt-` so `cargo xtask test` sweeps up after a run
 //! that was killed.
 
-mod support;
-
 use std::{
     io, mem,
     net::Ipv6Addr,
@@ -24,12 +22,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker_userspace::ndp::{self, AttachedMode, Counters, Interface, PassProgram};
-use support::{
-    frames::{BROKER_MAC, Model, Ns, ROUTER_MAC, Verdict, solicited_node},
-    netns::{Broker, Netns, broker_command, broker_status, mac_string, run_bounded, veth},
+use broker_lab::{
+    broker::{broker_command, ndp_serve, ndp_status},
+    ndp_frames::{BROKER_MAC, Model, Ns, ROUTER_MAC, Verdict, solicited_node},
+    netns::{End, Netns, mac_string, veth},
     pins::TestPins,
+    process::{Process, run_bounded},
 };
+use broker_userspace::ndp::{self, AttachedMode, Counters, Interface, PassProgram};
 
 /// The delegated prefix, an address in it and addresses outside it, all of
 /// them on the broker's `lo` so that an echo request reaching the broker is
@@ -78,7 +78,7 @@ impl Mode {
 /// OTHER_PREFIX on-link on r0; the broker has INSIDE, OUTSIDE and OTHER on
 /// lo. Fields drop in order: process, pass program, namespaces, pins.
 struct VethLab {
-    broker: Option<Broker>,
+    broker: Option<Process>,
     _pass: Option<PassProgram>,
     router: Netns,
     broker_ns: Netns,
@@ -89,46 +89,53 @@ struct VethLab {
 impl VethLab {
     fn new(mode: Mode) -> Self {
         let pins = TestPins::new("veth");
-        let broker_ns = Netns::new("brk");
-        let router = Netns::new("rtr");
+        let broker_ns = Netns::unique("brk").unwrap();
+        let router = Netns::unique("rtr").unwrap();
         veth(
-            &router,
-            ROUTER_IF,
-            &mac_string(ROUTER_MAC),
-            &broker_ns,
-            BROKER_IF,
-            &mac_string(BROKER_MAC),
-        );
-        router.ip(&[
-            "addr",
-            "add",
-            "2001:db8:ff::1/64",
-            "dev",
-            ROUTER_IF,
-            "nodad",
-        ]);
-        broker_ns.ip(&[
-            "addr",
-            "add",
-            "2001:db8:ff::2/64",
-            "dev",
-            BROKER_IF,
-            "nodad",
-        ]);
+            End::new(&router, ROUTER_IF).with_mac(&mac_string(ROUTER_MAC)),
+            End::new(&broker_ns, BROKER_IF).with_mac(&mac_string(BROKER_MAC)),
+        )
+        .unwrap();
+        router
+            .ip(&[
+                "addr",
+                "add",
+                "2001:db8:ff::1/64",
+                "dev",
+                ROUTER_IF,
+                "nodad",
+            ])
+            .unwrap();
+        broker_ns
+            .ip(&[
+                "addr",
+                "add",
+                "2001:db8:ff::2/64",
+                "dev",
+                BROKER_IF,
+                "nodad",
+            ])
+            .unwrap();
         for (net, addr) in [
             (PREFIX, INSIDE),
             (OUTSIDE_PREFIX, OUTSIDE),
             (OTHER_PREFIX, OTHER),
         ] {
-            router.ip(&["-6", "route", "add", net, "dev", ROUTER_IF]);
-            broker_ns.ip(&["addr", "add", &format!("{addr}/128"), "dev", "lo"]);
+            router
+                .ip(&["-6", "route", "add", net, "dev", ROUTER_IF])
+                .unwrap();
+            broker_ns
+                .ip(&["addr", "add", &format!("{addr}/128"), "dev", "lo"])
+                .unwrap();
         }
         // In PROBE state the router sends unicast solicitations only, then
         // gives up: no multicast fallback that could hide an unanswered probe.
-        router.sysctl(&[
-            ("net.ipv6.neigh.r0.ucast_solicit", "3"),
-            ("net.ipv6.neigh.r0.mcast_resolicit", "0"),
-        ]);
+        router
+            .sysctl(&[
+                ("net.ipv6.neigh.r0.ucast_solicit", "3"),
+                ("net.ipv6.neigh.r0.mcast_resolicit", "0"),
+            ])
+            .unwrap();
         // Native XDP_TX on a veth delivers only to a peer with XDP attached.
         let pass = (mode == Mode::Driver).then(|| {
             router.run(|| {
@@ -153,10 +160,10 @@ impl VethLab {
         for p in prefixes {
             args.extend(["--prefix", p]);
         }
-        self.broker = Some(Broker::serve(&self.broker_ns, &self.pins.dir, &args));
+        self.broker = Some(ndp_serve(&self.broker_ns, &self.pins.dir, &args).unwrap());
     }
 
-    fn broker(&mut self) -> &mut Broker {
+    fn broker(&mut self) -> &mut Process {
         self.broker.as_mut().expect("the broker runs")
     }
 
@@ -173,12 +180,16 @@ impl VethLab {
     fn neigh_state(&self, addr: &str) -> String {
         self.router
             .neigh(ROUTER_IF, addr)
+            .unwrap()
             .map_or_else(|| "(none)".into(), |n| n.state)
     }
 
     /// The id of the XDP program attached to b0, from `ip -d link`.
     fn xdp_prog_id(&self) -> Option<u32> {
-        let out = self.broker_ns.ip(&["-d", "link", "show", "dev", BROKER_IF]);
+        let out = self
+            .broker_ns
+            .ip(&["-d", "link", "show", "dev", BROKER_IF])
+            .unwrap();
         let words: Vec<&str> = out.split_whitespace().collect();
         let at = words.windows(2).position(|w| w == ["prog/xdp", "id"])?;
         words.get(at + 2)?.parse().ok()
@@ -188,13 +199,14 @@ impl VethLab {
     /// ping succeeds and the entry holds the broker's MAC.
     fn assert_resolved(&self, addr: &str) {
         assert!(
-            self.router.ping(addr),
+            self.router.ping(addr, 1),
             "ping {addr} failed; neighbour entry {:?}",
-            self.router.neigh(ROUTER_IF, addr)
+            self.router.neigh(ROUTER_IF, addr).unwrap()
         );
         let entry = self
             .router
             .neigh(ROUTER_IF, addr)
+            .unwrap()
             .unwrap_or_else(|| panic!("no neighbour entry for {addr}"));
         assert_eq!(entry.state, "REACHABLE", "{addr}: {entry:?}");
         assert_eq!(
@@ -211,10 +223,11 @@ impl VethLab {
     /// Nothing answers for `addr`: the ping fails and the entry never gets a
     /// link-layer address.
     fn assert_unresolved(&self, addr: &str) {
-        assert!(!self.router.ping(addr), "ping {addr} was answered");
+        assert!(!self.router.ping(addr, 1), "ping {addr} was answered");
         let entry = self
             .router
             .neigh(ROUTER_IF, addr)
+            .unwrap()
             .unwrap_or_else(|| panic!("no neighbour entry for {addr} after a ping"));
         assert!(
             entry.state == "INCOMPLETE" || entry.state == "FAILED",
@@ -259,13 +272,15 @@ fn answers_inside_the_prefix_only(mode: Mode) {
     );
 
     // Restart with another prefix only: reconcile removes PREFIX.
-    let exit = lab.broker().stop();
+    let (exit, _) = lab.broker().terminate(Duration::from_secs(10)).unwrap();
     assert!(exit.success(), "ndp serve on SIGTERM: {exit}");
     lab.serve(&[OTHER_PREFIX]);
-    let log = lab.broker().stderr();
+    let log = lab.broker().log();
     assert!(log.contains("1 added, 1 removed"), "{log}");
     assert_eq!(lab.status().prefixes, 1);
-    lab.router.ip(&["-6", "neigh", "flush", "dev", ROUTER_IF]);
+    lab.router
+        .ip(&["-6", "neigh", "flush", "dev", ROUTER_IF])
+        .unwrap();
     let state = lab.neigh_state(INSIDE);
     assert!(
         state == "(none)" || state == "FAILED",
@@ -299,18 +314,20 @@ fn answers_unicast_probes(mode: Mode) {
     // Forces PROBE: the kernel sends up to ucast_solicit unicast probes, one
     // a second, and with mcast_resolicit 0 marks the entry FAILED if none is
     // answered.
-    lab.router.ip(&[
-        "-6",
-        "neigh",
-        "change",
-        INSIDE,
-        "dev",
-        ROUTER_IF,
-        "lladdr",
-        &mac_string(BROKER_MAC),
-        "nud",
-        "probe",
-    ]);
+    lab.router
+        .ip(&[
+            "-6",
+            "neigh",
+            "change",
+            INSIDE,
+            "dev",
+            ROUTER_IF,
+            "lladdr",
+            &mac_string(BROKER_MAC),
+            "nud",
+            "probe",
+        ])
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut states = Vec::new();
     loop {
@@ -528,7 +545,7 @@ impl NdSocket {
 
 /// Whether this kernel can make SIT devices (CONFIG_IPV6_SIT).
 fn kernel_has_sit() -> bool {
-    let ns = Netns::new("sitprobe");
+    let ns = Netns::unique("sitprobe").unwrap();
     let out = Command::new("ip")
         .args(["-n", ns.name(), "link", "add", "sitprobe", "type", "sit"])
         .output()
@@ -552,16 +569,13 @@ fn sit_tunnel_answers_without_link_layer_option() {
         "this kernel cannot make SIT devices (CONFIG_IPV6_SIT)"
     );
     let pins = TestPins::new("sit");
-    let broker_ns = Netns::new("sitb");
-    let router = Netns::new("sitr");
+    let broker_ns = Netns::unique("sitb").unwrap();
+    let router = Netns::unique("sitr").unwrap();
     veth(
-        &router,
-        ROUTER_IF,
-        &mac_string(ROUTER_MAC),
-        &broker_ns,
-        BROKER_IF,
-        &mac_string(BROKER_MAC),
-    );
+        End::new(&router, ROUTER_IF).with_mac(&mac_string(ROUTER_MAC)),
+        End::new(&broker_ns, BROKER_IF).with_mac(&mac_string(BROKER_MAC)),
+    )
+    .unwrap();
     for (ns, dev, local, remote, v6) in [
         (
             &router,
@@ -578,27 +592,32 @@ fn sit_tunnel_answers_without_link_layer_option() {
             "2001:db8:ff::2/64",
         ),
     ] {
-        ns.ip(&["addr", "add", &format!("{local}/24"), "dev", dev]);
+        ns.ip(&["addr", "add", &format!("{local}/24"), "dev", dev])
+            .unwrap();
         // `ip link add … type sit` rather than `ip tunnel add … mode sit`:
         // the same device, made over netlink, without needing sit0.
         ns.ip(&[
             "link", "add", "sit1", "type", "sit", "local", local, "remote", remote, "ttl", "64",
-        ]);
-        ns.ip(&["link", "set", "sit1", "up"]);
-        ns.ip(&["addr", "add", v6, "dev", "sit1", "nodad"]);
+        ])
+        .unwrap();
+        ns.ip(&["link", "set", "sit1", "up"]).unwrap();
+        ns.ip(&["addr", "add", v6, "dev", "sit1", "nodad"]).unwrap();
     }
     let inside: Ipv6Addr = "2001:db8:1::5".parse().unwrap();
     let outside: Ipv6Addr = "2001:db8:2::5".parse().unwrap();
-    broker_ns.ip(&["addr", "add", "2001:db8:1::5/128", "dev", "lo"]);
+    broker_ns
+        .ip(&["addr", "add", "2001:db8:1::5/128", "dev", "lo"])
+        .unwrap();
 
-    let mut broker = Broker::serve(
+    let mut broker = ndp_serve(
         &broker_ns,
         &pins.dir,
         &["--interface", "sit1", "--prefix", PREFIX],
-    );
-    let log = broker.stderr();
+    )
+    .unwrap();
+    let log = broker.log();
     assert!(log.contains("attached (L3 device)"), "{log}");
-    let (code, out) = broker_status(&broker_ns, &pins.dir);
+    let (code, out) = ndp_status(&broker_ns, &pins.dir).unwrap();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("interface:  sit1 (attached)"), "{out}");
     assert!(out.contains("mode:       tc"), "{out}");
@@ -613,7 +632,7 @@ fn sit_tunnel_answers_without_link_layer_option() {
             panic!(
                 "no advertisement for {inside}; counters {:?}; sit1: {}",
                 ndp::status(&pins.dir).unwrap().unwrap().counters,
-                broker_ns.ip(&["-s", "link", "show", "sit1"])
+                broker_ns.ip(&["-s", "link", "show", "sit1"]).unwrap()
             )
         });
     assert_eq!(na.msg[0], ICMPV6_NA, "{na:?}");
@@ -736,7 +755,7 @@ impl Tun {
 /// A broker namespace with a TUN device tun0 (2001:db8:ff::2/64), INSIDE5 on
 /// lo, and `ndp serve` on tun0 in auto mode. Fields drop in order.
 struct TunLab {
-    broker: Broker,
+    broker: Process,
     tun: Tun,
     broker_ns: Netns,
     pins: TestPins,
@@ -748,16 +767,21 @@ const OUTSIDE5: &str = "2001:db8:2::5";
 impl TunLab {
     fn new() -> Self {
         let pins = TestPins::new("tun");
-        let broker_ns = Netns::new("tunb");
+        let broker_ns = Netns::unique("tunb").unwrap();
         let tun = broker_ns.run(|| Tun::create("tun0"));
-        broker_ns.ip(&["link", "set", "tun0", "up"]);
-        broker_ns.ip(&["addr", "add", "2001:db8:ff::2/64", "dev", "tun0", "nodad"]);
-        broker_ns.ip(&["addr", "add", &format!("{INSIDE5}/128"), "dev", "lo"]);
-        let broker = Broker::serve(
+        broker_ns.ip(&["link", "set", "tun0", "up"]).unwrap();
+        broker_ns
+            .ip(&["addr", "add", "2001:db8:ff::2/64", "dev", "tun0", "nodad"])
+            .unwrap();
+        broker_ns
+            .ip(&["addr", "add", &format!("{INSIDE5}/128"), "dev", "lo"])
+            .unwrap();
+        let broker = ndp_serve(
             &broker_ns,
             &pins.dir,
             &["--interface", "tun0", "--prefix", PREFIX],
-        );
+        )
+        .unwrap();
         TunLab {
             broker,
             tun,
@@ -788,14 +812,14 @@ impl TunLab {
 /// Test 3 as it can run here: an L3 device without link layer (TUN, which
 /// this kernel has; it has no SIT). Auto mode picks TC, the
 /// status says so, and the answer is exactly the one the reference model of
-/// tests/support/frames.rs computes: hop limit 255, a bare 24-byte
+/// broker-lab's ndp_frames.rs computes: hop limit 255, a bare 24-byte
 /// advertisement, S set, O and R clear, no option.
 #[test]
 fn tun_answers_without_link_layer_option() {
     let lab = TunLab::new();
-    let log = lab.broker.stderr();
+    let log = lab.broker.log();
     assert!(log.contains("attached (L3 device)"), "{log}");
-    let (code, out) = broker_status(&lab.broker_ns, &lab.pins.dir);
+    let (code, out) = ndp_status(&lab.broker_ns, &lab.pins.dir).unwrap();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("interface:  tun0 (attached)"), "{out}");
     assert!(out.contains("mode:       tc"), "{out}");
@@ -822,7 +846,7 @@ fn tun_answers_without_link_layer_option() {
             panic!(
                 "no advertisement for {inside}; counters {:?}\n{}",
                 lab.counters(),
-                lab.broker.stderr()
+                lab.broker.log()
             )
         });
     assert_eq!(answer, expected, "got {answer:02x?}\nwant {expected:02x?}");
@@ -921,7 +945,7 @@ fn restart_loses_no_answer(mode: Mode) {
     );
     let restarting = Instant::now();
     lab.serve(&[PREFIX]);
-    let log = lab.broker().stderr();
+    let log = lab.broker().log();
     assert!(log.contains("adopted the pinned link"), "{log}");
     let second_prog = lab.xdp_prog_id().expect("an XDP program on b0");
     assert_ne!(
@@ -976,9 +1000,10 @@ fn generic_restart_loses_no_answer() {
 /// the exit code, that stderr is one line, and that nothing was pinned.
 fn refused(ns: &Netns, args: &[&str]) -> String {
     let pins = TestPins::new("bad");
-    let mut cmd = broker_command(ns, &pins.dir);
+    let mut cmd = broker_command(ns, &pins.dir).unwrap();
     cmd.args(["ndp", "serve"]).args(args);
-    let (status, _, stderr) = run_bounded(cmd, Duration::from_secs(10));
+    let out = run_bounded(cmd, Duration::from_secs(10)).unwrap();
+    let (status, stderr) = (out.status, out.stderr);
     let status = status.unwrap_or_else(|| panic!("ndp serve {args:?} kept running: {stderr}"));
     assert!(!status.success(), "ndp serve {args:?} succeeded: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
@@ -989,7 +1014,7 @@ fn refused(ns: &Netns, args: &[&str]) -> String {
         "ndp serve {args:?} left {} behind",
         pins.dir.path().display()
     );
-    let (code, out) = broker_status(ns, &pins.dir);
+    let (code, out) = ndp_status(ns, &pins.dir).unwrap();
     assert_eq!(code, Some(3), "ndp status after {args:?}: {out}");
     lines[0].to_string()
 }
@@ -998,7 +1023,7 @@ fn refused(ns: &Netns, args: &[&str]) -> String {
 /// pinned.
 #[test]
 fn bad_input_is_refused_and_pins_nothing() {
-    let ns = Netns::new("bad");
+    let ns = Netns::unique("bad").unwrap();
     for (args, expected) in [
         (
             &["--interface", "bbtnosuch0", "--prefix", PREFIX][..],
@@ -1037,9 +1062,10 @@ fn bad_input_is_refused_and_pins_nothing() {
 /// Ethernet but has no native XDP) leaves nothing behind either.
 #[test]
 fn failed_attach_pins_nothing() {
-    let ns = Netns::new("badatt");
-    ns.ip(&["link", "add", "bbbridge", "type", "bridge"]);
-    ns.ip(&["link", "set", "bbbridge", "up"]);
+    let ns = Netns::unique("badatt").unwrap();
+    ns.ip(&["link", "add", "bbbridge", "type", "bridge"])
+        .unwrap();
+    ns.ip(&["link", "set", "bbbridge", "up"]).unwrap();
     let error = refused(
         &ns,
         &[

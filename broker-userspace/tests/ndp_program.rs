@@ -1,6 +1,6 @@
 //! The responder run through BPF_PROG_TEST_RUN with crafted frames: each
 //! answer checked byte by byte against a reference model written apart from
-//! the program (tests/support/frames.rs), and 100,000 random and mutated
+//! the program (broker-lab's ndp_frames.rs), and 100,000 random and mutated
 //! frames on which the program and the model must agree exactly. Every frame
 //! goes through both entry points, XDP and TC (the TC one serves L3 devices;
 //! its test runs get Ethernet frames, so its L3 mode is covered by the TUN
@@ -8,18 +8,16 @@
 //!
 //! Needs root (loading programs); `cargo xtask test` runs it so.
 
-mod support;
-
 use std::net::Ipv6Addr;
 
 use aya::programs::{TestRun, TestRunOptions};
+use broker_lab::{
+    ndp_frames::{self, BROKER_MAC, Model, Ns, Verdict, checksum},
+    pins::TestPins,
+};
 use broker_userspace::ndp::{Counters, LinkLayer, Responder, ResponderOptions};
 use ipnet::Ipv6Net;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use support::{
-    frames::{BROKER_MAC, Model, Ns, Verdict, checksum},
-    pins::TestPins,
-};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -183,7 +181,7 @@ fn answers_a_multicast_solicitation_byte_for_byte() {
     assert!(matches!(h.check(&frame), Verdict::Answer(_)));
     let (_, out) = h.run(&frame);
     // Spelled out once, field by field, beyond the model's agreement.
-    assert_eq!(&out[0..6], &support::frames::ROUTER_MAC, "to the solicitor");
+    assert_eq!(&out[0..6], &ndp_frames::ROUTER_MAC, "to the solicitor");
     assert_eq!(&out[6..12], &BROKER_MAC, "from us");
     assert_eq!(&out[12..14], &[0x86, 0xdd]);
     assert_eq!(out[14] >> 4, 6);
@@ -195,7 +193,7 @@ fn answers_a_multicast_solicitation_byte_for_byte() {
         &a("2001:db8:1::abcd").octets(),
         "source = target"
     );
-    assert_eq!(&out[38..54], &support::frames::ROUTER_IP.octets());
+    assert_eq!(&out[38..54], &ndp_frames::ROUTER_IP.octets());
     let body = na_body(&out, 14);
     assert_eq!(body[0], 136);
     assert_eq!(body[1], 0);

@@ -9,26 +9,22 @@
 //! /var/run/wireguard is shared by all namespaces, so every interface name
 //! is unique to the test process and call (and starts with `bbt-`).
 
-mod support;
-
 use std::{
-    fs,
-    io::Write as _,
     net::{Ipv6Addr, UdpSocket},
-    os::unix::fs::OpenOptionsExt as _,
     thread,
     time::{Duration, Instant, SystemTime},
 };
 
+use broker_lab::{
+    names::interface_name,
+    netns::{End, Netns, veth},
+    wireguard::{ClientTunnel, WireguardGo, daemons},
+};
 use broker_userspace::{
     config::{self, WireguardImplementation},
     tunnel::{Backend, Peer, ROUTE_PROTOCOL, Routes, Tunnel, TunnelError, socket_path},
 };
 use ipnet::Ipv6Net;
-use support::{
-    netns::{Netns, run_bounded, veth},
-    wireguard::{WireguardGo, daemons, interface_name},
-};
 use wireguard_control::Key;
 
 const PORT: u16 = 51820;
@@ -85,7 +81,7 @@ fn assert_gone(ns: &Netns, name: &str) {
     loop {
         let daemons = daemons(name);
         let socket = socket_path(name).exists();
-        let link = ns.exec("ip", &["link", "show", name]).status.success();
+        let link = ns.ip(&["link", "show", name]).is_ok();
         if daemons.is_empty() && !socket && !link {
             return;
         }
@@ -95,64 +91,6 @@ fn assert_gone(ns: &Netns, name: &str) {
         );
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The client end: wireguard-go, configured with `wg` (the private key from
-/// a 0600 file), CLIENT_ADDR on it and a route to the gateway through it.
-fn start_client(ns: &Netns, name: &str, key: &Key, broker_public: &Key) {
-    let mut cmd = ns.command("wireguard-go");
-    cmd.arg(name)
-        .env_remove("WG_PROCESS_FOREGROUND")
-        .env_remove("LOG_LEVEL");
-    let (status, _, stderr) = run_bounded(cmd, Duration::from_secs(10));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "wireguard-go {name}: {status:?} {stderr}"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("client.key");
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_file)
-        .and_then(|mut f| writeln!(f, "{}", key.to_base64()))
-        .unwrap();
-    let out = ns.exec(
-        "wg",
-        &[
-            "set",
-            name,
-            "private-key",
-            key_file.to_str().unwrap(),
-            "peer",
-            &broker_public.to_base64(),
-            "endpoint",
-            &format!("{BROKER_UNDERLAY}:{PORT}"),
-            "allowed-ips",
-            &format!("{GATEWAY}/128"),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "wg set: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{CLIENT_ADDR}/128"),
-        "dev",
-        name,
-    ]);
-    ns.ip(&["link", "set", name, "up"]);
-    ns.ip(&["-6", "route", "add", &format!("{GATEWAY}/128"), "dev", name]);
-}
-
-/// Pings until answered, at most `tries` one-second attempts.
-fn ping_within(ns: &Netns, addr: &str, tries: u32) -> bool {
-    (0..tries).any(|_| ns.ping(addr))
 }
 
 fn peer(public_key: &Key, prefix: &str) -> Peer {
@@ -174,18 +112,19 @@ fn peers_without_handshakes(tunnel: &Tunnel) -> Vec<Peer> {
 
 #[test]
 fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
-    let broker = Netns::new("tb");
-    let client = Netns::new("tc");
+    let broker = Netns::unique("tb").unwrap();
+    let client = Netns::unique("tc").unwrap();
     veth(
-        &broker,
-        "b0",
-        "02:00:00:00:01:01",
-        &client,
-        "c0",
-        "02:00:00:00:01:02",
-    );
-    broker.ip(&["addr", "add", &format!("{BROKER_UNDERLAY}/24"), "dev", "b0"]);
-    client.ip(&["addr", "add", &format!("{CLIENT_UNDERLAY}/24"), "dev", "c0"]);
+        End::new(&broker, "b0").with_mac("02:00:00:00:01:01"),
+        End::new(&client, "c0").with_mac("02:00:00:00:01:02"),
+    )
+    .unwrap();
+    broker
+        .ip(&["addr", "add", &format!("{BROKER_UNDERLAY}/24"), "dev", "b0"])
+        .unwrap();
+    client
+        .ip(&["addr", "add", &format!("{CLIENT_UNDERLAY}/24"), "dev", "c0"])
+        .unwrap();
     let broker_if = interface_name("b");
     let client_if = interface_name("c");
     let _broker_wg = WireguardGo::guard(&broker, &broker_if);
@@ -210,17 +149,32 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
     assert_eq!(tunnel.backend(), Backend::Userspace);
     assert_eq!(tunnel.name(), broker_if);
     assert_eq!(tunnel.public_key(), broker_key.get_public());
-    let forwarding = broker.exec("sysctl", &["-n", "net.ipv6.conf.all.forwarding"]);
+    let forwarding = broker
+        .output("sysctl", &["-n", "net.ipv6.conf.all.forwarding"])
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
     assert_eq!(tunnel.last_handshake(&client_public.0).unwrap(), None);
 
-    start_client(&client, &client_if, &client_key, &tunnel.public_key());
+    // The client end: wireguard-go configured with `wg`, CLIENT_ADDR on it
+    // and a route to the gateway through it.
+    let key_dir = tempfile::tempdir().unwrap();
+    let gateway = format!("{GATEWAY}/128");
+    ClientTunnel {
+        ns: &client,
+        name: &client_if,
+        key_dir: key_dir.path(),
+        endpoint: &format!("{BROKER_UNDERLAY}:{PORT}"),
+        allowed_ips: &gateway,
+        route: &gateway,
+    }
+    .start(&client_key, &tunnel.public_key(), CLIENT_ADDR)
+    .unwrap();
     assert!(
-        ping_within(&client, &GATEWAY.to_string(), 5),
+        client.ping(&GATEWAY.to_string(), 5),
         "the client cannot reach the gateway"
     );
     assert!(
-        broker.ping(CLIENT_ADDR),
+        broker.ping(CLIENT_ADDR, 1),
         "the broker cannot reach the client"
     );
     let handshake = tunnel
@@ -243,7 +197,7 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
         [peer(&client_public, OTHER_PREFIX)]
     );
     assert!(
-        !client.ping(&GATEWAY.to_string()),
+        !client.ping(&GATEWAY.to_string(), 1),
         "the client still gets through with a prefix it no longer holds"
     );
     // And back, twice: idempotent.
@@ -253,12 +207,12 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
         peers_without_handshakes(&tunnel),
         [peer(&client_public, PREFIX)]
     );
-    assert!(ping_within(&client, &GATEWAY.to_string(), 3));
+    assert!(client.ping(&GATEWAY.to_string(), 3));
 
     assert!(tunnel.remove_peer(&client_public.0).unwrap());
     assert_eq!(tunnel.peers().unwrap(), []);
     assert!(
-        !broker.ping(CLIENT_ADDR),
+        !broker.ping(CLIENT_ADDR, 1),
         "traffic still flows to a removed peer"
     );
     assert!(!tunnel.remove_peer(&client_public.0).unwrap());
@@ -267,7 +221,7 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
 
 #[test]
 fn a_second_open_adopts_the_interface_and_its_peers() {
-    let ns = Netns::new("ta");
+    let ns = Netns::unique("ta").unwrap();
     let name = interface_name("a");
     let _wg = WireguardGo::guard(&ns, &name);
     let key = Key::generate_private();
@@ -297,36 +251,44 @@ fn a_second_open_adopts_the_interface_and_its_peers() {
     assert_eq!(second.public_key(), key.get_public());
     assert_eq!(peers_without_handshakes(&second), [peer(&peer_key, PREFIX)]);
     assert_eq!(daemons(&name), running, "wireguard-go was restarted");
-    let port = ns.exec("wg", &["show", &name, "listen-port"]);
+    let port = ns.output("wg", &["show", &name, "listen-port"]).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&port.stdout).trim(),
         (PORT + 1).to_string()
     );
-    let addresses = ns.ip(&["-6", "addr", "show", "dev", &name, "scope", "global"]);
+    let addresses = ns
+        .ip(&["-6", "addr", "show", "dev", &name, "scope", "global"])
+        .unwrap();
     assert_eq!(
         addresses.matches(&format!("{GATEWAY}/128")).count(),
         1,
         "{addresses}"
     );
-    assert!(ns.ip(&["link", "show", &name]).contains(",UP"), "not up");
+    assert!(
+        ns.ip(&["link", "show", &name]).unwrap().contains(",UP"),
+        "not up"
+    );
 }
 
 #[test]
 fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
-    let ns = Netns::new("tr");
+    let ns = Netns::unique("tr").unwrap();
     // This kernel has no dummy module: a veth pair gives two devices.
-    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        .unwrap();
     for dev in ["d0", "d1"] {
-        ns.ip(&["link", "set", dev, "up"]);
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
     }
     let index = |dev: &str| -> u32 {
-        let line = ns.ip(&["-o", "link", "show", dev]);
+        let line = ns.ip(&["-o", "link", "show", dev]).unwrap();
         line.split(':').next().unwrap().trim().parse().unwrap()
     };
     let (d0, d1) = (index("d0"), index("d1"));
     // An operator's route through d0, and the kernel's own, are not ours.
-    ns.ip(&["-6", "route", "add", "2001:db8:9::/64", "dev", "d0"]);
-    ns.ip(&["-6", "addr", "add", "2001:db8:8::1/64", "dev", "d0"]);
+    ns.ip(&["-6", "route", "add", "2001:db8:9::/64", "dev", "d0"])
+        .unwrap();
+    ns.ip(&["-6", "addr", "add", "2001:db8:8::1/64", "dev", "d0"])
+        .unwrap();
     let (p1, p2, p3) = (
         net("2001:db8:5::100/120"),
         net("2001:db8:5::200/120"),
@@ -349,7 +311,9 @@ fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
         assert_eq!(routes.list(d1).await.unwrap(), [p3]);
 
         // The kernel's view: our protocol, main table.
-        let shown = ns.ip(&["-6", "route", "show", "proto", &ROUTE_PROTOCOL.to_string()]);
+        let shown = ns
+            .ip(&["-6", "route", "show", "proto", &ROUTE_PROTOCOL.to_string()])
+            .unwrap();
         assert_eq!(shown.lines().count(), 3, "{shown}");
         assert!(shown.contains("2001:db8:5::100/120 dev d0"), "{shown}");
 
@@ -369,6 +333,7 @@ fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
     });
     assert!(
         ns.ip(&["-6", "route", "show", "2001:db8:9::/64"])
+            .unwrap()
             .contains("dev d0"),
         "the operator's route is gone"
     );
@@ -400,7 +365,7 @@ fn hex_lower(key: &Key) -> String {
 
 #[test]
 fn the_kernel_implementation_without_the_module_is_refused() {
-    let ns = Netns::new("tk");
+    let ns = Netns::unique("tk").unwrap();
     let name = interface_name("k");
     let _wg = WireguardGo::guard(&ns, &name);
     let key = Key::generate_private();
@@ -418,7 +383,7 @@ fn the_kernel_implementation_without_the_module_is_refused() {
 
 #[test]
 fn bad_names_and_busy_ports_are_refused_and_leave_nothing() {
-    let ns = Netns::new("te");
+    let ns = Netns::unique("te").unwrap();
     let key = Key::generate_private();
 
     let long = "bbt-0123456789ab";
@@ -448,12 +413,13 @@ fn bad_names_and_busy_ports_are_refused_and_leave_nothing() {
 
 #[test]
 fn foreign_devices_and_other_namespaces_interfaces_are_not_adopted() {
-    let ns = Netns::new("tf");
-    let other = Netns::new("tg");
+    let ns = Netns::unique("tf").unwrap();
+    let other = Netns::unique("tg").unwrap();
     let key = Key::generate_private();
 
     let veth = interface_name("v");
-    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "v1"]);
+    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "v1"])
+        .unwrap();
     let e = open(
         &ns,
         &wireguard_config(&veth, PORT, WireguardImplementation::Auto),
@@ -462,7 +428,7 @@ fn foreign_devices_and_other_namespaces_interfaces_are_not_adopted() {
     .unwrap_err();
     assert!(matches!(e, TunnelError::NotWireguard { .. }), "{e}");
     assert!(e.to_string().contains("a veth device"), "{e}");
-    assert!(ns.ip(&["link", "show", &veth]).contains(&veth));
+    assert!(ns.ip(&["link", "show", &veth]).unwrap().contains(&veth));
 
     // wireguard-go serves the name in `other`; `ns` cannot have it too.
     let name = interface_name("o");

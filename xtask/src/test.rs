@@ -6,8 +6,9 @@ use anyhow::bail;
 
 use crate::cmd;
 
-/// Prefix of every network namespace and bpffs pin directory a test makes,
-/// so leftovers of a killed run can be found and removed.
+/// Prefix of every network namespace, WireGuard interface and bpffs pin
+/// directory a test makes (broker-lab's `names` gives them), so leftovers
+/// of a killed run can be found and removed.
 pub const TEST_PREFIX: &str = "bbt-";
 
 #[derive(clap::Args)]

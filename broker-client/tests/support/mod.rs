@@ -8,9 +8,8 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::PathBuf,
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -26,6 +25,7 @@ use broker_contracts::{
     devchain::{DevChain, Options, anvil_signer},
     protocol::{self, RequestPayload, ResponsePayload},
 };
+use broker_lab::process::run_bounded;
 use ipnet::Ipv6Net;
 use serde_json::json;
 use wireguard_control::Key;
@@ -63,17 +63,7 @@ pub fn provider(rpc_url: &str, signer: PrivateKeySigner) -> DynProvider {
         .erased()
 }
 
-/// Writes `content` and a newline to a new file of `mode`.
-pub fn write_file(path: &Path, content: &str, mode: u32) {
-    use std::io::Write as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .and_then(|mut f| writeln!(f, "{content}"))
-        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-}
+pub use broker_lab::files::write_new;
 
 impl Env {
     /// anvil with the contracts (broker #1 registered, region "dev"), a
@@ -92,11 +82,12 @@ impl Env {
         .address();
         let dir = tempfile::tempdir().unwrap();
         let wallet_key = dir.path().join("wallet.key");
-        write_file(
+        write_new(
             &wallet_key,
             &format!("0x{}", broker_contracts::devchain::ANVIL_KEYS[CLIENT]),
             0o600,
-        );
+        )
+        .unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         Env {
             dev,
@@ -315,34 +306,17 @@ impl Run {
     }
 }
 
-pub async fn run(mut cmd: Command) -> Run {
-    tokio::task::spawn_blocking(move || {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting broker-client");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child.wait_with_output().unwrap();
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .unwrap()
+/// Runs `cmd` to completion (killed after 120 s) off the async threads.
+pub async fn run(cmd: Command) -> Run {
+    let out = tokio::task::spawn_blocking(move || run_bounded(cmd, Duration::from_secs(120)))
+        .await
+        .unwrap()
+        .expect("starting broker-client");
+    Run {
+        code: out.status.and_then(|s| s.code()),
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
 }
 
 /// What the responder does with the n-th request (0-based) it sees.

@@ -14,7 +14,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use broker_lab::{Lab, Narrator, Options, process::stop_wireguard_go, scenario::server_address};
+use broker_lab::{
+    Lab, Narrator, Options, broker::binary, netns::Netns, pins::TestPins, scenario::server_address,
+    wireguard,
+};
 use clap::Parser;
 
 /// Every name the demo gives starts with this.
@@ -76,7 +79,6 @@ async fn run(exit: bool) -> anyhow::Result<()> {
     let options = Options {
         names: NAMES.into(),
         dir: DIR.into(),
-        handshake_timeout_secs: 120,
     };
     let mut lab = Lab::start(options, Narrator::new(true)).await?;
     interrupted()?;
@@ -86,7 +88,7 @@ async fn run(exit: bool) -> anyhow::Result<()> {
     interrupted()?;
     lab.check_traffic(1)?;
     interrupted()?;
-    try_it_yourself(&lab, server_address(prefix).to_string());
+    try_it_yourself(&lab, server_address(prefix).to_string())?;
     if exit {
         return Ok(());
     }
@@ -106,16 +108,16 @@ fn interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn try_it_yourself(lab: &Lab, server: String) {
+fn try_it_yourself(lab: &Lab, server: String) -> anyhow::Result<()> {
     let ns = |n: &str| format!("ip netns exec {NAMES}{n}");
-    let broker = lab.binary("blockhost-broker").display().to_string();
-    let client = lab.binary("broker-client").display().to_string();
+    let broker = binary("blockhost-broker")?.display().to_string();
+    let client = binary("broker-client")?.display().to_string();
     let [server1, server2] = [&lab.servers[0], &lab.servers[1]];
     lab.narrator
         .heading("Try it yourself (as root, in another terminal)");
     println!(
         "  export BLOCKHOST_RPC_URL={} BLOCKHOST_CHAIN_ID={} BLOCKHOST_REGISTRY_CONTRACT={}",
-        lab.chain.rpc_url, lab.chain.chain_id, lab.chain.registry
+        lab.rpc_url, lab.chain.chain_id, lab.chain.registry
     );
     let lines = [
         (
@@ -131,7 +133,7 @@ fn try_it_yourself(lab: &Lab, server: String) {
             "the broker's WireGuard peers",
         ),
         (
-            format!("{broker} ndp --pin-dir {} status", lab.pin_dir.display()),
+            format!("{broker} ndp --pin-dir {} status", lab.pin_dir().display()),
             "the responder's prefixes and counters",
         ),
         (
@@ -160,6 +162,7 @@ fn try_it_yourself(lab: &Lab, server: String) {
     for (command, what) in lines {
         println!("  {command}\n      # {what}");
     }
+    Ok(())
 }
 
 /// What an earlier demo left when it was killed: its namespaces (with the
@@ -173,18 +176,18 @@ fn remove_leftovers() {
         {
             println!("removing namespace {ns} of an earlier demo");
             // Opening it as a guard kills what runs inside and deletes it.
-            if let Ok(guard) = broker_lab::netns::Netns::adopt(ns) {
+            if let Ok(guard) = Netns::adopt(ns) {
                 drop(guard);
             }
         }
     }
     for name in ["wg", "s1", "s2"] {
-        stop_wireguard_go(&format!("{NAMES}{name}"));
+        wireguard::stop(&format!("{NAMES}{name}"));
     }
     let pins = format!("/sys/fs/bpf/{}", NAMES.trim_end_matches('-'));
     if Path::new(&pins).exists() {
         println!("removing the pins of an earlier demo ({pins})");
-        let _ = fs::remove_dir_all(&pins);
+        drop(TestPins::at(pins));
     }
     let _ = fs::remove_dir_all(DIR);
 }

@@ -20,7 +20,7 @@ use crate::{
     frames::{BROKER_MAC, Ns, ROUTER_IP, ROUTER_MAC},
     generator::{NaCounter, Prober, TxRing},
     kernel_cost::UPSTREAM,
-    netns::{Netns, mac_string, veth},
+    netns::{End, Netns, mac_string, veth},
     pins::TestPins,
 };
 
@@ -111,16 +111,12 @@ impl Lab {
     /// Two namespaces, the veth, the counter on g0; nothing answers yet.
     pub fn new(design: Design) -> anyhow::Result<Self> {
         let pins = TestPins::new("bench");
-        let rsp = Netns::new("rsp");
-        let gen_ns = Netns::new("gen");
+        let rsp = Netns::unique("rsp")?;
+        let gen_ns = Netns::unique("gen")?;
         veth(
-            &gen_ns,
-            GEN_IF,
-            &mac_string(ROUTER_MAC),
-            &rsp,
-            RSP_IF,
-            &mac_string(BROKER_MAC),
-        );
+            End::new(&gen_ns, GEN_IF).with_mac(&mac_string(ROUTER_MAC)),
+            End::new(&rsp, RSP_IF).with_mac(&mac_string(BROKER_MAC)),
+        )?;
         gen_ns.ip(&[
             "addr",
             "add",
@@ -128,8 +124,8 @@ impl Lab {
             "dev",
             GEN_IF,
             "nodad",
-        ]);
-        rsp.ip(&["addr", "add", "2001:db8:ff::2/64", "dev", RSP_IF, "nodad"]);
+        ])?;
+        rsp.ip(&["addr", "add", "2001:db8:ff::2/64", "dev", RSP_IF, "nodad"])?;
         // Answers go to the generator without resolving it first (ndppd's
         // would otherwise wait for a resolution of their own).
         rsp.ip(&[
@@ -143,15 +139,15 @@ impl Lab {
             RSP_IF,
             "nud",
             "permanent",
-        ]);
+        ])?;
         // The allocations are routed on, as the broker routes them into its
         // tunnels; the kernel proxy answers unicast probes only for
         // addresses it would forward. A veth pair stands in for wg0.
-        rsp.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
-        rsp.ip(&["link", "set", "up0", "up"]);
-        rsp.ip(&["link", "set", "up1", "up"]);
+        rsp.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"])?;
+        rsp.ip(&["link", "set", "up0", "up"])?;
+        rsp.ip(&["link", "set", "up1", "up"])?;
         let upstream = Ipv6Net::new(Ipv6Addr::from(UPSTREAM), 48).context("upstream")?;
-        rsp.ip(&["-6", "route", "add", &upstream.to_string(), "dev", "up0"]);
+        rsp.ip(&["-6", "route", "add", &upstream.to_string(), "dev", "up0"])?;
         let (counter, gen_ifindex) = gen_ns.run(|| -> anyhow::Result<_> {
             let iface = Interface::by_name(GEN_IF)?;
             Ok((NaCounter::attach(iface.index)?, iface.index))
@@ -197,7 +193,7 @@ impl Lab {
                     ("net.ipv6.conf.all.forwarding", "1"),
                     ("net.ipv6.conf.all.proxy_ndp", "1"),
                     (&format!("net.ipv6.conf.{RSP_IF}.proxy_ndp"), "1"),
-                ]);
+                ])?;
                 for net in allocations {
                     proxy_batch(&self.rsp, RSP_IF, *net)?;
                 }

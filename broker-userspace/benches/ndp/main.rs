@@ -18,9 +18,6 @@
 //! run instead, so CI checks it still works without paying for it: every part
 //! runs briefly and only sanity is checked, never performance.
 
-#[path = "../../tests/support/frames.rs"]
-#[allow(dead_code)]
-mod frames;
 mod generator;
 mod kernel_cost;
 mod lab;
@@ -30,15 +27,8 @@ mod plot;
 mod provisioning;
 mod report;
 
-/// The namespace and pin guards of the integration tests (netns.rs finds
-/// pins.rs as its sibling, `super::pins`).
-#[path = "../../tests/support/netns.rs"]
-#[allow(dead_code)]
-mod netns;
-#[path = "../../tests/support/pins.rs"]
-#[allow(dead_code)]
-mod pins;
-
+// The test kit's frames, namespaces and pins, as `crate::…` for the parts.
+use broker_lab::{ndp_frames as frames, netns, pins};
 use std::{path::PathBuf, time::Instant};
 
 fn main() -> anyhow::Result<()> {

@@ -147,23 +147,23 @@ fn slab_bytes() -> Option<u64> {
 }
 
 /// A namespace with a veth for the proxy entries, proxying on.
-fn proxy_ns() -> Netns {
-    let ns = Netns::new("prx");
-    ns.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"]);
-    ns.ip(&["link", "set", "p0", "up"]);
-    ns.ip(&["link", "set", "p1", "up"]);
+fn proxy_ns() -> anyhow::Result<Netns> {
+    let ns = Netns::unique("prx")?;
+    ns.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"])?;
+    ns.ip(&["link", "set", "p0", "up"])?;
+    ns.ip(&["link", "set", "p1", "up"])?;
     ns.sysctl(&[
         ("net.ipv6.conf.all.forwarding", "1"),
         ("net.ipv6.conf.all.proxy_ndp", "1"),
         ("net.ipv6.conf.p0.proxy_ndp", "1"),
-    ]);
-    ns
+    ])?;
+    Ok(ns)
 }
 
 /// One install run up to the largest count, with a result at each count
 /// (reached or not) from the same run.
 fn kernel_proxy_batched(plan: &Plan) -> anyhow::Result<Vec<Install>> {
-    let ns = proxy_ns();
+    let ns = proxy_ns()?;
     let slab_before = slab_bytes();
     let start = Instant::now();
     let max = plan.counts.iter().copied().max().unwrap_or(0);
@@ -211,7 +211,7 @@ fn kernel_proxy_batched(plan: &Plan) -> anyhow::Result<Vec<Install>> {
 
 /// What the old broker ran: one `ip` process per address.
 fn kernel_proxy_per_address(plan: &Plan) -> anyhow::Result<Vec<Install>> {
-    let ns = proxy_ns();
+    let ns = proxy_ns()?;
     let start = Instant::now();
     let max = plan.counts.iter().copied().max().unwrap_or(0);
     let mut entries = 0u64;

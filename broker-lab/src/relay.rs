@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,19 +13,28 @@ use std::{
     thread,
 };
 
+use anyhow::Context as _;
+
 pub struct Relay {
+    /// `http://` and the address it listens on.
     pub url: String,
     stalled: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
 }
 
 impl Relay {
-    /// Relays 127.0.0.1:<free port> to `target` (`http://host:port`).
-    pub fn start(target: &str) -> Relay {
+    /// Relays `<host>:<free port>` to `target` (`http://host:port`).
+    pub fn start(host: IpAddr, target: &str) -> anyhow::Result<Relay> {
+        Self::listen(SocketAddr::new(host, 0), target)
+    }
+
+    /// Relays `listen` to `target` (`http://host:port`).
+    pub fn listen(listen: SocketAddr, target: &str) -> anyhow::Result<Relay> {
         let target = target.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the relay");
-        let addr = listener.local_addr().unwrap();
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("binding the relay to {listen}"))?;
+        let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
         let stalled = Arc::new(AtomicBool::new(false));
         let closed = Arc::new(AtomicBool::new(false));
@@ -39,18 +48,20 @@ impl Relay {
                 let Ok(server) = TcpStream::connect(&target) else {
                     continue;
                 };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
                 let flag = flag.clone();
                 thread::spawn(move || pump(client, server, Some(flag)));
                 thread::spawn(move || pump(s2, c2, None));
             }
         });
-        Relay {
+        Ok(Relay {
             url,
             stalled,
             closed,
             addr,
-        }
+        })
     }
 
     /// From now on, requests get no answer (on old and new connections).

@@ -1,9 +1,0 @@
-//! Helpers shared by the integration tests. Each test crate uses a part.
-#![allow(dead_code)]
-
-pub mod daemon;
-pub mod frames;
-pub mod netns;
-pub mod pins;
-pub mod relay;
-pub mod wireguard;
