@@ -152,10 +152,8 @@ fn write_atomically(path: &Path, secret: &[u8; 32], replace: bool) -> io::Result
 mod tests {
     use super::*;
 
-    fn temp(name: &str, content: &str, mode: u32) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("bbt-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+    fn temp(dir: &tempfile::TempDir, name: &str, content: &str, mode: u32) -> PathBuf {
+        let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path
@@ -163,12 +161,13 @@ mod tests {
 
     #[test]
     fn reads_hex_with_or_without_prefix_and_whitespace() {
+        let dir = tempfile::tempdir().unwrap();
         let k = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
         for (i, text) in [k.to_string(), format!("0x{k}\n"), format!("  {k}  \n")]
             .iter()
             .enumerate()
         {
-            let p = temp(&format!("ok{i}"), text, 0o600);
+            let p = temp(&dir, &format!("ok{i}"), text, 0o600);
             assert_eq!(hex::encode(read_secret(&p).unwrap()), k);
             assert!(read_signer(&p).is_ok());
         }
@@ -176,24 +175,26 @@ mod tests {
 
     #[test]
     fn rejects_malformed_and_invalid_keys_without_echoing_them() {
+        let dir = tempfile::tempdir().unwrap();
         for (i, text) in ["", "abc", "zz", &"ab".repeat(33), &"0".repeat(63)]
             .iter()
             .enumerate()
         {
-            let p = temp(&format!("bad{i}"), text, 0o600);
+            let p = temp(&dir, &format!("bad{i}"), text, 0o600);
             let e = read_secret(&p).unwrap_err();
             assert!(matches!(e, KeyError::Malformed { .. }), "{text:?}: {e}");
             if !text.is_empty() {
                 assert!(!e.to_string().contains(*text));
             }
         }
-        let zero = temp("zero", &"0".repeat(64), 0o600);
+        let zero = temp(&dir, "zero", &"0".repeat(64), 0o600);
         assert!(matches!(read_signer(&zero), Err(KeyError::Invalid { .. })));
     }
 
     #[test]
     fn private_check_and_write() {
-        let p = temp("open", &"11".repeat(32), 0o644);
+        let dir = tempfile::tempdir().unwrap();
+        let p = temp(&dir, "open", &"11".repeat(32), 0o644);
         assert!(matches!(
             check_private(&p),
             Err(KeyError::TooOpen { mode: 0o644, .. })
@@ -205,10 +206,8 @@ mod tests {
 
     #[test]
     fn create_never_replaces_and_leaves_no_temporary_file() {
-        let dir = std::env::temp_dir().join(format!("bbt-keys-create-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("new.key");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("new.key");
         create_secret(&p, &[0x22; 32]).unwrap();
         assert!(check_private(&p).is_ok());
         let e = create_secret(&p, &[0x33; 32]).unwrap_err();
@@ -216,12 +215,11 @@ mod tests {
         assert_eq!(read_secret(&p).unwrap(), [0x22; 32]);
         write_secret(&p, &[0x33; 32]).unwrap();
         assert_eq!(read_secret(&p).unwrap(), [0x33; 32]);
-        let names: Vec<_> = fs::read_dir(&dir)
+        let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["new.key"]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
