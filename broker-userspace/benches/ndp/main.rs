@@ -69,7 +69,9 @@ fn main() -> anyhow::Result<()> {
     {
         None => false,
         Some(Some("kernel-cost")) => true,
-        Some(other) => anyhow::bail!("--only {other:?}: the one part that runs alone is kernel-cost"),
+        Some(other) => {
+            anyhow::bail!("--only {other:?}: the one part that runs alone is kernel-cost")
+        }
     };
     let started = Instant::now();
     let load_before = report::load_average();
