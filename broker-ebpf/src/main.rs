@@ -1,7 +1,7 @@
 //! The responder's program object, the one the daemon loads: its XDP entry
 //! point for Ethernet upstreams and its TC one for L3 upstreams, both running
-//! `broker_ebpf::responder::respond`, whose maps (pinned) are all the object
-//! holds besides aya-log's ring buffer.
+//! `broker_ebpf::responder::respond`. Besides them the object holds only the
+//! responder's (pinned) maps and aya-log's ring buffer and level.
 #![no_std]
 #![no_main]
 

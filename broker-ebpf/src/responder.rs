@@ -175,7 +175,7 @@ fn is_ours(cfg: &NdpConfig, target: &Addr) -> bool {
                 l[6], l[7],
             ],
         };
-        if NDP_PREFIXES.get_ptr(&key).is_some() {
+        if NDP_PREFIXES.get_ptr(key).is_some() {
             return true;
         }
     }

@@ -36,7 +36,7 @@ pub(crate) fn validate<F: Frame>(ctx: &F, ip: &Ipv6Hdr, icmp_off: usize) -> Resu
     // ICMP length (the IP payload length) at least 24 octets; options come
     // in 8-octet units, so any other length ends in a malformed option.
     let icmp_len = u16::from_be(ip.payload_len) as usize;
-    if icmp_len < NS_HLEN || (icmp_len - NS_HLEN) % 8 != 0 {
+    if icmp_len < NS_HLEN || !(icmp_len - NS_HLEN).is_multiple_of(8) {
         return Err(Rejected::Invalid("length not 24 + a multiple of 8"));
     }
     let option_units = (icmp_len - NS_HLEN) / 8;
@@ -114,7 +114,7 @@ pub(crate) fn validate<F: Frame>(ctx: &F, ip: &Ipv6Hdr, icmp_off: usize) -> Resu
 
 /// ff02::1:ffXX:XXXX, whatever the last 24 bits.
 #[inline(always)]
-pub(crate) fn is_solicited_node_group(a: &Addr) -> bool {
+fn is_solicited_node_group(a: &Addr) -> bool {
     const HEAD: Addr = words([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0]);
     a[0] == HEAD[0]
         && a[1] == 0
