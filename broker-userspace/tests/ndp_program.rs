@@ -506,6 +506,47 @@ fn only_the_rare_paths_log_and_only_at_the_level_asked() {
     }
 }
 
+/// What the daemon does: `Responder::load` takes the level from the tracing
+/// filter, and a thread of its own passes the records to the `log` crate's
+/// logger (in the daemon, tracing-subscriber's bridge to its log).
+#[test]
+fn load_reads_the_records_into_the_log_when_the_filter_asks() {
+    let records = Records::default();
+    // The only test here that sets the process's `log` logger.
+    log::set_boxed_logger(Box::new(records.clone())).unwrap();
+    let pins = TestPins::new("log-reader");
+    let filter = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,broker_ebpf=debug"))
+        .finish();
+    let mut responder =
+        tracing::subscriber::with_default(filter, || Responder::load(&pins.dir)).unwrap();
+    responder
+        .configure_detached(LinkLayer::Ethernet(BROKER_MAC), ResponderOptions::default())
+        .unwrap();
+    responder
+        .reconcile(&["2001:db8:1::/64".parse().unwrap()])
+        .unwrap();
+    let frame = Ns::dad(a("2001:db8:1::77")).frame();
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.data_out = Some(&mut out);
+    let result = responder.program().unwrap().test_run(opts).unwrap();
+    assert_eq!(result.return_value, XDP_TX);
+    let expected = "defended 2001:db8:1::77 against a duplicate address detection probe";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !records.0.lock().unwrap().iter().any(|r| r.2 == expected) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record came: {:?}",
+            records.0.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Dropping the responder stops its reader.
+    drop(responder);
+}
+
 /// A disabled log call costs nothing: the level is a constant to the
 /// verifier, which removes the calls it disables from the program.
 #[test]

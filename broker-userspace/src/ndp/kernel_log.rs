@@ -7,8 +7,8 @@
 //! read-only global, so the verifier sees the level as a constant and removes
 //! the disabled log calls from the program. [`Responder::load`] takes the
 //! level from the daemon's tracing filter (`BLOCKHOST_BROKER_LOG`, e.g.
-//! `info,broker_ebpf=debug`); at the default `info` the programs log nothing
-//! and no reader runs.
+//! `info,broker_ebpf=debug`); at the default `info` the programs have nothing
+//! to log and no reader runs.
 //!
 //! The records arrive through a ring buffer that a thread of their own reads
 //! into the `log` crate's logger, where tracing-subscriber's `tracing-log`
@@ -25,6 +25,10 @@ use std::{
 use aya_log::EbpfLogger;
 use broker_common::ndp::LOG_TARGET;
 use tracing::Level;
+
+/// The most severe level the programs log at (debug and trace only): a
+/// filter that lets none of those through needs no reader.
+pub(crate) const MOST_SEVERE_RECORD: Level = Level::DEBUG;
 
 /// The most verbose level at which the current tracing filter lets the
 /// programs' records through; None when it lets none through.
@@ -124,5 +128,27 @@ impl Drop for LogReader {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level_under(filter: &str) -> Option<Level> {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .finish();
+        tracing::subscriber::with_default(subscriber, level_from_tracing)
+    }
+
+    #[test]
+    fn the_level_follows_the_filter_for_the_programs_target() {
+        assert_eq!(level_under("info"), Some(Level::INFO));
+        assert_eq!(level_under("info,broker_ebpf=debug"), Some(Level::DEBUG));
+        assert_eq!(level_under("trace"), Some(Level::TRACE));
+        assert_eq!(level_under("debug,broker_ebpf=off"), None);
+        assert_eq!(level_code(None), 0);
+        assert_eq!(level_code(Some(Level::DEBUG)), 4);
     }
 }

@@ -135,12 +135,13 @@ pub struct Responder {
 
 impl Responder {
     /// Loads the program with its log records on at the levels the tracing
-    /// filter lets through for [`broker_common::ndp::LOG_TARGET`] (none at
-    /// the default `info`), and reads them into the log (see kernel_log.rs).
+    /// filter lets through for [`broker_common::ndp::LOG_TARGET`], and reads
+    /// them into the log (see kernel_log.rs; at the default `info` there are
+    /// none to read).
     pub fn load(pins: &PinDir) -> Result<Self, NdpError> {
         let level = kernel_log::level_from_tracing();
         let mut responder = Self::load_with_log_level(pins, level)?;
-        if level.is_some() {
+        if level.is_some_and(|level| level >= kernel_log::MOST_SEVERE_RECORD) {
             let records = responder.log_records(log::logger())?;
             responder._log_reader = Some(LogReader::spawn(records).map_err(NdpError::LogReader)?);
         }
