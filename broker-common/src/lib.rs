@@ -4,4 +4,5 @@
 //! types into maps.
 #![no_std]
 
+pub mod bench;
 pub mod ndp;

@@ -1,8 +1,22 @@
 #![no_std]
-// The programs are the binaries (src/main.rs, src/xdp_pass.rs,
-// src/xdp_count_na.rs). This library exists so broker-userspace can name the
-// crate as a build dependency and be rebuilt when it changes, and to hold
-// what every program object needs.
+//! The NDP responder's logic ([`responder::respond`] and the maps it owns),
+//! shared by the program objects that run it: the production object
+//! (src/main.rs: the XDP and TC entry points the daemon attaches) and the
+//! benchmark's (src/ndp_responder_bench.rs), so the benchmark measures the
+//! very code the daemon runs while the daemon loads nothing of the
+//! benchmark's. The other objects (src/xdp_pass.rs, src/xdp_count_na.rs)
+//! only use [`program_object!`].
+//!
+//! The library is also built for the host, as a build dependency of
+//! broker-userspace (so that cargo rebuilds the objects when it changes);
+//! it has no use there.
+
+mod advertise;
+mod checksum;
+pub mod frame;
+pub mod packet;
+pub mod responder;
+mod validate;
 
 /// The panic handler and the license section of a program object (the
 /// verifier refuses GPL-only helpers without the license).

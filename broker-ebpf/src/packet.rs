@@ -72,3 +72,28 @@ const _: () = assert!(core::mem::size_of::<LlAddrOpt>() == 8);
 pub fn bytes(word: u16) -> [u8; 2] {
     word.to_ne_bytes()
 }
+
+/// An address as it lies in memory, from its network-order bytes.
+pub const fn words(b: [u8; 16]) -> Addr {
+    let mut w = [0u16; 8];
+    let mut i = 0;
+    while i < 8 {
+        w[i] = u16::from_ne_bytes([b[2 * i], b[2 * i + 1]]);
+        i += 1;
+    }
+    w
+}
+
+/// The network-order bytes of an address (for the log).
+#[inline(always)]
+pub fn octets(a: &Addr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let mut i = 0;
+    while i < 8 {
+        let [hi, lo] = bytes(a[i]);
+        b[2 * i] = hi;
+        b[2 * i + 1] = lo;
+        i += 1;
+    }
+    b
+}

@@ -13,7 +13,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use broker_common::ndp::{COUNT_NA, COUNT_OTHER};
+use broker_common::bench::{COUNT_NA, COUNT_OTHER};
 
 /// Per CPU: [COUNT_NA] advertisements, [COUNT_OTHER] every other frame.
 #[map(name = "NA_COUNTS")]

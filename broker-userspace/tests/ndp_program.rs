@@ -4,20 +4,25 @@
 //! frames on which the program and the model must agree exactly. Every frame
 //! goes through both entry points, XDP and TC (the TC one serves L3 devices;
 //! its test runs get Ethernet frames, so its L3 mode is covered by the TUN
-//! test in ndp_netns.rs).
+//! test in ndp_netns.rs). And the program's own log records: on the rare
+//! paths only, and at the level asked.
 //!
 //! Needs root (loading programs); `cargo xtask test` runs it so.
 
-use std::net::Ipv6Addr;
+use std::{
+    net::Ipv6Addr,
+    sync::{Arc, Mutex},
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use broker_lab::{
-    ndp_frames::{self, BROKER_MAC, Model, Ns, Verdict, checksum},
+    ndp_frames::{self, BROKER_MAC, Model, Ns, ROUTER_IP, Verdict, checksum},
     pins::TestPins,
 };
 use broker_userspace::ndp::{Counters, LinkLayer, Responder, ResponderOptions};
 use ipnet::Ipv6Net;
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use tracing::Level;
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -37,8 +42,14 @@ struct Harness {
 
 impl Harness {
     fn new(tag: &str, router: bool, l3: bool) -> Self {
+        Self::with_log_level(tag, router, l3, None)
+    }
+
+    /// With the program's log records on at `level`.
+    fn with_log_level(tag: &str, router: bool, l3: bool, level: Option<Level>) -> Self {
         let pins = TestPins::new(tag);
-        let mut responder = Responder::load(&pins.dir).expect("load the program (as root)");
+        let mut responder =
+            Responder::load_with_log_level(&pins.dir, level).expect("load the program (as root)");
         let link_layer = if l3 {
             LinkLayer::None
         } else {
@@ -422,6 +433,131 @@ fn other_traffic_passes_uncounted() {
         assert_eq!(h.check(&frame), Verdict::Ignored);
     }
     assert_eq!(h.counters(), Counters::default());
+}
+
+/// The program's log records, as the `log` crate hands them over.
+#[derive(Clone, Default)]
+struct Records(Arc<Mutex<Vec<(log::Level, String, String)>>>);
+
+impl log::Log for Records {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push((
+            record.level(),
+            record.target().to_owned(),
+            record.args().to_string(),
+        ));
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn only_the_rare_paths_log_and_only_at_the_level_asked() {
+    let answered = Ns::multicast(a("2001:db8:1::abcd")).frame();
+    let not_ours = Ns::multicast(a("2001:db8:3::1")).frame();
+    let mut other = answered.clone();
+    other[20] = 17;
+    let dad = Ns::dad(a("2001:db8:1::77")).frame();
+    let invalid = Ns {
+        hop_limit: 254,
+        ..Ns::multicast(a("2001:db8:1::5"))
+    }
+    .frame();
+    let defended = (
+        log::Level::Debug,
+        "defended 2001:db8:1::77 against a duplicate address detection probe".to_owned(),
+    );
+    let rejected = (
+        log::Level::Trace,
+        format!("invalid solicitation from {ROUTER_IP} left to the kernel: hop limit not 255"),
+    );
+    for (i, (level, expected)) in [
+        (None, vec![]),
+        (Some(Level::INFO), vec![]),
+        (Some(Level::DEBUG), vec![defended.clone()]),
+        (Some(Level::TRACE), vec![defended, rejected]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut h = Harness::with_log_level(&format!("log{i}"), false, false, level);
+        let records = Records::default();
+        let mut reader = h.responder.log_records(records.clone()).unwrap();
+        for frame in [&answered, &not_ours, &other, &dad, &invalid] {
+            h.check(frame);
+        }
+        reader.flush();
+        let got = records.0.lock().unwrap().clone();
+        // Each frame ran through both entry points, XDP and TC.
+        let expected: Vec<_> = expected
+            .into_iter()
+            .flat_map(|(level, message)| {
+                let record = (level, broker_common::ndp::LOG_TARGET.to_owned(), message);
+                [record.clone(), record]
+            })
+            .collect();
+        assert_eq!(got, expected, "log level {level:?}");
+    }
+}
+
+/// What the daemon does: `Responder::load` takes the level from the tracing
+/// filter, and a thread of its own passes the records to the `log` crate's
+/// logger (in the daemon, tracing-subscriber's bridge to its log).
+#[test]
+fn load_reads_the_records_into_the_log_when_the_filter_asks() {
+    let records = Records::default();
+    // The only test here that sets the process's `log` logger.
+    log::set_boxed_logger(Box::new(records.clone())).unwrap();
+    let pins = TestPins::new("log-reader");
+    let filter = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,broker_ebpf=debug"))
+        .finish();
+    let mut responder =
+        tracing::subscriber::with_default(filter, || Responder::load(&pins.dir)).unwrap();
+    responder
+        .configure_detached(LinkLayer::Ethernet(BROKER_MAC), ResponderOptions::default())
+        .unwrap();
+    responder
+        .reconcile(&["2001:db8:1::/64".parse().unwrap()])
+        .unwrap();
+    let frame = Ns::dad(a("2001:db8:1::77")).frame();
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.data_out = Some(&mut out);
+    let result = responder.program().unwrap().test_run(opts).unwrap();
+    assert_eq!(result.return_value, XDP_TX);
+    let expected = "defended 2001:db8:1::77 against a duplicate address detection probe";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !records.0.lock().unwrap().iter().any(|r| r.2 == expected) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record came: {:?}",
+            records.0.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Dropping the responder stops its reader.
+    drop(responder);
+}
+
+/// A disabled log call costs nothing: the level is a constant to the
+/// verifier, which removes the calls it disables from the program.
+#[test]
+fn log_calls_that_are_off_are_removed_from_the_program() {
+    let size = |tag, level| {
+        let mut h = Harness::with_log_level(tag, false, false, level);
+        let info = h.responder.program().unwrap().info().unwrap();
+        info.size_translated().expect("the kernel reports the size")
+    };
+    let off = size("size-off", None);
+    let debug = size("size-debug", Some(Level::DEBUG));
+    let trace = size("size-trace", Some(Level::TRACE));
+    assert!(off < debug && debug < trace, "{off} < {debug} < {trace}");
 }
 
 #[test]

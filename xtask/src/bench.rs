@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use anyhow::bail;
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 
 use crate::cmd;
 
@@ -22,7 +22,16 @@ pub enum Bench {
         /// Allocation size the map is filled with (49..=128, inside a /48).
         #[arg(long, default_value_t = 120)]
         allocation_size: u8,
+        /// Run one part alone and print its table (nothing written).
+        #[arg(long, value_enum)]
+        only: Option<NdpPart>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum NdpPart {
+    /// In-kernel cost per packet (BPF_PROG_TEST_RUN), about a minute.
+    KernelCost,
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
@@ -31,7 +40,10 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     }
     let root = cmd::workspace_root();
     match bench {
-        Bench::Ndp { allocation_size } => cmd::run(
+        Bench::Ndp {
+            allocation_size,
+            only,
+        } => cmd::run(
             Command::new("cargo")
                 .current_dir(&root)
                 .args([
@@ -45,7 +57,10 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
                 ])
                 .arg("--out")
                 .arg(root.join("target/bench"))
-                .args(["--allocation-size", &allocation_size.to_string()]),
+                .args(["--allocation-size", &allocation_size.to_string()])
+                .args(only.iter().flat_map(|part| match part {
+                    NdpPart::KernelCost => ["--only", "kernel-cost"],
+                })),
         ),
     }
 }

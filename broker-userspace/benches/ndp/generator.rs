@@ -26,7 +26,7 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
-use broker_common::ndp::{COUNT_MAP, COUNT_NA, COUNT_PASS_MAP, COUNT_PROGRAM_NAME};
+use broker_common::bench::{COUNT_MAP, COUNT_NA, COUNT_PASS_MAP, COUNT_PROGRAM_NAME};
 use std::net::Ipv6Addr;
 
 /// broker-ebpf's counter, built by broker-userspace's build script.

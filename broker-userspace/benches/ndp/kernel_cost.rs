@@ -2,20 +2,24 @@
 //!
 //! The kernel repeats each run many times and reports the mean time per
 //! packet. The responder rewrites a solicitation into an advertisement on its
-//! first run, so answered solicitations go through `ndp_responder_bench`,
-//! which first copies a fresh frame over the packet (cycling through one
-//! frame, or through frames whose targets are spread over the allocations)
-//! and then runs the unchanged responder code. The copy's own cost is
-//! measured (re-arming frames the responder ignores at once, against the
-//! responder on the same frames without re-arming) and subtracted.
+//! first run, so answered solicitations go through `ndp_responder_bench` (an
+//! object of its own, broker-ebpf's `ndp-responder-bench`, sharing the
+//! responder's pinned maps), which first copies a fresh frame over the packet
+//! (cycling through one frame, or through frames whose targets are spread
+//! over the allocations) and then runs the responder's own code. The copy's
+//! own cost is measured (re-arming frames the responder ignores at once,
+//! against the responder on the same frames without re-arming) and
+//! subtracted. Both objects run with their log records off, as a daemon at
+//! the default log level does.
 
 use std::net::Ipv6Addr;
 
 use aya::{
+    Ebpf, EbpfLoader,
     maps::Array,
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use broker_common::ndp::{
+use broker_common::bench::{
     BENCH_COUNT_MAP, BENCH_FRAME_LEN, BENCH_FRAMES_MAP, BENCH_MAX_FRAMES, BENCH_PROGRAM_NAME,
     BenchFrame,
 };
@@ -23,6 +27,9 @@ use broker_userspace::ndp::{LinkLayer, PassProgram, PinDir, Responder, Responder
 use ipnet::Ipv6Net;
 
 use crate::frames::{BROKER_MAC, Ns};
+
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ndp-responder-bench"));
 
 /// The upstream prefix allocations are carved from.
 pub const UPSTREAM: u128 = 0x2001_0db8_0100_0000_0000_0000_0000_0000;
@@ -143,8 +150,22 @@ fn frames(case: Case, allocations: usize, size: u8) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn load_bench_frames(responder: &mut Responder, frames: &[Vec<u8>]) -> anyhow::Result<()> {
-    let ebpf = responder.ebpf_mut();
+/// The benchmark's object, its program loaded, its responder maps those
+/// pinned under `pins` (the responder's), its log records off.
+fn load_bench(pins: &PinDir) -> anyhow::Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.path())
+        .override_global(aya_log::LEVEL, &0u8, true)
+        .load(BENCH_OBJECT)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(BENCH_PROGRAM_NAME)
+        .ok_or_else(|| anyhow::anyhow!("no {BENCH_PROGRAM_NAME}"))?
+        .try_into()?;
+    program.load()?;
+    Ok(ebpf)
+}
+
+fn load_bench_frames(ebpf: &mut Ebpf, frames: &[Vec<u8>]) -> anyhow::Result<()> {
     let mut array: Array<_, BenchFrame> = Array::try_from(
         ebpf.map_mut(BENCH_FRAMES_MAP)
             .ok_or_else(|| anyhow::anyhow!("no {BENCH_FRAMES_MAP}"))?,
@@ -194,6 +215,7 @@ enum Which {
 
 struct Programs {
     responder: Responder,
+    bench: Ebpf,
     pass: PassProgram,
 }
 
@@ -203,8 +225,7 @@ impl Programs {
             Which::Responder => self.responder.program()?,
             Which::Pass => self.pass.program()?,
             Which::Bench => self
-                .responder
-                .ebpf_mut()
+                .bench
                 .program_mut(BENCH_PROGRAM_NAME)
                 .ok_or_else(|| anyhow::anyhow!("no {BENCH_PROGRAM_NAME}"))?
                 .try_into()?,
@@ -233,7 +254,7 @@ fn spread(samples: &[f64]) -> (f64, f64, f64) {
 /// at the first header, with and without re-arming, measured in pairs.
 fn rearm_cost(programs: &mut Programs, plan: &Plan) -> anyhow::Result<f64> {
     let other = frames(Case::Other, 1, plan.allocation_size);
-    load_bench_frames(&mut programs.responder, &other)?;
+    load_bench_frames(&mut programs.bench, &other)?;
     let mut differences = Vec::with_capacity(plan.runs);
     for _ in 0..plan.runs {
         let rearmed = time(programs.get(Which::Bench)?, &other[0], plan.repeat)?;
@@ -249,16 +270,11 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         "/sys/fs/bpf/bbt-bench-{}",
         std::process::id()
     )));
-    let mut responder = Responder::load(&pins.0)?;
+    let mut responder = Responder::load_with_log_level(&pins.0, None)?;
     responder.configure_detached(LinkLayer::Ethernet(BROKER_MAC), ResponderOptions::default())?;
-    let bench: &mut Xdp = responder
-        .ebpf_mut()
-        .program_mut(BENCH_PROGRAM_NAME)
-        .ok_or_else(|| anyhow::anyhow!("no {BENCH_PROGRAM_NAME}"))?
-        .try_into()?;
-    bench.load()?;
     let mut programs = Programs {
         responder,
+        bench: load_bench(&pins.0)?,
         pass: PassProgram::load()?,
     };
     let rearm = rearm_cost(&mut programs, plan)?;
@@ -287,7 +303,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
                     case,
                     Case::AnsweredOne | Case::AnsweredSpread | Case::NotOursSpread
                 ) {
-                    load_bench_frames(&mut programs.responder, frames)?;
+                    load_bench_frames(&mut programs.bench, frames)?;
                 }
                 let ns = programs.once(*case, &frames[0], plan, rearm)?;
                 // Run 0 only warms caches, predictors and clocks.

@@ -17,6 +17,8 @@
 //! Run by cargo's test harness (no `--bench` argument) it does a quick smoke
 //! run instead, so CI checks it still works without paying for it: every part
 //! runs briefly and only sanity is checked, never performance.
+//!
+//! `--only kernel-cost` runs part 1 alone and prints its table (no files).
 
 mod generator;
 mod kernel_cost;
@@ -50,6 +52,17 @@ fn main() -> anyhow::Result<()> {
     if !(49..=128).contains(&allocation_size) {
         anyhow::bail!("--allocation-size must be 49..=128 (allocations inside a /48)");
     }
+    let only_kernel_cost = match args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).map(String::as_str))
+    {
+        None => false,
+        Some(Some("kernel-cost")) => true,
+        Some(other) => {
+            anyhow::bail!("--only {other:?}: the one part that runs alone is kernel-cost")
+        }
+    };
     let started = Instant::now();
     let load_before = report::load_average();
     let (cost_plan, link_plan, latency_plan, provisioning_plan) = if full {
@@ -69,10 +82,14 @@ fn main() -> anyhow::Result<()> {
     };
     eprintln!("1. in-kernel cost per packet");
     let cost = kernel_cost::run(&cost_plan)?;
-    eprintln!("2-3. link rate, latency and coverage, design by design");
-    let link = link_rate::run(&link_plan, &latency_plan, allocation_size)?;
-    eprintln!("4. provisioning");
-    let provisioning = provisioning::run(&provisioning_plan)?;
+    let (link, provisioning) = if only_kernel_cost {
+        (Vec::new(), Vec::new())
+    } else {
+        eprintln!("2-3. link rate, latency and coverage, design by design");
+        let link = link_rate::run(&link_plan, &latency_plan, allocation_size)?;
+        eprintln!("4. provisioning");
+        (link, provisioning::run(&provisioning_plan)?)
+    };
     let report = report::Report {
         full,
         allocation_size,
@@ -87,6 +104,10 @@ fn main() -> anyhow::Result<()> {
         seconds: started.elapsed().as_secs_f64(),
         load_average: (load_before, report::load_average()),
     };
+    if only_kernel_cost {
+        report.print_kernel_cost();
+        return Ok(());
+    }
     report.print_summary();
     if full {
         report.write(&out_dir)?;

@@ -350,7 +350,8 @@ impl Report {
         )
     }
 
-    pub fn print_summary(&self) {
+    /// The machine and part 1 of the summary.
+    pub fn print_kernel_cost(&self) {
         let note = if self.full {
             ""
         } else {
@@ -362,6 +363,10 @@ impl Report {
         );
         print!("{}", self.cost_table());
         println!("{}", self.flatness_line());
+    }
+
+    pub fn print_summary(&self) {
+        self.print_kernel_cost();
         println!(
             "2. Answered solicitations per second across a veth ({} allocations /{}, {:.1} s flood)",
             self.link_allocations, self.allocation_size, self.link_flood_seconds

@@ -67,6 +67,10 @@ pub enum NdpError {
     MissingProgram(&'static str),
     #[error(transparent)]
     Program(#[from] aya::programs::ProgramError),
+    #[error("the program's log records")]
+    LogRecords(#[source] aya_log::Error),
+    #[error("starting the reader of the program's log records")]
+    LogReader(#[source] io::Error),
     #[error("removing {path}")]
     Remove {
         path: PathBuf,

@@ -10,6 +10,7 @@
 mod bpffs;
 mod error;
 mod interface;
+mod kernel_log;
 mod pass;
 mod pinned;
 mod prefixes;

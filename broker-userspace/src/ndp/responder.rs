@@ -12,15 +12,20 @@ use aya::{
         xdp::XdpLink,
     },
 };
+use aya_log::EbpfLogger;
 use broker_common::ndp::{
     ATTACH_MODE_DRIVER, ATTACH_MODE_GENERIC, ATTACH_MODE_TC, CONFIG_MAP, COUNTERS_MAP, Counter,
     FLAG_CONFIGURED, FLAG_L3_DEVICE, FLAG_ROUTER, MAX_PREFIX_LENS, NdpConfig, PREFIXES_MAP,
     PROGRAM_NAME, PrefixKey, PrefixValue, TC_PROGRAM_NAME,
 };
 use ipnet::Ipv6Net;
+use tracing::Level;
 
 use super::{
-    Interface, LinkLayer, NdpError, PinDir, PrefixError, key_for, net_for, program::OBJECT,
+    Interface, LinkLayer, NdpError, PinDir, PrefixError,
+    kernel_log::{self, LogReader},
+    key_for, net_for,
+    program::OBJECT,
     validate_prefixes,
 };
 
@@ -137,14 +142,34 @@ pub struct Responder {
     /// How many prefixes of each length the map holds, to know when a length
     /// can leave the config's list.
     len_counts: [u32; 129],
+    /// Reads the program's log records into the log, when they are on.
+    _log_reader: Option<LogReader>,
 }
 
 impl Responder {
+    /// Loads the program with its log records on at the levels the tracing
+    /// filter lets through for [`broker_common::ndp::LOG_TARGET`], and reads
+    /// them into the log (see kernel_log.rs; at the default `info` there are
+    /// none to read).
     pub fn load(pins: &PinDir) -> Result<Self, NdpError> {
+        let level = kernel_log::level_from_tracing();
+        let mut responder = Self::load_with_log_level(pins, level)?;
+        if level.is_some_and(|level| level >= kernel_log::MOST_SEVERE_RECORD) {
+            let records = responder.log_records(log::logger())?;
+            responder._log_reader = Some(LogReader::spawn(records).map_err(NdpError::LogReader)?);
+        }
+        Ok(responder)
+    }
+
+    /// Loads the program with its log records on at `level` and more severe
+    /// ones (None: all off, and compiled out by the verifier), read by
+    /// nobody unless [`Self::log_records`] is called.
+    pub fn load_with_log_level(pins: &PinDir, level: Option<Level>) -> Result<Self, NdpError> {
         require_root()?;
         pins.create()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.path())
+            .override_global(aya_log::LEVEL, &kernel_log::level_code(level), true)
             .load(OBJECT)
             .map_err(|e| NdpError::Load(Box::new(e)))?;
         let program: &mut Xdp = ebpf
@@ -156,6 +181,7 @@ impl Responder {
             ebpf,
             pins: pins.clone(),
             len_counts: [0; 129],
+            _log_reader: None,
         };
         for net in responder.prefixes()? {
             responder.len_counts[usize::from(net.prefix_len())] += 1;
@@ -172,10 +198,11 @@ impl Responder {
             .try_into()?)
     }
 
-    /// The loaded object itself, for benchmarks that drive its other programs
-    /// and maps (`broker_common::ndp::BENCH_PROGRAM_NAME`).
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The reader of the program's log records, passing them to `logger`
+    /// on each `flush`. There is one reader per load: [`Self::load`] has
+    /// taken it when the records are on.
+    pub fn log_records<T: log::Log>(&mut self, logger: T) -> Result<EbpfLogger<T>, NdpError> {
+        EbpfLogger::init_with_logger(&mut self.ebpf, logger).map_err(NdpError::LogRecords)
     }
 
     /// Attaches to `iface`, or, when a link is already pinned for it, swaps

@@ -1,0 +1,126 @@
+//! Is a packet a valid Neighbor Solicitation addressed to a target's owner?
+
+use broker_common::ndp::MAX_NS_OPTION_UNITS;
+
+use crate::{
+    checksum::Checksum,
+    frame::{Frame, ptr_at},
+    packet::{Addr, Ipv6Hdr, NS_HLEN, NdHdr, OPT_SOURCE_LLADDR, bytes, words},
+};
+
+/// The unspecified address (::), the source of DAD probes.
+pub(crate) const UNSPECIFIED: Addr = [0; 8];
+
+/// Why a solicitation is not answered.
+pub(crate) enum Rejected {
+    /// It breaks RFC 4861 §7.1.1 (or is longer than the program walks); the
+    /// reason goes into the log when its level is on.
+    Invalid(&'static str),
+    /// Valid, but not addressed to the target's owner.
+    NotOurs,
+}
+
+/// RFC 4861 §7.1.1, in the order it lists the checks, plus one of ours: the
+/// solicitation must be addressed to the target's owner (its solicited-node
+/// group, or the target itself for unicast NUD probes); anything else is not
+/// a question for us and counts as not ours. Returns the target.
+#[inline(always)]
+pub(crate) fn validate<F: Frame>(ctx: &F, ip: &Ipv6Hdr, icmp_off: usize) -> Result<Addr, Rejected> {
+    let ns: *const NdHdr =
+        ptr_at(ctx, icmp_off).ok_or(Rejected::Invalid("shorter than its header"))?;
+    let ns = unsafe { &*ns };
+    // Hop limit 255: the packet cannot have come through a router.
+    if ip.hop_limit != 255 {
+        return Err(Rejected::Invalid("hop limit not 255"));
+    }
+    // ICMP length (the IP payload length) at least 24 octets; options come
+    // in 8-octet units, so any other length ends in a malformed option.
+    let icmp_len = u16::from_be(ip.payload_len) as usize;
+    if icmp_len < NS_HLEN || !(icmp_len - NS_HLEN).is_multiple_of(8) {
+        return Err(Rejected::Invalid("length not 24 + a multiple of 8"));
+    }
+    let option_units = (icmp_len - NS_HLEN) / 8;
+    if option_units > MAX_NS_OPTION_UNITS {
+        return Err(Rejected::Invalid("more options than the program walks"));
+    }
+    // Code 0.
+    if ns.code != 0 {
+        return Err(Rejected::Invalid("code not 0"));
+    }
+    // Target not multicast.
+    if bytes(ns.target[0])[0] == 0xff {
+        return Err(Rejected::Invalid("multicast target"));
+    }
+
+    let mut sum = Checksum::pseudo_header(&ip.src, &ip.dst, icmp_len as u16);
+    sum.add(u16::from_ne_bytes([ns.icmp_type, ns.code]));
+    sum.add(ns.checksum);
+    sum.add(u16::from_ne_bytes([ns.reserved[0], ns.reserved[1]]));
+    sum.add(u16::from_ne_bytes([ns.reserved[2], ns.reserved[3]]));
+    sum.add_words(&ns.target);
+
+    // Walk the options in 8-octet units, summing each for the checksum and
+    // checking each option header where one starts: every option has a
+    // non-zero length and the last one ends exactly at the end. A unit past
+    // the frame's end means the IP header claims more than arrived.
+    let mut has_source_lladdr = false;
+    let mut next_option = 0;
+    let mut unit = 0;
+    while unit < MAX_NS_OPTION_UNITS {
+        if unit >= option_units {
+            break;
+        }
+        let chunk: *const [u16; 4] =
+            ptr_at(ctx, icmp_off + NS_HLEN + unit * 8).ok_or(Rejected::Invalid("truncated"))?;
+        let chunk = unsafe { *chunk };
+        sum.add_words(&chunk);
+        if unit == next_option {
+            let [opt_type, opt_len] = bytes(chunk[0]);
+            if opt_len == 0 {
+                return Err(Rejected::Invalid("option of length 0"));
+            }
+            if opt_type == OPT_SOURCE_LLADDR {
+                has_source_lladdr = true;
+            }
+            next_option = unit + opt_len as usize;
+        }
+        unit += 1;
+    }
+    if next_option != option_units {
+        return Err(Rejected::Invalid("last option overruns the message"));
+    }
+    // Valid ICMP checksum.
+    if !sum.is_valid() {
+        return Err(Rejected::Invalid("bad checksum"));
+    }
+    // A DAD probe (unspecified source) goes to a solicited-node group and
+    // carries no source link-layer address.
+    let dst = ip.dst;
+    let target = ns.target;
+    if ip.src == UNSPECIFIED && (!is_solicited_node_group(&dst) || has_source_lladdr) {
+        return Err(Rejected::Invalid(
+            "DAD probe not to a solicited-node group or with a source link-layer address",
+        ));
+    }
+    if dst != target
+        && !(is_solicited_node_group(&dst)
+            && dst[7] == target[7]
+            && bytes(dst[6])[1] == bytes(target[6])[1])
+    {
+        return Err(Rejected::NotOurs);
+    }
+    Ok(target)
+}
+
+/// ff02::1:ffXX:XXXX, whatever the last 24 bits.
+#[inline(always)]
+fn is_solicited_node_group(a: &Addr) -> bool {
+    const HEAD: Addr = words([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0]);
+    a[0] == HEAD[0]
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == HEAD[5]
+        && bytes(a[6])[0] == 0xff
+}
