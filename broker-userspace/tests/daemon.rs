@@ -86,7 +86,10 @@ fn log_time(line: &str) -> f64 {
 /// The database (the daemon must be stopped: redb locks the file).
 fn database(lab: &mut Lab) -> anyhow::Result<Store> {
     assert!(!lab.broker_running(), "the daemon still holds the database");
-    Ok(Store::open(&lab.config.database_path, lab.config.broker.pool)?)
+    Ok(Store::open(
+        &lab.config.database_path,
+        lab.config.broker.pool,
+    )?)
 }
 
 /// With the daemon stopped: the database's allocations are exactly the
