@@ -214,8 +214,7 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert_eq!(shown.nft_contract, *nft);
         let free = "2001:db8:100::ff00/120".parse()?;
         show(lab, free, &[])?.fails_with("no allocation has")?;
-        lab.cli(&["allocations", "show", "2001:db8:100::101/120"])?
-            .fails_with("host bits set")?;
+        show(lab, "2001:db8:100::101/120".parse()?, &[])?.fails_with("host bits set")?;
         show(lab, "2001:db8:200::/120".parse()?, &[])?.fails_with("not in the pool")?;
 
         // release: peer, route, NDP entry, database, once on chain.
