@@ -13,7 +13,8 @@
 //! - the system: [`topology`] (the namespaces and addresses), [`lab`] (the
 //!   chain, the broker with its configuration written from the real
 //!   `Config`, and the servers), [`requests`] (servers played with the
-//!   bindings), [`inspect`] (the broker's kernel state), [`scenario`] (the
+//!   bindings), [`inspect`] (the broker's kernel state), [`operator`] (the
+//!   operator's command line against the lab's broker), [`scenario`] (the
 //!   steps the demo shows), [`narrate`].
 //!
 //! Needs root. Every namespace, process, pin and socket goes away when its
@@ -27,6 +28,7 @@ pub mod names;
 pub mod narrate;
 pub mod ndp_frames;
 pub mod netns;
+pub mod operator;
 pub mod pins;
 pub mod process;
 pub mod relay;

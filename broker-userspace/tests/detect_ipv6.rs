@@ -11,10 +11,9 @@ use broker_userspace::host_ipv6::{
 };
 use ipnet::Ipv6Net;
 
-/// A namespace `bbt-<pid>-<tag>` (the prefix xtask's sweep looks for).
-/// With the reworked test kit this is `Netns::unique(tag)`.
+/// A namespace `bbt-<pid>-<n>-<tag>` (the prefix xtask's sweep looks for).
 fn namespace(tag: &str) -> Netns {
-    Netns::new(&format!("bbt-{}-{tag}", std::process::id()), false).expect("a namespace")
+    Netns::unique(tag).expect("a namespace")
 }
 
 /// The host: `up0` with a global /64 address, a link-local one and a
