@@ -86,7 +86,7 @@ fn loads_a_valid_file_with_defaults() {
     assert_eq!(c.wireguard.handshake_timeout_secs, 120);
     assert_eq!(c.onchain.legacy_requests_contracts.len(), 1);
     assert_eq!(c.onchain.poll_interval_secs, 5);
-    assert_eq!(c.api_listen, None);
+    assert_eq!(c.api, None);
     assert_eq!(c.broker.control_socket, None);
     assert_eq!(
         c.onchain.low_balance_wei,
@@ -135,7 +135,7 @@ fn a_serialised_config_loads_as_itself() {
         c.wireguard.implementation,
         WireguardImplementation::Userspace
     );
-    assert_eq!(c.api_listen, Some("[::1]:8080".parse().unwrap()));
+    assert_eq!(c.api.unwrap().listen, "[::1]:8080".parse().unwrap());
     assert!(c.onchain.registry_contract.is_some());
     assert_eq!(c.onchain.max_requests_per_poll, 9);
     assert_eq!(
@@ -335,4 +335,26 @@ fn the_onchain_endpoint_is_read_alone() {
     assert_eq!(e.lines().count(), 1, "{e}");
     let e = OnchainEndpoint::load(&f.dir.path().join("missing.toml")).unwrap_err();
     assert!(e.to_string().contains("No such file or directory"), "{e}");
+}
+
+#[test]
+fn the_api_listens_on_loopback_by_default_and_elsewhere_only_when_told() {
+    let f = Fixture::new();
+    let c = f.load(&f.text_with(&[("api", "")])).unwrap();
+    let api = c.api.unwrap();
+    assert_eq!(api.listen, super::DEFAULT_API_LISTEN.parse().unwrap());
+    assert!(!api.insecure_plaintext);
+    let p = f.problems(&f.text_with(&[("api", "listen = \"0.0.0.0:8080\"")]));
+    assert_eq!(
+        p,
+        ["[api] listen 0.0.0.0:8080 is not a loopback address: serving it needs TLS, \
+          or insecure_plaintext = true to send the API's tokens in clear"]
+    );
+    let c = f
+        .load(&f.text_with(&[(
+            "api",
+            "listen = \"[2001:db8::1]:8080\"\ninsecure_plaintext = true",
+        )]))
+        .unwrap();
+    assert!(c.api.unwrap().insecure_plaintext);
 }

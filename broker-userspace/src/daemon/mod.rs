@@ -33,6 +33,7 @@ use broker_contracts::keys;
 use tracing::{info, warn};
 
 use crate::{
+    api::ApiServer,
     chain::{BlockRef, Chain},
     config::Config,
     ndp::{Interface, Responder, ResponderOptions},
@@ -83,7 +84,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("reading the database for the status")?;
     let (mut publisher, handle) = handle::channel(first);
     let socket = ControlSocket::bind(&control::socket_path(&daemon.config))?;
-    let server = tokio::spawn(socket.serve(handle, daemon.config.broker.pool));
+    let pool = daemon.config.broker.pool;
+    let api = match &daemon.config.api {
+        Some(api) => {
+            let server = ApiServer::bind(api, handle.clone(), pool).await?;
+            Some(tokio::spawn(server.serve()))
+        }
+        None => None,
+    };
+    let server = tokio::spawn(socket.serve(handle, pool));
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let result = daemon.poll().await;
@@ -99,9 +108,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let pause = pause_after(failures, daemon.config.onchain.poll_interval_secs);
         daemon.pause_serving(pause, &mut publisher).await;
     }
-    // Ends the server, which removes the socket.
-    server.abort();
-    let _ = server.await;
+    // Ends the servers (the control socket's removes the socket).
+    for task in std::iter::once(server).chain(api) {
+        task.abort();
+        let _ = task.await;
+    }
     info!("stopping: state is on disk, tunnels and the NDP responder stay up");
     Ok(())
 }
