@@ -63,7 +63,10 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/allocations", get(list))
         .route("/v1/allocations/{prefix}", get(show).delete(release))
-        .route("/v1/allocations/{addr}/{len}", get(show_split).delete(release_split))
+        .route(
+            "/v1/allocations/{addr}/{len}",
+            get(show_split).delete(release_split),
+        )
 }
 
 async fn list(State(state): State<ApiState>) -> Json<Vec<AllocationBody>> {
@@ -91,7 +94,9 @@ async fn show(
 ) -> Result<Json<AllocationBody>, ApiError> {
     let prefix = prefix(&state, &text)?;
     let snapshot = state.handle.snapshot();
-    let view = snapshot.allocation(prefix).ok_or_else(|| not_found(prefix))?;
+    let view = snapshot
+        .allocation(prefix)
+        .ok_or_else(|| not_found(prefix))?;
     Ok(Json(view.into()))
 }
 

@@ -67,7 +67,13 @@ impl IntoResponse for ApiError {
         struct Body {
             error: String,
         }
-        (self.status, Json(Body { error: self.message })).into_response()
+        (
+            self.status,
+            Json(Body {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 

@@ -347,8 +347,10 @@ fn the_api_listens_on_loopback_by_default_and_elsewhere_only_when_told() {
     let p = f.problems(&f.text_with(&[("api", "listen = \"0.0.0.0:8080\"")]));
     assert_eq!(
         p,
-        ["[api] listen 0.0.0.0:8080 is not a loopback address: serving it needs TLS, \
-          or insecure_plaintext = true to send the API's tokens in clear"]
+        [
+            "[api] listen 0.0.0.0:8080 is not a loopback address: serving it needs TLS, \
+          or insecure_plaintext = true to send the API's tokens in clear"
+        ]
     );
     let c = f
         .load(&f.text_with(&[(

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod frames;
+pub mod lab;
 pub mod netns;
 pub mod pins;
 pub mod relay;

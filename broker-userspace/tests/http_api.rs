@@ -1,0 +1,222 @@
+//! The HTTP API (`[api]`) against the real daemon in the lab of
+//! tests/support/lab.rs: its answers agree with the CLI's, a DELETE really
+//! releases (peer, route, NDP entry, database, once on chain), and the
+//! configurations it must refuse are refused at start-up. Needs root.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use support::lab::{Lab, lab_test, lab_test_with};
+use wireguard_control::Key;
+
+/// Where the lab's daemon serves the API (the default listen).
+const BASE: &str = "http://127.0.0.1:8080";
+
+/// A request's status and JSON body (Null when empty).
+async fn call(method: Method, path: &str) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .request(method, format!("{BASE}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+    };
+    (status, body)
+}
+
+async fn get(path: &str) -> (StatusCode, Value) {
+    call(Method::GET, path).await
+}
+
+/// `{"error": …}` with `status`, its message containing `needle`.
+fn is_error((status, body): (StatusCode, Value), expected: StatusCode, needle: &str) {
+    assert_eq!(status, expected, "{body}");
+    let message = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+}
+
+/// `prefix` as one path segment.
+fn encoded(prefix: &str) -> String {
+    prefix.replace('/', "%2F")
+}
+
+/// Two requests answered.
+async fn two_allocations(lab: &mut Lab) -> Vec<Key> {
+    lab.start_daemon(None);
+    let keys: Vec<Key> = (0..2).map(|_| Key::generate_private()).collect();
+    for key in &keys {
+        lab.request(key).await;
+    }
+    lab.wait_answered(2).await;
+    keys
+}
+
+#[test]
+fn the_api_shows_the_daemons_figures_and_releases_for_real() {
+    lab_test_with("api", "[api]\n", async |lab: &mut Lab| {
+        let keys = two_allocations(lab).await;
+
+        let (status, health) = get("/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(health["status"], "ok");
+        assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+
+        let (status, s) = get("/v1/status").await;
+        assert_eq!(status, StatusCode::OK, "{s}");
+        assert_eq!(s["upstream_prefix"], support::lab::UPSTREAM);
+        assert_eq!(s["allocation_size"], support::lab::ALLOCATION_SIZE);
+        assert_eq!(s["used_allocations"], 2);
+        let total = (1u64 << 56) - 1;
+        assert_eq!(s["total_allocations"], total);
+        assert_eq!(s["available_allocations"], total - 2);
+        assert_eq!(
+            (s["active_peers"].as_u64(), s["idle_peers"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert_eq!(s["never_connected_peers"], 2);
+        assert_eq!(s["daemon"], true);
+
+        // The allocations: those the CLI lists, under the tools' names.
+        let (status, all) = get("/v1/allocations").await;
+        assert_eq!(status, StatusCode::OK, "{all}");
+        let listed = all.as_array().unwrap();
+        let cli = lab.list(None);
+        let prefixes = |v: &[Value]| -> BTreeSet<String> {
+            v.iter()
+                .map(|a| a["prefix"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let cli_prefixes: BTreeSet<String> = cli.iter().map(|v| v.prefix.to_string()).collect();
+        assert_eq!(prefixes(listed), cli_prefixes);
+        let pubkeys: BTreeSet<&str> = listed
+            .iter()
+            .map(|a| a["pubkey"].as_str().unwrap())
+            .collect();
+        let ours: BTreeSet<String> = keys.iter().map(|k| k.get_public().to_base64()).collect();
+        assert_eq!(pubkeys, ours.iter().map(String::as_str).collect());
+        for a in listed {
+            assert_eq!(a["status"], "never_connected", "{a}");
+            assert!(
+                a["last_seen_at"].is_null() && a["allocated_at"].is_u64(),
+                "{a}"
+            );
+            assert!(
+                a["nft_contract"].is_string() && a.get("endpoint").is_some(),
+                "{a}"
+            );
+        }
+
+        // One, by its prefix in both spellings; the prefixes refused.
+        let gone = &cli[0];
+        let prefix = gone.prefix.to_string();
+        let (status, one) = get(&format!("/v1/allocations/{}", encoded(&prefix))).await;
+        assert_eq!(status, StatusCode::OK, "{one}");
+        assert_eq!(one["prefix"], prefix);
+        assert_eq!(
+            one["nft_contract"],
+            serde_json::to_value(gone.nft_contract).unwrap()
+        );
+        let (status, split) = get(&format!("/v1/allocations/{prefix}")).await;
+        assert_eq!((status, &split), (StatusCode::OK, &one));
+        let bad = StatusCode::BAD_REQUEST;
+        is_error(
+            get("/v1/allocations/nonsense").await,
+            bad,
+            "not an IPv6 prefix",
+        );
+        is_error(
+            get(&format!(
+                "/v1/allocations/{}",
+                encoded("2001:db8:100::101/120")
+            ))
+            .await,
+            bad,
+            "host bits set",
+        );
+        is_error(
+            get("/v1/allocations/2001:db8:200::/120").await,
+            bad,
+            "not in the pool",
+        );
+        let free = "2001:db8:100::ff00/120";
+        is_error(
+            get(&format!("/v1/allocations/{}", encoded(free))).await,
+            StatusCode::NOT_FOUND,
+            "no allocation has",
+        );
+        is_error(
+            call(
+                Method::DELETE,
+                &format!("/v1/allocations/{}", encoded(free)),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "no allocation has",
+        );
+        is_error(
+            get("/v2/nothing").await,
+            StatusCode::NOT_FOUND,
+            "no such endpoint",
+        );
+
+        // DELETE: peer, route, NDP entry, database, once on chain.
+        let (status, body) = call(
+            Method::DELETE,
+            &format!("/v1/allocations/{}", encoded(&prefix)),
+        )
+        .await;
+        assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+        assert_eq!(lab.released_on_chain(gone.nft_contract).await, 1);
+        let (peers, routes, ndp) = lab.kernel();
+        assert_eq!(peers.len(), 1);
+        assert!(!peers.iter().any(|(_, p)| *p == prefix));
+        assert!(!routes.contains(&prefix));
+        assert!(!ndp.contains(&gone.prefix));
+        assert_eq!(lab.list(None).len(), 1);
+        assert_eq!(lab.status().pool.used, 1);
+        is_error(
+            get(&format!("/v1/allocations/{prefix}")).await,
+            StatusCode::NOT_FOUND,
+            "no allocation has",
+        );
+        is_error(
+            call(Method::DELETE, &format!("/v1/allocations/{prefix}")).await,
+            StatusCode::NOT_FOUND,
+            "no allocation has",
+        );
+        assert_eq!(lab.released_on_chain(gone.nft_contract).await, 1);
+
+        // SIGTERM stops the API with the daemon.
+        lab.daemon().stop();
+        assert!(reqwest::get(format!("{BASE}/health")).await.is_err());
+    });
+}
+
+#[test]
+fn plain_http_off_loopback_is_refused_at_start_up() {
+    lab_test_with(
+        "apn",
+        "[api]\nlisten = \"0.0.0.0:8080\"\n",
+        async |lab: &mut Lab| {
+            let expected = "is not a loopback address: serving it needs TLS";
+            lab.cli(&["check-config"]).fails_with(expected);
+            lab.cli(&["run"]).fails_with(expected);
+        },
+    );
+}
+
+#[test]
+fn without_an_api_section_nothing_listens() {
+    lab_test("apo", async |lab: &mut Lab| {
+        lab.start_daemon(None);
+        assert!(reqwest::get(format!("{BASE}/health")).await.is_err());
+    });
+}
