@@ -15,10 +15,13 @@ use wireguard_control::Key;
 /// Where the lab's daemon serves the API (the default listen).
 const BASE: &str = "http://127.0.0.1:8080";
 
-/// A request's status and JSON body (Null when empty).
-async fn call(method: Method, path: &str) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .request(method, format!("{BASE}{path}"))
+/// A request's status and JSON body (Null when empty), with `token`.
+async fn call_with(method: Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new().request(method, format!("{BASE}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -32,8 +35,30 @@ async fn call(method: Method, path: &str) -> (StatusCode, Value) {
     (status, body)
 }
 
+thread_local! {
+    /// The token `call` and `get` present.
+    static TOKEN: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+async fn call(method: Method, path: &str) -> (StatusCode, Value) {
+    let token = TOKEN.with_borrow(Clone::clone);
+    call_with(method, path, token.as_deref()).await
+}
+
 async fn get(path: &str) -> (StatusCode, Value) {
     call(Method::GET, path).await
+}
+
+/// `blockhost-broker token create --name NAME [--read-only]`: the secret.
+fn create_token(lab: &Lab, name: &str, read_only: bool) -> String {
+    let mut args = vec!["token", "create", "--name", name];
+    if read_only {
+        args.push("--read-only");
+    }
+    let run = lab.cli(&args);
+    let secret = run.ok().trim().to_string();
+    assert!(secret.starts_with("bhb_") && secret.len() == 68, "{secret}");
+    secret
 }
 
 /// `{"error": …}` with `status`, its message containing `needle`.
@@ -62,7 +87,10 @@ async fn two_allocations(lab: &mut Lab) -> Vec<Key> {
 #[test]
 fn the_api_shows_the_daemons_figures_and_releases_for_real() {
     lab_test_with("api", "[api]\n", async |lab: &mut Lab| {
+        // Made in the database (no daemon yet), used with the daemon.
+        let early = create_token(lab, "early", false);
         let keys = two_allocations(lab).await;
+        TOKEN.set(Some(early));
 
         let (status, health) = get("/health").await;
         assert_eq!(status, StatusCode::OK);
@@ -197,6 +225,96 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         // SIGTERM stops the API with the daemon.
         lab.daemon().stop();
         assert!(reqwest::get(format!("{BASE}/health")).await.is_err());
+    });
+}
+
+#[test]
+fn tokens_decide_who_reads_and_who_releases_and_revoked_ones_stop_at_once() {
+    lab_test_with("apt", "[api]\n", async |lab: &mut Lab| {
+        lab.start_daemon(None);
+        lab.request(&Key::generate_private()).await;
+        lab.wait_answered(1).await;
+        let prefix = lab.list(None)[0].prefix.to_string();
+        let one = format!("/v1/allocations/{}", encoded(&prefix));
+        let unauthorized = StatusCode::UNAUTHORIZED;
+
+        // Nothing under /v1 without a valid token; /health is open.
+        assert_eq!(
+            call_with(Method::GET, "/health", None).await.0,
+            StatusCode::OK
+        );
+        for (method, path) in [
+            (Method::GET, "/v1/status"),
+            (Method::GET, "/v1/allocations"),
+            (Method::GET, one.as_str()),
+            (Method::DELETE, one.as_str()),
+        ] {
+            let made_up = format!("bhb_{}", "0".repeat(64));
+            for token in [None, Some(made_up.as_str()), Some("")] {
+                is_error(
+                    call_with(method.clone(), path, token).await,
+                    unauthorized,
+                    "a valid token is needed",
+                );
+            }
+        }
+
+        // Made through the daemon while it runs.
+        let ops = create_token(lab, "ops", false);
+        let viewer = create_token(lab, "viewer", true);
+        lab.cli(&["token", "create", "--name", "ops"])
+            .fails_with("a token named \"ops\" exists");
+        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"]).json();
+        let names: Vec<&str> = listed.iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["ops", "viewer"]);
+        assert_eq!(
+            (
+                listed[0]["read_only"].as_bool(),
+                listed[1]["read_only"].as_bool()
+            ),
+            (Some(false), Some(true))
+        );
+        let text = lab.cli(&["token", "list"]);
+        assert!(!text.ok().contains(&ops) && !text.ok().contains(&viewer));
+
+        // Read-only: reads, never releases.
+        let (status, body) = call_with(Method::GET, "/v1/status", Some(&viewer)).await;
+        assert_eq!(
+            (status, body["used_allocations"].as_u64()),
+            (StatusCode::OK, Some(1))
+        );
+        assert_eq!(
+            call_with(Method::GET, &one, Some(&viewer)).await.0,
+            StatusCode::OK
+        );
+        is_error(
+            call_with(Method::DELETE, &one, Some(&viewer)).await,
+            StatusCode::FORBIDDEN,
+            "read-only",
+        );
+        assert_eq!(lab.list(None).len(), 1);
+
+        // Revoked: refused from the next request on.
+        lab.cli(&["token", "revoke", "viewer"]).ok();
+        is_error(
+            call_with(Method::GET, "/v1/status", Some(&viewer)).await,
+            unauthorized,
+            "a valid token",
+        );
+        lab.cli(&["token", "revoke", "viewer"])
+            .fails_with("no token is named \"viewer\"");
+        let (status, _) = call_with(Method::DELETE, &one, Some(&ops)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(lab.list(None).len(), 0);
+
+        // Without the daemon, in the database.
+        lab.daemon().stop();
+        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"]).json();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0]["name"], "ops");
+        lab.cli(&["token", "revoke", "ops"]).ok();
+        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"]).json();
+        assert_eq!(listed, Vec::<Value>::new());
     });
 }
 

@@ -5,6 +5,8 @@
 //! from the snapshot the daemon publishes after every poll, a release is the
 //! daemon's own ([`Handle::release`]), as for the control socket.
 //!
+//! Every `/v1` request needs a bearer token ([`auth`]); `/health` does not.
+//!
 //! Request bodies are bounded ([`MAX_BODY`]) and so is each client's rate
 //! (per address: [`BURST`] requests at once, one more every
 //! [`REPLENISH`]).
@@ -12,6 +14,7 @@
 //! The documented interface is `api/openapi.yaml`.
 
 pub mod allocations;
+pub mod auth;
 pub mod health;
 pub mod status;
 
@@ -92,10 +95,16 @@ pub fn router(state: ApiState) -> Router {
         .burst_size(BURST)
         .finish()
         .expect("a non-zero period and burst");
-    Router::new()
-        .merge(health::routes())
+    let v1 = Router::new()
         .merge(status::routes())
         .merge(allocations::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .merge(health::routes())
+        .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(MAX_BODY))

@@ -82,7 +82,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .snapshot()
         .await
         .context("reading the database for the status")?;
-    let (mut publisher, handle) = handle::channel(first);
+    let tokens = daemon.store.tokens().context("reading the API tokens")?;
+    let (mut publisher, handle) = handle::channel(first, tokens);
     let socket = ControlSocket::bind(&control::socket_path(&daemon.config))?;
     let pool = daemon.config.broker.pool;
     let api = match &daemon.config.api {

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::Daemon;
 use crate::{
     operator::{
-        Command, OnChainRelease, Publisher, Released, Snapshot, control,
+        Command, OnChainRelease, Publisher, Released, Snapshot, TokenChange, control,
         release::slot_of,
         status::{ChainStatus, LastPoll, WalletStatus},
     },
@@ -106,15 +106,23 @@ impl Daemon {
             tokio::select! {
                 () = tokio::time::sleep(step) => {}
                 Some(command) = publisher.commands.recv() => {
-                    self.execute(command).await;
+                    self.execute(command, publisher).await;
                     self.publish(publisher).await;
                 }
             }
         }
     }
 
-    async fn execute(&mut self, command: Command) {
+    async fn execute(&mut self, command: Command, publisher: &Publisher) {
         match command {
+            Command::Token { change, reply } => {
+                let result = self.change_token(change, publisher);
+                match &result {
+                    Ok(()) => info!("API tokens changed"),
+                    Err(e) => warn!("API token change refused: {e}"),
+                }
+                let _ = reply.send(result);
+            }
             Command::Release { prefix, reply } => {
                 let result = self.release_for_operator(prefix).await;
                 match &result {
@@ -127,6 +135,25 @@ impl Daemon {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Stores `change` and publishes the tokens it leaves, before the
+    /// reply: a revoked token is refused from the next request on.
+    fn change_token(&self, change: TokenChange, publisher: &Publisher) -> Result<(), String> {
+        let done = match &change {
+            TokenChange::Create(token) => self.store.create_token(token),
+            TokenChange::Revoke { name } => self.store.revoke_token(name),
+        }
+        .map_err(|e| e.to_string())?;
+        if !done {
+            return Err(match change {
+                TokenChange::Create(token) => format!("a token named {:?} exists", token.name),
+                TokenChange::Revoke { name } => format!("no token is named {name:?}"),
+            });
+        }
+        let tokens = self.store.tokens().map_err(|e| e.to_string())?;
+        publisher.publish_tokens(tokens);
+        Ok(())
     }
 
     /// The path of a tunnel that never came up: database (the on-chain
