@@ -319,6 +319,47 @@ fn tokens_decide_who_reads_and_who_releases_and_revoked_ones_stop_at_once() {
 }
 
 #[test]
+fn off_loopback_the_api_speaks_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["192.0.2.1".to_string()]).unwrap();
+    let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
+    let extra = format!(
+        "[api]\nlisten = \"192.0.2.1:8443\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    );
+    lab_test_with("aps", &extra, async |lab: &mut Lab| {
+        lab.start_daemon(None);
+        let token = create_token(lab, "ops", true);
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        let response = client
+            .get("https://192.0.2.1:8443/v1/status")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["used_allocations"], 0);
+        let unauthenticated = client
+            .get("https://192.0.2.1:8443/v1/status")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+        // No plain HTTP on that port.
+        let plain = reqwest::get("http://192.0.2.1:8443/health").await;
+        assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    });
+}
+
+#[test]
 fn plain_http_off_loopback_is_refused_at_start_up() {
     lab_test_with(
         "apn",

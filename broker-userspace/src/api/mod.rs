@@ -11,6 +11,10 @@
 //! (per address: [`BURST`] requests at once, one more every
 //! [`REPLENISH`]).
 //!
+//! Served over HTTPS when `[api] tls_cert` and `tls_key` are given (rustls);
+//! plain HTTP only on loopback, or where the operator set
+//! `insecure_plaintext` (checked with the configuration).
+//!
 //! The documented interface is `api/openapi.yaml`.
 
 pub mod allocations;
@@ -18,19 +22,19 @@ pub mod auth;
 pub mod health;
 pub mod status;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use axum_server::tls_rustls::RustlsConfig;
 use serde::Serialize;
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{config, ipam::Pool, operator::Handle};
 
@@ -81,11 +85,20 @@ impl IntoResponse for ApiError {
 }
 
 #[derive(Debug, Error)]
-#[error("HTTP API: binding {listen}")]
-pub struct BindError {
-    listen: SocketAddr,
-    #[source]
-    source: std::io::Error,
+pub enum BindError {
+    #[error("HTTP API: binding {listen}")]
+    Bind {
+        listen: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP API: TLS certificate {cert} and key {key}")]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The routes, with their limits.
@@ -114,7 +127,9 @@ pub fn router(state: ApiState) -> Router {
 /// The API's listening socket, bound at start-up (so a taken port stops
 /// the daemon there, not later).
 pub struct ApiServer {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
+    /// None: plain HTTP.
+    tls: Option<RustlsConfig>,
     state: ApiState,
 }
 
@@ -124,14 +139,25 @@ impl ApiServer {
         handle: Handle,
         pool: Pool,
     ) -> Result<ApiServer, BindError> {
-        let listener = TcpListener::bind(api.listen)
-            .await
-            .map_err(|source| BindError {
-                listen: api.listen,
-                source,
-            })?;
+        let tls = match (&api.tls_cert, &api.tls_key) {
+            (Some(cert), Some(key)) => Some(RustlsConfig::from_pem_file(cert, key).await.map_err(
+                |source| BindError::Tls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
+                },
+            )?),
+            _ => None,
+        };
+        let bind = |source| BindError::Bind {
+            listen: api.listen,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(api.listen).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
         Ok(ApiServer {
             listener,
+            tls,
             state: ApiState { handle, pool },
         })
     }
@@ -139,10 +165,21 @@ impl ApiServer {
     /// Serves until the task running this is dropped.
     pub async fn serve(self) {
         let address = self.listener.local_addr().ok();
-        info!(listen = ?address, "HTTP API ready");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        info!(listen = ?address, scheme, "HTTP API ready");
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(self.listener, app).await {
-            tracing::warn!("HTTP API stopped: {e}");
+        let served = match self.tls {
+            Some(tls) => match axum_server::from_tcp_rustls(self.listener, tls) {
+                Ok(server) => server.serve(app).await,
+                Err(e) => Err(e),
+            },
+            None => match axum_server::from_tcp(self.listener) {
+                Ok(server) => server.serve(app).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = served {
+            warn!("HTTP API stopped: {e}");
         }
     }
 }

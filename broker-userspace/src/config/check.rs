@@ -122,17 +122,23 @@ pub(super) fn config(file: file::File, p: &mut Problems) -> Option<Config> {
 
 fn api(a: file::Api, p: &mut Problems) -> Option<Api> {
     let listen: SocketAddr = p.parse("[api] listen", &a.listen, "an address:port")?;
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        p.add("[api] tls_cert and tls_key go together: give both, or neither".into());
+        return None;
+    }
     // Bearer tokens must not cross a network in clear unless the operator
     // says so.
-    if !listen.ip().is_loopback() && !a.insecure_plaintext {
+    if !listen.ip().is_loopback() && a.tls_cert.is_none() && !a.insecure_plaintext {
         p.add(format!(
-            "[api] listen {listen} is not a loopback address: serving it needs TLS, \
-             or insecure_plaintext = true to send the API's tokens in clear"
+            "[api] listen {listen} is not a loopback address: serving it needs TLS \
+             (tls_cert and tls_key), or insecure_plaintext = true to send the API's tokens in clear"
         ));
         return None;
     }
     Some(Api {
         listen,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
         insecure_plaintext: a.insecure_plaintext,
     })
 }

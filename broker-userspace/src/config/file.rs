@@ -54,6 +54,8 @@ pub(super) struct Wireguard {
 pub(super) struct Api {
     #[serde(default = "default_api_listen")]
     pub listen: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub insecure_plaintext: bool,
 }

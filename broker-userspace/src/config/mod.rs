@@ -119,6 +119,11 @@ pub struct Wireguard {
 pub struct Api {
     /// Default [`DEFAULT_API_LISTEN`].
     pub listen: SocketAddr,
+    /// HTTPS with this certificate chain and key (PEM); both or neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address: the operator's explicit
     /// choice (the tokens then cross the network in clear).
     pub insecure_plaintext: bool,

@@ -112,7 +112,10 @@ fn a_serialised_config_loads_as_itself() {
             "interface = \"wg9\"\nlisten_port = 51999\n\
              implementation = \"userspace\"\nhandshake_timeout_secs = 30",
         ),
-        ("api", "listen = \"[::1]:8080\""),
+        (
+            "api",
+            "listen = \"[::1]:8080\"\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"",
+        ),
         (
             "onchain",
             "registry_contract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n\
@@ -348,10 +351,18 @@ fn the_api_listens_on_loopback_by_default_and_elsewhere_only_when_told() {
     assert_eq!(
         p,
         [
-            "[api] listen 0.0.0.0:8080 is not a loopback address: serving it needs TLS, \
-          or insecure_plaintext = true to send the API's tokens in clear"
+            "[api] listen 0.0.0.0:8080 is not a loopback address: serving it needs TLS \
+             (tls_cert and tls_key), or insecure_plaintext = true to send the API's tokens in clear"
         ]
     );
+    let p = f.problems(&f.text_with(&[("api", "tls_cert = \"/etc/c.pem\"")]));
+    assert_eq!(
+        p,
+        ["[api] tls_cert and tls_key go together: give both, or neither"]
+    );
+    let tls = "listen = \"0.0.0.0:8443\"\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"";
+    let c = f.load(&f.text_with(&[("api", tls)])).unwrap();
+    assert_eq!(c.api.unwrap().tls_key, Some("/etc/k.pem".into()));
     let c = f
         .load(&f.text_with(&[(
             "api",
