@@ -68,6 +68,42 @@ fn is_error((status, body): (StatusCode, Value), expected: StatusCode, needle: &
     assert!(message.contains(needle), "{needle:?} not in {message:?}");
 }
 
+/// `GET /metrics` (with `token`): its text, after a 200.
+async fn metrics_text(token: Option<&str>) -> String {
+    let mut request = reqwest::Client::new().get(format!("{BASE}/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap()
+}
+
+/// `promtool check metrics` passes `text` (Debian package `prometheus`).
+fn promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `prefix` as one path segment.
 fn encoded(prefix: &str) -> String {
     prefix.replace('/', "%2F")
@@ -222,6 +258,42 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         );
         assert_eq!(lab.released_on_chain(gone.nft_contract).await, 1);
 
+        // Metrics: open on loopback, valid for promtool, the figures above.
+        let metrics = metrics_text(None).await;
+        promtool_accepts(&metrics);
+        for line in [
+            "blockhost_broker_allocations{state=\"used\"} 1",
+            "blockhost_broker_responses_total 2",
+            "blockhost_broker_wireguard_peers{state=\"never_connected\"} 1",
+            "blockhost_broker_chain_errors_total{kind=\"transient\"} 0",
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{line} not in\n{metrics}"
+            );
+        }
+        for family in [
+            "build_info{version=",
+            "requests_total{contract=",
+            "last_poll_success_timestamp_seconds ",
+            "chain_lag_blocks ",
+            "operator_balance_wei ",
+            "gas_spent_wei_total ",
+            "ndp_solicitations_total{result=\"answered\"} ",
+        ] {
+            let sample = format!("blockhost_broker_{family}");
+            assert!(
+                metrics.lines().any(|l| l.starts_with(&sample)),
+                "{sample} not in\n{metrics}"
+            );
+        }
+        // Two answers and one release were mined.
+        let gas = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("blockhost_broker_gas_spent_wei_total "))
+            .unwrap();
+        assert!(gas.parse::<u128>().unwrap() > 0, "{gas}");
+
         // SIGTERM stops the API with the daemon.
         lab.daemon().stop();
         assert!(reqwest::get(format!("{BASE}/health")).await.is_err());
@@ -353,6 +425,20 @@ fn off_loopback_the_api_speaks_tls() {
             .await
             .unwrap();
         assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+        // Off loopback, the metrics need a token too.
+        let metrics = client
+            .get("https://192.0.2.1:8443/metrics")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), StatusCode::UNAUTHORIZED);
+        let metrics = client
+            .get("https://192.0.2.1:8443/metrics")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), StatusCode::OK);
         // No plain HTTP on that port.
         let plain = reqwest::get("http://192.0.2.1:8443/health").await;
         assert!(plain.is_err() || !plain.unwrap().status().is_success());

@@ -5,7 +5,8 @@
 //! from the snapshot the daemon publishes after every poll, a release is the
 //! daemon's own ([`Handle::release`]), as for the control socket.
 //!
-//! Every `/v1` request needs a bearer token ([`auth`]); `/health` does not.
+//! Every `/v1` request needs a bearer token ([`auth`]); `/health` does not,
+//! nor does `/metrics` ([`metrics`]) when the API listens on loopback.
 //!
 //! Request bodies are bounded ([`MAX_BODY`]) and so is each client's rate
 //! (per address: [`BURST`] requests at once, one more every
@@ -20,6 +21,7 @@
 pub mod allocations;
 pub mod auth;
 pub mod health;
+pub mod metrics;
 pub mod status;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -50,6 +52,8 @@ pub const REPLENISH: Duration = Duration::from_millis(50);
 pub struct ApiState {
     pub handle: Handle,
     pub pool: Pool,
+    /// The API listens on loopback: `/metrics` needs no token.
+    pub loopback: bool,
 }
 
 /// An error answer: its status and `{"error": message}`.
@@ -108,16 +112,20 @@ pub fn router(state: ApiState) -> Router {
         .burst_size(BURST)
         .finish()
         .expect("a non-zero period and burst");
+    let require_token = || axum::middleware::from_fn_with_state(state.clone(), auth::require_token);
     let v1 = Router::new()
         .merge(status::routes())
         .merge(allocations::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+        .route_layer(require_token());
+    let metrics = if state.loopback {
+        metrics::routes()
+    } else {
+        metrics::routes().route_layer(require_token())
+    };
     Router::new()
         .merge(health::routes())
         .merge(v1)
+        .merge(metrics)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
@@ -158,7 +166,11 @@ impl ApiServer {
         Ok(ApiServer {
             listener,
             tls,
-            state: ApiState { handle, pool },
+            state: ApiState {
+                handle,
+                pool,
+                loopback: api.listen.ip().is_loopback(),
+            },
         })
     }
 

@@ -40,7 +40,7 @@ use crate::{
     operator::{
         control::{self, ControlSocket},
         handle,
-        status::LastPoll,
+        status::{DaemonCounters, LastPoll},
     },
     store::{
         Store,
@@ -67,6 +67,8 @@ pub struct Daemon {
     /// operator's status.
     confirmed: Option<BlockRef>,
     last_poll: Option<LastPoll>,
+    /// Failed polls by kind, and the last success: for the metrics.
+    counters: DaemonCounters,
 }
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
@@ -215,6 +217,7 @@ impl Daemon {
             stop,
             confirmed: None,
             last_poll: None,
+            counters: DaemonCounters::default(),
         };
         daemon.sync_capacity().await;
         Ok(Some(daemon))

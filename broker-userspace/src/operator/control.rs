@@ -439,6 +439,7 @@ mod tests {
                 wallet: None,
                 ndp: None,
                 peers: None,
+                counters: None,
             },
             allocations: vec![],
         }
