@@ -15,7 +15,8 @@ use wireguard_control::Key;
 /// Where the lab's daemon serves the API (the default listen).
 const BASE: &str = "http://127.0.0.1:8080";
 
-/// A request's status and JSON body (Null when empty), with `token`.
+/// A request's status and body (JSON; a string when not JSON; Null when
+/// empty), with `token`.
 async fn call_with(method: Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
     let mut request = reqwest::Client::new().request(method, format!("{BASE}{path}"));
     if let Some(token) = token {
@@ -26,11 +27,17 @@ async fn call_with(method: Method, path: &str, token: Option<&str>) -> (StatusCo
         .await
         .unwrap_or_else(|e| panic!("{path}: {e}"));
     let status = response.status();
+    let json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
     let text = response.text().await.unwrap();
     let body = if text.is_empty() {
         Value::Null
-    } else {
+    } else if json {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+    } else {
+        Value::String(text)
     };
     (status, body)
 }
@@ -442,6 +449,75 @@ fn off_loopback_the_api_speaks_tls() {
         // No plain HTTP on that port.
         let plain = reqwest::get("http://192.0.2.1:8443/health").await;
         assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    });
+}
+
+/// Every path and method of api/openapi.yaml, asked the way that gives each
+/// of its documented status codes, answers with that code (4xx with an
+/// `{"error"}` body); every operation that needs a token documents 401.
+#[test]
+fn the_server_answers_as_its_openapi_file_says() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml")).unwrap();
+    let doc: Value = serde_norway::from_str(&text).unwrap();
+    lab_test_with("apd", "[api]\n", async |lab: &mut Lab| {
+        two_allocations(lab).await;
+        let ops = create_token(lab, "ops", false);
+        let viewer = create_token(lab, "viewer", true);
+        let taken: Vec<String> = lab
+            .list(None)
+            .iter()
+            .map(|v| v.prefix.to_string())
+            .collect();
+        let free = "2001:db8:100::ff00/120".to_string();
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 6, "{paths:?}");
+        let mut checked = 0;
+        // Reads first: a DELETE's 204 ends its allocation.
+        for wanted in [Method::GET, Method::DELETE] {
+            for (i, (template, item)) in paths.iter().enumerate() {
+                let method = wanted.as_str().to_lowercase();
+                let Some(op) = item.get(&method) else {
+                    continue;
+                };
+                let open = op
+                    .get("security")
+                    .is_some_and(|s| s == &serde_json::json!([]));
+                let codes = op["responses"].as_object().unwrap();
+                assert!(
+                    open || codes.contains_key("401"),
+                    "{method} {template}: no 401"
+                );
+                // Each template its own allocation.
+                let mine = &taken[i % taken.len()];
+                for code in codes.keys() {
+                    let code: u16 = code.parse().unwrap();
+                    let prefix = match code {
+                        400 => "nonsense/7",
+                        404 => &free,
+                        _ => mine,
+                    };
+                    let (addr, len) = prefix.split_once('/').unwrap();
+                    let path = template
+                        .replace("{prefix}", &encoded(prefix))
+                        .replace("{addr}", addr)
+                        .replace("{len}", len);
+                    let token = match code {
+                        401 => None,
+                        403 => Some(viewer.as_str()),
+                        _ => Some(ops.as_str()),
+                    };
+                    let (status, body) = call_with(wanted.clone(), &path, token).await;
+                    assert_eq!(status.as_u16(), code, "{method} {path}: {body}");
+                    if code >= 400 {
+                        assert!(body["error"].is_string(), "{method} {path}: {body}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 20, "{checked} answers checked");
+        assert_eq!(lab.list(None), []);
     });
 }
 
