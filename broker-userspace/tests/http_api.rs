@@ -301,6 +301,22 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
             .unwrap();
         assert!(gas.parse::<u128>().unwrap() > 0, "{gas}");
 
+        // Bodies and rates are bounded.
+        let big = reqwest::Client::new()
+            .delete(format!("{BASE}/v1/allocations/{}", encoded(&prefix)))
+            .body(vec![b'x'; 20 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let burst = futures::future::join_all((0..120).map(|_| get("/health"))).await;
+        let limited: Vec<_> = burst
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+            .collect();
+        assert!(!limited.is_empty(), "120 requests at once, none limited");
+        assert!(limited[0].1["error"].is_string(), "{}", limited[0].1);
+
         // SIGTERM stops the API with the daemon.
         lab.daemon().stop();
         assert!(reqwest::get(format!("{BASE}/health")).await.is_err());

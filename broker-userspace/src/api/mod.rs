@@ -129,7 +129,13 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
-        .layer(GovernorLayer::new(Arc::new(governor)))
+        .layer(GovernorLayer::new(Arc::new(governor)).error_handler(|e| {
+            // Its answer (429 with Retry-After), as JSON.
+            let (parts, message) = e.into_response().into_parts();
+            let mut response = ApiError::new(parts.status, message).into_response();
+            response.headers_mut().extend(parts.headers);
+            response
+        }))
 }
 
 /// The API's listening socket, bound at start-up (so a taken port stops
