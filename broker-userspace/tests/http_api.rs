@@ -17,15 +17,20 @@ const BASE: &str = "http://127.0.0.1:8080";
 
 /// A request's status and body (JSON; a string when not JSON; Null when
 /// empty), with `token`.
-async fn call_with(method: Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-    let mut request = reqwest::Client::new().request(method, format!("{BASE}{path}"));
+async fn request(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = client.request(method, url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     let response = request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
     let status = response.status();
     let json = response
         .headers()
@@ -35,11 +40,22 @@ async fn call_with(method: Method, path: &str, token: Option<&str>) -> (StatusCo
     let body = if text.is_empty() {
         Value::Null
     } else if json {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text}"))
     } else {
         Value::String(text)
     };
     (status, body)
+}
+
+/// [`request`] to the lab's API.
+async fn call_with(method: Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    request(
+        &reqwest::Client::new(),
+        method,
+        &format!("{BASE}{path}"),
+        token,
+    )
+    .await
 }
 
 thread_local! {
@@ -77,13 +93,10 @@ fn is_error((status, body): (StatusCode, Value), expected: StatusCode, needle: &
 
 /// `GET /metrics` (with `token`): its text, after a 200.
 async fn metrics_text(token: Option<&str>) -> String {
-    let mut request = reqwest::Client::new().get(format!("{BASE}/metrics"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+    match call_with(Method::GET, "/metrics", token).await {
+        (StatusCode::OK, Value::String(text)) => text,
+        other => panic!("/metrics: {other:?}"),
     }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.text().await.unwrap()
 }
 
 /// `promtool check metrics` passes `text` (Debian package `prometheus`).
@@ -433,35 +446,19 @@ fn off_loopback_the_api_speaks_tls() {
             .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
             .build()
             .unwrap();
-        let response = client
-            .get("https://192.0.2.1:8443/v1/status")
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["used_allocations"], 0);
-        let unauthenticated = client
-            .get("https://192.0.2.1:8443/v1/status")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+        let tls = async |path: &str, token: Option<&str>| {
+            let url = format!("https://192.0.2.1:8443{path}");
+            request(&client, Method::GET, &url, token).await
+        };
+        let (status, body) = tls("/v1/status", Some(&token)).await;
+        assert_eq!(
+            (status, &body["used_allocations"]),
+            (StatusCode::OK, &0.into())
+        );
+        assert_eq!(tls("/v1/status", None).await.0, StatusCode::UNAUTHORIZED);
         // Off loopback, the metrics need a token too.
-        let metrics = client
-            .get("https://192.0.2.1:8443/metrics")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(metrics.status(), StatusCode::UNAUTHORIZED);
-        let metrics = client
-            .get("https://192.0.2.1:8443/metrics")
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(metrics.status(), StatusCode::OK);
+        assert_eq!(tls("/metrics", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(tls("/metrics", Some(&token)).await.0, StatusCode::OK);
         // No plain HTTP on that port.
         let plain = reqwest::get("http://192.0.2.1:8443/health").await;
         assert!(plain.is_err() || !plain.unwrap().status().is_success());

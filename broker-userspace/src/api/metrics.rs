@@ -57,6 +57,11 @@ impl Family<'_> {
     }
 }
 
+/// A family of one sample without labels.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    Family::start(out, name, kind, help).sample(name, &[], value);
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -121,9 +126,14 @@ pub fn render(snapshot: &Snapshot) -> String {
         );
     }
 
-    let name = "responses_total";
     let answered: u64 = s.contracts.iter().map(|c| c.requests.answered).sum();
-    Family::start(o, name, "counter", "Responses sent on chain.").sample(name, &[], answered);
+    single(
+        o,
+        "responses_total",
+        "counter",
+        "Responses sent on chain.",
+        answered,
+    );
 
     if let Some(counters) = &s.counters {
         let name = "chain_errors_total";
@@ -146,36 +156,29 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
         if let Some(at) = counters.last_poll_success_at {
             let name = "last_poll_success_timestamp_seconds";
-            Family::start(o, name, "gauge", "When a poll last succeeded.").sample(name, &[], at);
+            single(o, name, "gauge", "When a poll last succeeded.", at);
         }
-        let name = "gas_spent_wei_total";
-        Family::start(
+        single(
             o,
-            name,
+            "gas_spent_wei_total",
             "counter",
             "Wei paid in gas for the transactions mined since the daemon started.",
-        )
-        .sample(name, &[], counters.gas_spent_wei);
+            counters.gas_spent_wei,
+        );
     }
 
     if let Some(chain) = &s.chain {
-        let name = "chain_lag_blocks";
-        Family::start(
+        single(
             o,
-            name,
+            "chain_lag_blocks",
             "gauge",
             "Blocks between the chain head and the confirmed block the daemon read at.",
-        )
-        .sample(name, &[], chain.lag_blocks);
-    }
-
-    if let Some(wallet) = &s.wallet {
-        let name = "operator_balance_wei";
-        Family::start(o, name, "gauge", "The operator wallet's balance.").sample(
-            name,
-            &[],
-            wallet.balance_wei,
+            chain.lag_blocks,
         );
+    }
+    if let Some(wallet) = &s.wallet {
+        let help = "The operator wallet's balance.";
+        single(o, "operator_balance_wei", "gauge", help, wallet.balance_wei);
     }
 
     if let Some(ndp) = &s.ndp {
