@@ -543,6 +543,18 @@ fn plain_http_off_loopback_is_refused_at_start_up() {
             let expected = "is not a loopback address: serving it needs TLS";
             lab.cli(&["check-config"]).fails_with(expected);
             lab.cli(&["run"]).fails_with(expected);
+            // A certificate that cannot be read stops `run` before it sets anything up.
+            let text = std::fs::read_to_string(&lab.config).unwrap().replace(
+            "listen = \"0.0.0.0:8080\"",
+            "listen = \"0.0.0.0:8443\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"",
+        );
+            std::fs::write(&lab.config, text).unwrap();
+            lab.cli(&["check-config"]).ok();
+            lab.cli(&["run"])
+                .fails_with("HTTP API: TLS certificate /nonexistent/c.pem");
+            // No NDP responder was pinned.
+        let pinned = std::fs::read_dir(lab.pins.dir.path()).map_or(0, |d| d.count());
+        assert_eq!(pinned, 0);
         },
     );
 }

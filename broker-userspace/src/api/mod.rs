@@ -138,21 +138,17 @@ pub fn router(state: ApiState) -> Router {
         }))
 }
 
-/// The API's listening socket, bound at start-up (so a taken port stops
-/// the daemon there, not later).
+/// The API's listening socket and TLS configuration.
 pub struct ApiServer {
     listener: std::net::TcpListener,
     /// None: plain HTTP.
     tls: Option<RustlsConfig>,
-    state: ApiState,
 }
 
 impl ApiServer {
-    pub async fn bind(
-        api: &config::Api,
-        handle: Handle,
-        pool: Pool,
-    ) -> Result<ApiServer, BindError> {
+    /// Loads the TLS certificate and binds the address: before the daemon
+    /// touches anything, so a bad `[api]` stops it at once.
+    pub async fn bind(api: &config::Api) -> Result<ApiServer, BindError> {
         let tls = match (&api.tls_cert, &api.tls_key) {
             (Some(cert), Some(key)) => Some(RustlsConfig::from_pem_file(cert, key).await.map_err(
                 |source| BindError::Tls {
@@ -169,23 +165,21 @@ impl ApiServer {
         };
         let listener = std::net::TcpListener::bind(api.listen).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
-        Ok(ApiServer {
-            listener,
-            tls,
-            state: ApiState {
-                handle,
-                pool,
-                loopback: api.listen.ip().is_loopback(),
-            },
-        })
+        Ok(ApiServer { listener, tls })
     }
 
-    /// Serves until the task running this is dropped.
-    pub async fn serve(self) {
+    /// Serves the daemon behind `handle` until the task running this is
+    /// dropped.
+    pub async fn serve(self, handle: Handle, pool: Pool) {
         let address = self.listener.local_addr().ok();
+        let state = ApiState {
+            handle,
+            pool,
+            loopback: address.is_some_and(|a| a.ip().is_loopback()),
+        };
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         info!(listen = ?address, scheme, "HTTP API ready");
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let served = match self.tls {
             Some(tls) => match axum_server::from_tcp_rustls(self.listener, tls) {
                 Ok(server) => server.serve(app).await,

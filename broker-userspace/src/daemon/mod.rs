@@ -76,6 +76,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crash_points::setup();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watch(stop.clone())?;
+    let api = match &config.api {
+        Some(api) => Some(ApiServer::bind(api).await?),
+        None => None,
+    };
     let Some(mut daemon) = Daemon::start(config, stop.clone()).await? else {
         info!("stopping before the chain ever answered: tunnels and the NDP responder stay up");
         return Ok(());
@@ -88,13 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (mut publisher, handle) = handle::channel(first, tokens);
     let socket = ControlSocket::bind(&control::socket_path(&daemon.config))?;
     let pool = daemon.config.broker.pool;
-    let api = match &daemon.config.api {
-        Some(api) => {
-            let server = ApiServer::bind(api, handle.clone(), pool).await?;
-            Some(tokio::spawn(server.serve()))
-        }
-        None => None,
-    };
+    let api = api.map(|server| tokio::spawn(server.serve(handle.clone(), pool)));
     let server = tokio::spawn(socket.serve(handle, pool));
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
