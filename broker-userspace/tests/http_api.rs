@@ -553,8 +553,8 @@ fn plain_http_off_loopback_is_refused_at_start_up() {
             lab.cli(&["run"])
                 .fails_with("HTTP API: TLS certificate /nonexistent/c.pem");
             // No NDP responder was pinned.
-        let pinned = std::fs::read_dir(lab.pins.dir.path()).map_or(0, |d| d.count());
-        assert_eq!(pinned, 0);
+            let pinned = std::fs::read_dir(lab.pins.dir.path()).map_or(0, |d| d.count());
+            assert_eq!(pinned, 0);
         },
     );
 }

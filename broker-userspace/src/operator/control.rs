@@ -395,6 +395,24 @@ mod tests {
         );
         let status: Request = serde_json::from_str(r#"{"command":"status"}"#).unwrap();
         assert_eq!(status, Request::Status);
+        let revoke: Request =
+            serde_json::from_str(r#"{"command":"revoke_token","name":"ops"}"#).unwrap();
+        assert_eq!(revoke, Request::RevokeToken { name: "ops".into() });
+        // A new token travels as its hash, never its secret.
+        let token = Token {
+            name: "ops".into(),
+            hash: [0xab; 32],
+            read_only: true,
+            created_at: 5,
+        };
+        let text = serde_json::to_string(&Request::CreateToken { token }).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"command":"create_token","token":{{"name":"ops","hash":"{}","read_only":true,"created_at":5}}}}"#,
+                "ab".repeat(32)
+            )
+        );
         let error = serde_json::to_string(&Response::Error("no".into())).unwrap();
         assert_eq!(error, r#"{"error":"no"}"#);
     }
