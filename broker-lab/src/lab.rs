@@ -474,7 +474,7 @@ fn broker_files(
             implementation: WireguardImplementation::Userspace,
             handshake_timeout_secs: 120,
         },
-        api_listen: None,
+        api: None,
         database_path: dir.join("state/broker.redb"),
         onchain: config::Onchain {
             rpc_url: rpc_url.into(),

@@ -2,6 +2,7 @@
 //! authenticated on-chain. The binary (`src/main.rs`) is a thin CLI over these
 //! modules.
 
+pub mod api;
 pub mod chain;
 pub mod config;
 pub mod daemon;

@@ -64,6 +64,8 @@ enum Command {
     Status(commands::status::StatusArgs),
     /// The allocations: list, show one, release one.
     Allocations(commands::allocations::AllocationsArgs),
+    /// The HTTP API's bearer tokens: create (shown once), list, revoke.
+    Token(commands::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::DetectIpv6(args) => commands::detect_ipv6::run(args),
         Command::Status(args) => commands::status::run(args),
         Command::Allocations(args) => commands::allocations::run(args),
+        Command::Token(args) => commands::token::run(args),
     };
     match result {
         Ok(code) => code,

@@ -25,6 +25,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ndppd", "the ndppd peer in the NDP benchmark"),
     ("fonts-dejavu-core", "the text of the NDP benchmark's plots"),
     (
+        "prometheus",
+        "promtool, which checks the broker's /metrics in tests/http_api.rs",
+    ),
+    (
         "nodejs",
         "the contracts' toolchain (forge, anvil, solc from npm)",
     ),

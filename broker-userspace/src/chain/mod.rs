@@ -50,6 +50,9 @@ pub struct Chain {
     conn: Connection,
     operator: Address,
     confirmations: u64,
+    /// Wei paid for the transactions mined so far (for the metrics), shared
+    /// by the clones.
+    gas_spent_wei: Arc<std::sync::Mutex<u128>>,
 }
 
 impl Chain {
@@ -74,6 +77,7 @@ impl Chain {
             conn,
             operator: address,
             confirmations: cfg.confirmations,
+            gas_spent_wei: Arc::default(),
         })
     }
 

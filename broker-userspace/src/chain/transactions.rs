@@ -81,6 +81,14 @@ impl Chain {
         tx: alloy::rpc::types::TransactionRequest,
     ) -> Result<TxHash, ChainError> {
         let receipt = self.conn.transact(call, tx).await?;
+        let paid = u128::from(receipt.gas_used).saturating_mul(receipt.effective_gas_price);
+        let mut spent = self.gas_spent_wei.lock().expect("never poisoned");
+        *spent = spent.saturating_add(paid);
         Ok(receipt.transaction_hash)
+    }
+
+    /// Wei paid in gas for the transactions this process had mined.
+    pub fn gas_spent_wei(&self) -> u128 {
+        *self.gas_spent_wei.lock().expect("never poisoned")
     }
 }

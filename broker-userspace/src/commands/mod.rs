@@ -8,4 +8,5 @@ pub mod generate_key;
 pub mod ndp;
 pub mod run;
 pub mod status;
+pub mod token;
 pub mod wallet;

@@ -15,7 +15,7 @@ use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
 
-use super::{Broker, Config, Onchain, Wireguard, file};
+use super::{Api, Broker, Config, Onchain, Wireguard, file};
 use crate::ipam::Pool;
 
 /// Whether the key files' contents are checked (their mode always is).
@@ -109,22 +109,38 @@ pub(super) fn config(file: file::File, p: &mut Problems) -> Option<Config> {
     let upstream_interface = file.broker.upstream_interface.clone();
     let broker = broker(file.broker, p);
     let wireguard = wireguard(file.wireguard, &upstream_interface, p);
-    let api_listen = api(file.api, p);
+    let api = file.api.map(|a| api(a, p));
     let onchain = onchain(file.onchain, p);
     Some(Config {
         broker: broker?,
         wireguard: wireguard?,
-        api_listen: api_listen?,
+        api: api.map_or(Some(None), |a| a.map(Some))?,
         database_path: file.database.path,
         onchain: onchain?,
     })
 }
 
-fn api(a: file::Api, p: &mut Problems) -> Option<Option<SocketAddr>> {
-    match a.listen {
-        None => Some(None),
-        Some(text) => p.parse("[api] listen", &text, "an address:port").map(Some),
+fn api(a: file::Api, p: &mut Problems) -> Option<Api> {
+    let listen: SocketAddr = p.parse("[api] listen", &a.listen, "an address:port")?;
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        p.add("[api] tls_cert and tls_key go together: give both, or neither".into());
+        return None;
     }
+    // Bearer tokens must not cross a network in clear unless the operator
+    // says so.
+    if !listen.ip().is_loopback() && a.tls_cert.is_none() && !a.insecure_plaintext {
+        p.add(format!(
+            "[api] listen {listen} is not a loopback address: serving it needs TLS \
+             (tls_cert and tls_key), or insecure_plaintext = true to send the API's tokens in clear"
+        ));
+        return None;
+    }
+    Some(Api {
+        listen,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        insecure_plaintext: a.insecure_plaintext,
+    })
 }
 
 fn broker(b: file::Broker, p: &mut Problems) -> Option<Broker> {

@@ -11,8 +11,8 @@ use serde::Deserialize;
 pub(super) struct File {
     pub broker: Broker,
     pub wireguard: Wireguard,
-    #[serde(default)]
-    pub api: Api,
+    /// `None`: no API.
+    pub api: Option<Api>,
     pub database: Database,
     pub onchain: Onchain,
 }
@@ -49,10 +49,15 @@ pub(super) struct Wireguard {
     pub handshake_timeout_secs: u64,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Api {
-    pub listen: Option<String>,
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +90,9 @@ pub(super) struct Onchain {
     pub low_balance_eth: String,
 }
 
+fn default_api_listen() -> String {
+    super::DEFAULT_API_LISTEN.into()
+}
 fn default_true() -> bool {
     true
 }

@@ -77,14 +77,9 @@ impl fmt::Display for WireguardImplementation {
 pub struct Config {
     pub broker: Broker,
     pub wireguard: Wireguard,
-    /// `[api] listen`: address of the local status API, if enabled (read and
-    /// checked; served from the operator-surface release on).
-    #[serde(
-        rename = "api",
-        serialize_with = "api_table",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub api_listen: Option<SocketAddr>,
+    /// `[api]`: the HTTP API, served when the section is present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<Api>,
     /// `[database] path`.
     #[serde(rename = "database", serialize_with = "database_table")]
     pub database_path: PathBuf,
@@ -119,6 +114,24 @@ pub struct Wireguard {
     pub handshake_timeout_secs: u64,
 }
 
+/// The HTTP API (`crate::api`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Api {
+    /// Default [`DEFAULT_API_LISTEN`].
+    pub listen: SocketAddr,
+    /// HTTPS with this certificate chain and key (PEM); both or neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address: the operator's explicit
+    /// choice (the tokens then cross the network in clear).
+    pub insecure_plaintext: bool,
+}
+
+/// `[api] listen` when the section does not give it.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8080";
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Onchain {
     pub rpc_url: String,
@@ -141,14 +154,6 @@ pub struct Onchain {
 }
 
 // The keys of the file that `Config` holds in other shapes.
-
-fn api_table<S: Serializer>(listen: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Api<'a> {
-        listen: &'a Option<SocketAddr>,
-    }
-    Api { listen }.serialize(s)
-}
 
 fn database_table<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]

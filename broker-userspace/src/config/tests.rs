@@ -86,7 +86,7 @@ fn loads_a_valid_file_with_defaults() {
     assert_eq!(c.wireguard.handshake_timeout_secs, 120);
     assert_eq!(c.onchain.legacy_requests_contracts.len(), 1);
     assert_eq!(c.onchain.poll_interval_secs, 5);
-    assert_eq!(c.api_listen, None);
+    assert_eq!(c.api, None);
     assert_eq!(c.broker.control_socket, None);
     assert_eq!(
         c.onchain.low_balance_wei,
@@ -112,7 +112,10 @@ fn a_serialised_config_loads_as_itself() {
             "interface = \"wg9\"\nlisten_port = 51999\n\
              implementation = \"userspace\"\nhandshake_timeout_secs = 30",
         ),
-        ("api", "listen = \"[::1]:8080\""),
+        (
+            "api",
+            "listen = \"[::1]:8080\"\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"",
+        ),
         (
             "onchain",
             "registry_contract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n\
@@ -135,7 +138,7 @@ fn a_serialised_config_loads_as_itself() {
         c.wireguard.implementation,
         WireguardImplementation::Userspace
     );
-    assert_eq!(c.api_listen, Some("[::1]:8080".parse().unwrap()));
+    assert_eq!(c.api.unwrap().listen, "[::1]:8080".parse().unwrap());
     assert!(c.onchain.registry_contract.is_some());
     assert_eq!(c.onchain.max_requests_per_poll, 9);
     assert_eq!(
@@ -335,4 +338,36 @@ fn the_onchain_endpoint_is_read_alone() {
     assert_eq!(e.lines().count(), 1, "{e}");
     let e = OnchainEndpoint::load(&f.dir.path().join("missing.toml")).unwrap_err();
     assert!(e.to_string().contains("No such file or directory"), "{e}");
+}
+
+#[test]
+fn the_api_listens_on_loopback_by_default_and_elsewhere_only_when_told() {
+    let f = Fixture::new();
+    let c = f.load(&f.text_with(&[("api", "")])).unwrap();
+    let api = c.api.unwrap();
+    assert_eq!(api.listen, super::DEFAULT_API_LISTEN.parse().unwrap());
+    assert!(!api.insecure_plaintext);
+    let p = f.problems(&f.text_with(&[("api", "listen = \"0.0.0.0:8080\"")]));
+    assert_eq!(
+        p,
+        [
+            "[api] listen 0.0.0.0:8080 is not a loopback address: serving it needs TLS \
+             (tls_cert and tls_key), or insecure_plaintext = true to send the API's tokens in clear"
+        ]
+    );
+    let p = f.problems(&f.text_with(&[("api", "tls_cert = \"/etc/c.pem\"")]));
+    assert_eq!(
+        p,
+        ["[api] tls_cert and tls_key go together: give both, or neither"]
+    );
+    let tls = "listen = \"0.0.0.0:8443\"\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"";
+    let c = f.load(&f.text_with(&[("api", tls)])).unwrap();
+    assert_eq!(c.api.unwrap().tls_key, Some("/etc/k.pem".into()));
+    let c = f
+        .load(&f.text_with(&[(
+            "api",
+            "listen = \"[2001:db8::1]:8080\"\ninsecure_plaintext = true",
+        )]))
+        .unwrap();
+    assert!(c.api.unwrap().insecure_plaintext);
 }

@@ -33,13 +33,14 @@ use broker_contracts::keys;
 use tracing::{info, warn};
 
 use crate::{
+    api::ApiServer,
     chain::{BlockRef, Chain},
     config::Config,
     ndp::{Interface, Responder, ResponderOptions},
     operator::{
         control::{self, ControlSocket},
         handle,
-        status::LastPoll,
+        status::{DaemonCounters, LastPoll},
     },
     store::{
         Store,
@@ -66,6 +67,8 @@ pub struct Daemon {
     /// operator's status.
     confirmed: Option<BlockRef>,
     last_poll: Option<LastPoll>,
+    /// Failed polls by kind, and the last success: for the metrics.
+    counters: DaemonCounters,
 }
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
@@ -73,6 +76,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crash_points::setup();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watch(stop.clone())?;
+    let api = match &config.api {
+        Some(api) => Some(ApiServer::bind(api).await?),
+        None => None,
+    };
     let Some(mut daemon) = Daemon::start(config, stop.clone()).await? else {
         info!("stopping before the chain ever answered: tunnels and the NDP responder stay up");
         return Ok(());
@@ -81,9 +88,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .snapshot()
         .await
         .context("reading the database for the status")?;
-    let (mut publisher, handle) = handle::channel(first);
+    let tokens = daemon.store.tokens().context("reading the API tokens")?;
+    let (mut publisher, handle) = handle::channel(first, tokens);
     let socket = ControlSocket::bind(&control::socket_path(&daemon.config))?;
-    let server = tokio::spawn(socket.serve(handle, daemon.config.broker.pool));
+    let pool = daemon.config.broker.pool;
+    let api = api.map(|server| tokio::spawn(server.serve(handle.clone(), pool)));
+    let server = tokio::spawn(socket.serve(handle, pool));
     let mut failures = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let result = daemon.poll().await;
@@ -99,9 +109,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let pause = pause_after(failures, daemon.config.onchain.poll_interval_secs);
         daemon.pause_serving(pause, &mut publisher).await;
     }
-    // Ends the server, which removes the socket.
-    server.abort();
-    let _ = server.await;
+    // Ends the servers (the control socket's removes the socket).
+    for task in std::iter::once(server).chain(api) {
+        task.abort();
+        let _ = task.await;
+    }
     info!("stopping: state is on disk, tunnels and the NDP responder stay up");
     Ok(())
 }
@@ -203,6 +215,7 @@ impl Daemon {
             stop,
             confirmed: None,
             last_poll: None,
+            counters: DaemonCounters::default(),
         };
         daemon.sync_capacity().await;
         Ok(Some(daemon))

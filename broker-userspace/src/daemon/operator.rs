@@ -10,11 +10,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Daemon;
+use crate::chain::ChainError;
 use crate::{
     operator::{
-        Command, OnChainRelease, Publisher, Released, Snapshot, control,
+        Command, OnChainRelease, Publisher, Released, Snapshot, TokenChange, control,
         release::slot_of,
-        status::{ChainStatus, LastPoll, WalletStatus},
+        status::{ChainStatus, DaemonCounters, LastPoll, WalletStatus},
     },
     store::now,
 };
@@ -23,6 +24,18 @@ use crate::{
 const CHAIN_READS: Duration = Duration::from_secs(3);
 /// How often a pause looks at the stop flag.
 const STEP: Duration = Duration::from_millis(100);
+
+/// The kind of chain error behind `e` (`other` when none is).
+fn error_kind(e: &anyhow::Error) -> &'static str {
+    match e.chain().find_map(|c| c.downcast_ref::<ChainError>()) {
+        Some(ChainError::Transient { .. }) => "transient",
+        Some(ChainError::Reverted { .. }) => "reverted",
+        Some(ChainError::BadData { .. }) => "bad_data",
+        Some(ChainError::Config(_)) => "config",
+        Some(ChainError::WrongChain { .. }) => "wrong_chain",
+        _ => "other",
+    }
+}
 
 impl Daemon {
     /// The figures as of now: the database, the kernel's peers, the chain
@@ -45,6 +58,10 @@ impl Daemon {
         let status = &mut snapshot.status;
         status.daemon = true;
         status.last_poll = self.last_poll.clone();
+        status.counters = Some(DaemonCounters {
+            gas_spent_wei: self.chain.gas_spent_wei(),
+            ..self.counters.clone()
+        });
         if self.stopping() {
             return Some(snapshot);
         }
@@ -73,8 +90,16 @@ impl Daemon {
 
     /// Records how the poll that just ended went.
     pub(super) fn poll_ended(&mut self, result: &anyhow::Result<()>) {
+        let finished_at = now();
+        match result {
+            Ok(()) => self.counters.last_poll_success_at = Some(finished_at),
+            Err(e) => {
+                let kind = error_kind(e);
+                *self.counters.poll_errors.entry(kind.into()).or_default() += 1;
+            }
+        }
         self.last_poll = Some(LastPoll {
-            finished_at: now(),
+            finished_at,
             error: result.as_ref().err().map(|e| format!("{e:#}")),
         });
     }
@@ -106,15 +131,23 @@ impl Daemon {
             tokio::select! {
                 () = tokio::time::sleep(step) => {}
                 Some(command) = publisher.commands.recv() => {
-                    self.execute(command).await;
+                    self.execute(command, publisher).await;
                     self.publish(publisher).await;
                 }
             }
         }
     }
 
-    async fn execute(&mut self, command: Command) {
+    async fn execute(&mut self, command: Command, publisher: &Publisher) {
         match command {
+            Command::Token { change, reply } => {
+                let result = self.change_token(change, publisher);
+                match &result {
+                    Ok(()) => info!("API tokens changed"),
+                    Err(e) => warn!("API token change refused: {e}"),
+                }
+                let _ = reply.send(result);
+            }
             Command::Release { prefix, reply } => {
                 let result = self.release_for_operator(prefix).await;
                 match &result {
@@ -127,6 +160,25 @@ impl Daemon {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Stores `change` and publishes the tokens it leaves, before the
+    /// reply: a revoked token is refused from the next request on.
+    fn change_token(&self, change: TokenChange, publisher: &Publisher) -> Result<(), String> {
+        let done = match &change {
+            TokenChange::Create(token) => self.store.create_token(token),
+            TokenChange::Revoke { name } => self.store.revoke_token(name),
+        }
+        .map_err(|e| e.to_string())?;
+        if !done {
+            return Err(match change {
+                TokenChange::Create(token) => format!("a token named {:?} exists", token.name),
+                TokenChange::Revoke { name } => format!("no token is named {name:?}"),
+            });
+        }
+        let tokens = self.store.tokens().map_err(|e| e.to_string())?;
+        publisher.publish_tokens(tokens);
+        Ok(())
     }
 
     /// The path of a tunnel that never came up: database (the on-chain

@@ -4,8 +4,11 @@
 //!
 //! Asked: `{"command": "status"}`, `{"command": "allocations"}`,
 //! `{"command": "allocation", "prefix": P}`, `{"command": "release",
-//! "prefix": P}`. Answered: `{"ok": VALUE}` (a [`Status`], a list of
-//! [`AllocationView`], one of them, a [`Released`]) or `{"error": TEXT}`.
+//! "prefix": P}`, and for the HTTP API's tokens `{"command": "tokens"}`,
+//! `{"command": "create_token", "token": T}`, `{"command": "revoke_token",
+//! "name": N}`. Answered: `{"ok": VALUE}` (a [`Status`], a list of
+//! [`AllocationView`], one of them, a [`Released`], the tokens, null) or
+//! `{"error": TEXT}`.
 //!
 //! Besides the file's mode, each connecting process is checked with
 //! SO_PEERCRED: root, the daemon's own user, or a member of the socket's
@@ -33,8 +36,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{handle::Handle, release};
-use crate::{config::Config, ipam::Pool};
+use super::{
+    handle::{Handle, TokenChange},
+    release,
+};
+use crate::{config::Config, ipam::Pool, store::tokens::Token};
 
 /// Where the socket goes when the configuration names no path and systemd
 /// gives no runtime directory.
@@ -50,8 +56,22 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Request {
     Status,
     Allocations,
-    Allocation { prefix: Ipv6Net },
-    Release { prefix: Ipv6Net },
+    Allocation {
+        prefix: Ipv6Net,
+    },
+    Release {
+        prefix: Ipv6Net,
+    },
+    /// The HTTP API's tokens (their names, modes and hashes).
+    Tokens,
+    /// A new API token, by the SHA-256 of its secret (the secret never
+    /// leaves the command that made it).
+    CreateToken {
+        token: Token,
+    },
+    RevokeToken {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -273,6 +293,16 @@ async fn answer(request: Request, handle: &Handle, pool: &Pool) -> Response {
             Ok(released) => ok(serde_json::to_value(released)),
             Err(e) => Response::Error(e),
         },
+        Request::Tokens => ok(serde_json::to_value(&*handle.tokens())),
+        Request::CreateToken { token } => token_change(handle, TokenChange::Create(token)).await,
+        Request::RevokeToken { name } => token_change(handle, TokenChange::Revoke { name }).await,
+    }
+}
+
+async fn token_change(handle: &Handle, change: TokenChange) -> Response {
+    match handle.change_tokens(change).await {
+        Ok(()) => Response::Ok(serde_json::Value::Null),
+        Err(e) => Response::Error(e),
     }
 }
 
@@ -365,6 +395,24 @@ mod tests {
         );
         let status: Request = serde_json::from_str(r#"{"command":"status"}"#).unwrap();
         assert_eq!(status, Request::Status);
+        let revoke: Request =
+            serde_json::from_str(r#"{"command":"revoke_token","name":"ops"}"#).unwrap();
+        assert_eq!(revoke, Request::RevokeToken { name: "ops".into() });
+        // A new token travels as its hash, never its secret.
+        let token = Token {
+            name: "ops".into(),
+            hash: [0xab; 32],
+            read_only: true,
+            created_at: 5,
+        };
+        let text = serde_json::to_string(&Request::CreateToken { token }).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"command":"create_token","token":{{"name":"ops","hash":"{}","read_only":true,"created_at":5}}}}"#,
+                "ab".repeat(32)
+            )
+        );
         let error = serde_json::to_string(&Response::Error("no".into())).unwrap();
         assert_eq!(error, r#"{"error":"no"}"#);
     }
@@ -409,6 +457,7 @@ mod tests {
                 wallet: None,
                 ndp: None,
                 peers: None,
+                counters: None,
             },
             allocations: vec![],
         }
@@ -431,7 +480,7 @@ mod tests {
             Err(ControlError::InUse(_))
         ));
 
-        let (_publisher, handle) = handle::channel(empty_snapshot());
+        let (_publisher, handle) = handle::channel(empty_snapshot(), vec![]);
         let pool = Pool::new("2001:db8::/64".parse().unwrap(), 120).unwrap();
         let server = tokio::spawn(socket.serve(handle, pool));
         let ask_path = path.clone();

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    store::{Store, StoreError},
+    store::{Store, StoreError, tokens::Token},
     tunnel::Peer,
 };
 
@@ -68,11 +68,25 @@ pub enum Command {
         prefix: Ipv6Net,
         reply: oneshot::Sender<Result<Released, String>>,
     },
+    /// Change the API's tokens; the reply comes once the new list is
+    /// published (a revoked token is refused from then on).
+    Token {
+        change: TokenChange,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// A change to the API's tokens.
+#[derive(Debug)]
+pub enum TokenChange {
+    Create(Token),
+    Revoke { name: String },
 }
 
 /// The daemon's end: publishes snapshots, receives commands.
 pub struct Publisher {
     snapshot: watch::Sender<Arc<Snapshot>>,
+    tokens: watch::Sender<Arc<Vec<Token>>>,
     pub commands: mpsc::Receiver<Command>,
 }
 
@@ -80,23 +94,27 @@ pub struct Publisher {
 #[derive(Clone)]
 pub struct Handle {
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    tokens: watch::Receiver<Arc<Vec<Token>>>,
     commands: mpsc::Sender<Command>,
 }
 
 /// Commands waiting for the loop; more wait for a place.
 const QUEUED_COMMANDS: usize = 16;
 
-/// A publisher starting at `first`, and its handle.
-pub fn channel(first: Snapshot) -> (Publisher, Handle) {
+/// A publisher starting at `first` and `tokens`, and its handle.
+pub fn channel(first: Snapshot, tokens: Vec<Token>) -> (Publisher, Handle) {
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first));
+    let (tokens_tx, tokens_rx) = watch::channel(Arc::new(tokens));
     let (commands_tx, commands_rx) = mpsc::channel(QUEUED_COMMANDS);
     (
         Publisher {
             snapshot: snapshot_tx,
+            tokens: tokens_tx,
             commands: commands_rx,
         },
         Handle {
             snapshot: snapshot_rx,
+            tokens: tokens_rx,
             commands: commands_tx,
         },
     )
@@ -105,6 +123,10 @@ pub fn channel(first: Snapshot) -> (Publisher, Handle) {
 impl Publisher {
     pub fn publish(&self, snapshot: Snapshot) {
         self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    pub fn publish_tokens(&self, tokens: Vec<Token>) {
+        self.tokens.send_replace(Arc::new(tokens));
     }
 
     /// The snapshot published last.
@@ -119,13 +141,31 @@ impl Handle {
         self.snapshot.borrow().clone()
     }
 
+    /// The API's tokens as the daemon has them now.
+    pub fn tokens(&self) -> Arc<Vec<Token>> {
+        self.tokens.borrow().clone()
+    }
+
+    /// Has the daemon change the API's tokens, and waits until it has.
+    pub async fn change_tokens(&self, change: TokenChange) -> Result<(), String> {
+        self.ask(|reply| Command::Token { change, reply }).await
+    }
+
     /// Has the daemon release `prefix`, and waits until it has (the loop
     /// takes it at the end of the poll in progress).
     pub async fn release(&self, prefix: Ipv6Net) -> Result<Released, String> {
+        self.ask(|reply| Command::Release { prefix, reply }).await
+    }
+
+    /// Sends the loop `command` and waits for its reply.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, String> {
         let (reply, answer) = oneshot::channel();
         let stopped = || "the daemon is stopping".to_string();
         self.commands
-            .send(Command::Release { prefix, reply })
+            .send(command(reply))
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?

@@ -16,6 +16,6 @@ pub mod release;
 pub mod status;
 
 pub use allocation::{AllocationView, PeerState};
-pub use handle::{Command, Handle, Publisher, Snapshot};
+pub use handle::{Command, Handle, Publisher, Snapshot, TokenChange};
 pub use release::{OnChainRelease, PrefixError, Released};
 pub use status::Status;

@@ -37,6 +37,22 @@ pub struct Status {
     /// None when no responder is pinned (or its pins cannot be read).
     pub ndp: Option<NdpStatus>,
     pub peers: Option<PeerCounts>,
+    /// What the daemon counted since it started (None without it).
+    #[serde(default)]
+    pub counters: Option<DaemonCounters>,
+}
+
+/// The daemon's own counts since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonCounters {
+    /// Polls that failed, by the kind of chain error (`transient`,
+    /// `reverted`, `bad_data`, `config`, `wrong_chain`; `other` when the
+    /// chain was not the cause).
+    pub poll_errors: std::collections::BTreeMap<String, u64>,
+    /// When a poll last succeeded (seconds since the epoch).
+    pub last_poll_success_at: Option<u64>,
+    /// Wei paid in gas for the transactions mined.
+    pub gas_spent_wei: u128,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +249,7 @@ impl Status {
             wallet: None,
             ndp: NdpStatus::read(&ndp::PinDir::new(&config.broker.ndp_pin_dir)),
             peers: None,
+            counters: None,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod chain_releases;
 pub mod cursors;
 pub mod requests;
+pub mod tokens;
 
 use std::{os::unix::fs::DirBuilderExt as _, path::Path};
 
@@ -123,6 +124,7 @@ impl Store {
             cursors::create_tables(txn)?;
             audit::create_tables(txn)?;
             chain_releases::create_tables(txn)?;
+            tokens::create_tables(txn)?;
             Ok(())
         })?;
         Ok(store)
