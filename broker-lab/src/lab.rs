@@ -238,13 +238,19 @@ impl Lab {
             .erased())
     }
 
+    /// Writes [`Lab::config`] to [`Lab::config_path`] (each broker start
+    /// does; the CLI reads it).
+    pub fn write_config(&self) -> anyhow::Result<()> {
+        let text = toml::to_string(&self.config).context("serialising the configuration")?;
+        fs::write(&self.config_path, text)
+            .with_context(|| format!("writing {}", self.config_path.display()))
+    }
+
     /// Writes [`Lab::config`] and starts `blockhost-broker run` in the
     /// broker's namespace with crash points `failpoints` (`NAME=return;…`,
     /// for a build with the `failpoints` feature), not waiting.
     pub fn spawn_broker(&mut self, failpoints: Option<&str>) -> anyhow::Result<&mut Process> {
-        let text = toml::to_string(&self.config).context("serialising the configuration")?;
-        fs::write(&self.config_path, text)
-            .with_context(|| format!("writing {}", self.config_path.display()))?;
+        self.write_config()?;
         let mut cmd = self.net.broker.command(binary("blockhost-broker")?);
         cmd.args(["run", "--config"])
             .arg(&self.config_path)

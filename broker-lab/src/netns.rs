@@ -157,6 +157,24 @@ impl Netns {
         }))
     }
 
+    /// A tokio runtime (one worker) whose threads live in this namespace:
+    /// its tasks reach this namespace's loopback, as a local client would.
+    /// Drop it with `shutdown_background` inside another runtime.
+    pub fn runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {
+        let file = std::sync::Arc::new(
+            self.file
+                .try_clone()
+                .with_context(|| format!("duplicating the handle of {}", self.name))?,
+        );
+        let name = self.name.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .on_thread_start(move || enter(&file, &name).unwrap_or_else(|e| panic!("{e:#}")))
+            .build()
+            .with_context(|| format!("a tokio runtime in {}", self.name))
+    }
+
     /// One echo request with a one-second wait, `tries` times at most:
     /// true as soon as one is answered.
     pub fn ping(&self, addr: &str, tries: u32) -> bool {

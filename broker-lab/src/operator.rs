@@ -1,13 +1,30 @@
 //! The operator's command line against the lab's broker:
 //! `blockhost-broker ARGS --config <the lab's config>` in the broker's
-//! namespace, as root or as another user, and what it gave.
+//! namespace, as root or as another user, and what it gave; and the
+//! figures the operator's tests compare with it (requests answered, the
+//! kernel's state, releases on chain).
 
-use std::{os::unix::fs::PermissionsExt as _, time::Duration};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    time::{Duration, Instant},
+};
 
+use alloy::primitives::Address;
 use anyhow::{Context as _, ensure};
+use broker_userspace::operator::{AllocationView, Status};
+use ipnet::Ipv6Net;
 use serde::de::DeserializeOwned;
 
-use crate::{Lab, broker::binary, process::run_bounded};
+use crate::{
+    Lab,
+    broker::binary,
+    process::run_bounded,
+    requests::{CLIENT, Client},
+};
+
+/// The broker's peers (key, prefix), routes through the tunnel, and the
+/// NDP map's prefixes, each sorted.
+pub type KernelState = (Vec<(String, String)>, Vec<Ipv6Net>, Vec<Ipv6Net>);
 
 /// How long a CLI run may take before it counts as hung.
 const CLI_LIMIT: Duration = Duration::from_secs(60);
@@ -111,5 +128,64 @@ impl Lab {
             stdout: out.stdout,
             stderr: out.stderr,
         })
+    }
+
+    /// Starts the broker (with crash points `failpoints`, see
+    /// [`Lab::spawn_crashing`]) and waits until it serves its control
+    /// socket.
+    pub fn start_broker_serving(&mut self, failpoints: Option<&str>) -> anyhow::Result<()> {
+        match failpoints {
+            Some(points) => self.spawn_crashing(points).map(drop)?,
+            None => self.start_broker().map(drop)?,
+        }
+        self.wait_control_socket()
+    }
+
+    /// `blockhost-broker status --json`: the operator's status (not a
+    /// request's, which is [`Lab::status`]).
+    pub fn operator_status(&self) -> anyhow::Result<Status> {
+        self.cli(&["status", "--json"])?.json()
+    }
+
+    /// `blockhost-broker allocations list --json [--state STATE]`.
+    pub fn list_allocations(&self, state: Option<&str>) -> anyhow::Result<Vec<AllocationView>> {
+        let mut args = vec!["allocations", "list", "--json"];
+        args.extend(state.map(|s| ["--state", s]).iter().flatten());
+        self.cli(&args)?.json()
+    }
+
+    /// A request from a new server of anvil account [`CLIENT`], for an NFT
+    /// of its own: the server, the NFT and the request id.
+    pub async fn request_from_new_server(&self) -> anyhow::Result<(Client, Address, u64)> {
+        let client = Client::new(CLIENT);
+        let nft = self.nft(CLIENT).await?;
+        let id = self.request_tunnel(&client, nft).await?;
+        Ok((client, nft, id))
+    }
+
+    /// Waits (30 s at most) until the operator's status shows `answered`
+    /// answered requests; that status.
+    pub async fn wait_answered(&mut self, answered: u64) -> anyhow::Result<Status> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.operator_status()?;
+            if status.contracts[0].requests.answered >= answered {
+                return Ok(status);
+            }
+            self.check_broker()?;
+            ensure!(Instant::now() < deadline, "{answered} answers: {status:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// How many `AllocationReleased` events `nft` has.
+    pub async fn released_on_chain(&self, nft: Address) -> anyhow::Result<usize> {
+        let events = self.released_events().await?;
+        Ok(events.iter().filter(|(_, of, _)| *of == nft).count())
+    }
+
+    /// The broker's peers, tunnel routes and NDP prefixes.
+    pub fn kernel_state(&self) -> anyhow::Result<KernelState> {
+        Ok((self.peers()?, self.routes()?, self.ndp_prefixes()?))
     }
 }

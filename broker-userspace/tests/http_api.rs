@@ -1,19 +1,24 @@
-//! The HTTP API (`[api]`) against the real daemon in the lab of
-//! tests/support/lab.rs: its answers agree with the CLI's, a DELETE really
-//! releases (peer, route, NDP entry, database, once on chain), and the
-//! configurations it must refuse are refused at start-up. Needs root.
+//! The HTTP API (`[api]`) against the real daemon in broker-lab's lab: its
+//! answers agree with the CLI's, a DELETE really releases (peer, route, NDP
+//! entry, database, once on chain), and the configurations it must refuse
+//! are refused at start-up. The API's client runs in the broker's
+//! namespace, where the API listens. Needs root.
 
-mod support;
+use std::{collections::BTreeSet, path::PathBuf};
 
-use std::collections::BTreeSet;
-
+use broker_lab::{Lab, lab_test, topology::BROKER_V4};
+use broker_userspace::{
+    config::{self, DEFAULT_API_LISTEN},
+    ipam::Pool,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use support::lab::{Lab, lab_test, lab_test_with};
-use wireguard_control::Key;
 
 /// Where the lab's daemon serves the API (the default listen).
 const BASE: &str = "http://127.0.0.1:8080";
+/// The broker's pool: a /64 in /120s.
+const UPSTREAM: &str = "2001:db8:100::/64";
+const ALLOCATION_SIZE: u8 = 120;
 
 /// A request's status and body (JSON; a string when not JSON; Null when
 /// empty), with `token`.
@@ -47,41 +52,125 @@ async fn request(
     (status, body)
 }
 
-/// [`request`] to the lab's API.
-async fn call_with(method: Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-    request(
-        &reqwest::Client::new(),
-        method,
-        &format!("{BASE}{path}"),
-        token,
-    )
-    .await
+/// The API's client: a runtime whose thread is in the broker's namespace
+/// (the API listens on its loopback), the token `call` and `get` present.
+struct Api {
+    runtime: Option<tokio::runtime::Runtime>,
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
 }
 
-thread_local! {
-    /// The token `call` and `get` present.
-    static TOKEN: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+impl Api {
+    fn new(lab: &Lab, base: &str, client: reqwest::Client) -> anyhow::Result<Api> {
+        Ok(Api {
+            runtime: Some(lab.net.broker.runtime()?),
+            client,
+            base: base.to_string(),
+            token: None,
+        })
+    }
+
+    /// Runs `f` in the broker's namespace; its panics are the caller's.
+    async fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        let runtime = self.runtime.as_ref().expect("the runtime until drop");
+        runtime
+            .spawn(f)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// [`request`] to the lab's API.
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let client = self.client.clone();
+        let url = format!("{}{path}", self.base);
+        let token = token.map(str::to_string);
+        self.run(async move { request(&client, method, &url, token.as_deref()).await })
+            .await
+    }
+
+    async fn call(&self, method: Method, path: &str) -> (StatusCode, Value) {
+        self.call_with(method, path, self.token.as_deref()).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path).await
+    }
+
+    /// Whether anything answers plain HTTP at `url` (in the namespace).
+    async fn plain_get(&self, url: String) -> reqwest::Result<reqwest::Response> {
+        self.run(reqwest::get(url)).await
+    }
+
+    /// `GET /metrics` (with `token`): its text, after a 200.
+    async fn metrics_text(&self, token: Option<&str>) -> String {
+        match self.call_with(Method::GET, "/metrics", token).await {
+            (StatusCode::OK, Value::String(text)) => text,
+            other => panic!("/metrics: {other:?}"),
+        }
+    }
 }
 
-async fn call(method: Method, path: &str) -> (StatusCode, Value) {
-    let token = TOKEN.with_borrow(Clone::clone);
-    call_with(method, path, token.as_deref()).await
+impl Drop for Api {
+    fn drop(&mut self) {
+        // Dropped inside the lab's runtime, where a blocking shutdown panics.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
-async fn get(path: &str) -> (StatusCode, Value) {
-    call(Method::GET, path).await
+/// `[api]` with `listen` and, when given, a certificate and key.
+fn api_section(listen: &str, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<config::Api> {
+    let (tls_cert, tls_key) = tls.unzip();
+    Ok(config::Api {
+        listen: listen.parse()?,
+        tls_cert,
+        tls_key,
+        insecure_plaintext: false,
+    })
+}
+
+/// A lab whose broker hands out UPSTREAM in /ALLOCATION_SIZE, with `api`
+/// as its `[api]` (not started); `body` gets the API's client at `base`.
+fn api_test(
+    tag: &str,
+    api: Option<config::Api>,
+    (base, client): (&str, reqwest::Client),
+    body: impl AsyncFnOnce(&mut Lab, &mut Api) -> anyhow::Result<()> + Send,
+) {
+    lab_test(tag, async |lab: &mut Lab| {
+        lab.config.broker.pool = Pool::new(UPSTREAM.parse()?, ALLOCATION_SIZE)?;
+        lab.config.api = api;
+        let mut client = Api::new(lab, base, client)?;
+        body(lab, &mut client).await
+    });
+}
+
+/// [`api_test`] with `[api]` at its defaults, the client on BASE.
+fn default_api_test(
+    tag: &str,
+    body: impl AsyncFnOnce(&mut Lab, &mut Api) -> anyhow::Result<()> + Send,
+) {
+    let section = api_section(DEFAULT_API_LISTEN, None).expect("the default listen");
+    api_test(tag, Some(section), (BASE, reqwest::Client::new()), body);
 }
 
 /// `blockhost-broker token create --name NAME [--read-only]`: the secret.
-fn create_token(lab: &Lab, name: &str, read_only: bool) -> String {
+fn create_token(lab: &Lab, name: &str, read_only: bool) -> anyhow::Result<String> {
     let mut args = vec!["token", "create", "--name", name];
     if read_only {
         args.push("--read-only");
     }
-    let run = lab.cli(&args);
-    let secret = run.ok().trim().to_string();
+    let run = lab.cli(&args)?;
+    let secret = run.ok()?.trim().to_string();
     assert!(secret.starts_with("bhb_") && secret.len() == 68, "{secret}");
-    secret
+    Ok(secret)
 }
 
 /// `{"error": …}` with `status`, its message containing `needle`.
@@ -89,14 +178,6 @@ fn is_error((status, body): (StatusCode, Value), expected: StatusCode, needle: &
     assert_eq!(status, expected, "{body}");
     let message = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
     assert!(message.contains(needle), "{needle:?} not in {message:?}");
-}
-
-/// `GET /metrics` (with `token`): its text, after a 200.
-async fn metrics_text(token: Option<&str>) -> String {
-    match call_with(Method::GET, "/metrics", token).await {
-        (StatusCode::OK, Value::String(text)) => text,
-        other => panic!("/metrics: {other:?}"),
-    }
 }
 
 /// `promtool check metrics` passes `text` (Debian package `prometheus`).
@@ -129,34 +210,35 @@ fn encoded(prefix: &str) -> String {
     prefix.replace('/', "%2F")
 }
 
-/// Two requests answered.
-async fn two_allocations(lab: &mut Lab) -> Vec<Key> {
-    lab.start_daemon(None);
-    let keys: Vec<Key> = (0..2).map(|_| Key::generate_private()).collect();
-    for key in &keys {
-        lab.request(key).await;
+/// Two requests answered: their servers' WireGuard keys.
+async fn two_allocations(lab: &mut Lab) -> anyhow::Result<Vec<String>> {
+    lab.start_broker_serving(None)?;
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        keys.push(lab.request_from_new_server().await?.0.wg_public());
     }
-    lab.wait_answered(2).await;
-    keys
+    lab.wait_answered(2).await?;
+    Ok(keys)
 }
 
 #[test]
 fn the_api_shows_the_daemons_figures_and_releases_for_real() {
-    lab_test_with("api", "[api]\n", async |lab: &mut Lab| {
+    default_api_test("api", async |lab: &mut Lab, api: &mut Api| {
         // Made in the database (no daemon yet), used with the daemon.
-        let early = create_token(lab, "early", false);
-        let keys = two_allocations(lab).await;
-        TOKEN.set(Some(early));
+        lab.write_config()?;
+        let early = create_token(lab, "early", false)?;
+        let keys = two_allocations(lab).await?;
+        api.token = Some(early);
 
-        let (status, health) = get("/health").await;
+        let (status, health) = api.get("/health").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(health["status"], "ok");
         assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
 
-        let (status, s) = get("/v1/status").await;
+        let (status, s) = api.get("/v1/status").await;
         assert_eq!(status, StatusCode::OK, "{s}");
-        assert_eq!(s["upstream_prefix"], support::lab::UPSTREAM);
-        assert_eq!(s["allocation_size"], support::lab::ALLOCATION_SIZE);
+        assert_eq!(s["upstream_prefix"], UPSTREAM);
+        assert_eq!(s["allocation_size"], ALLOCATION_SIZE);
         assert_eq!(s["used_allocations"], 2);
         let total = (1u64 << 56) - 1;
         assert_eq!(s["total_allocations"], total);
@@ -169,10 +251,10 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         assert_eq!(s["daemon"], true);
 
         // The allocations: those the CLI lists, under the tools' names.
-        let (status, all) = get("/v1/allocations").await;
+        let (status, all) = api.get("/v1/allocations").await;
         assert_eq!(status, StatusCode::OK, "{all}");
         let listed = all.as_array().unwrap();
-        let cli = lab.list(None);
+        let cli = lab.list_allocations(None)?;
         let prefixes = |v: &[Value]| -> BTreeSet<String> {
             v.iter()
                 .map(|a| a["prefix"].as_str().unwrap().to_string())
@@ -184,7 +266,7 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
             .iter()
             .map(|a| a["pubkey"].as_str().unwrap())
             .collect();
-        let ours: BTreeSet<String> = keys.iter().map(|k| k.get_public().to_base64()).collect();
+        let ours: BTreeSet<String> = keys.into_iter().collect();
         assert_eq!(pubkeys, ours.iter().map(String::as_str).collect());
         for a in listed {
             assert_eq!(a["status"], "never_connected", "{a}");
@@ -201,23 +283,25 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         // One, by its prefix in both spellings; the prefixes refused.
         let gone = &cli[0];
         let prefix = gone.prefix.to_string();
-        let (status, one) = get(&format!("/v1/allocations/{}", encoded(&prefix))).await;
+        let (status, one) = api
+            .get(&format!("/v1/allocations/{}", encoded(&prefix)))
+            .await;
         assert_eq!(status, StatusCode::OK, "{one}");
         assert_eq!(one["prefix"], prefix);
         assert_eq!(
             one["nft_contract"],
             serde_json::to_value(gone.nft_contract).unwrap()
         );
-        let (status, split) = get(&format!("/v1/allocations/{prefix}")).await;
+        let (status, split) = api.get(&format!("/v1/allocations/{prefix}")).await;
         assert_eq!((status, &split), (StatusCode::OK, &one));
         let bad = StatusCode::BAD_REQUEST;
         is_error(
-            get("/v1/allocations/nonsense").await,
+            api.get("/v1/allocations/nonsense").await,
             bad,
             "not an IPv6 prefix",
         );
         is_error(
-            get(&format!(
+            api.get(&format!(
                 "/v1/allocations/{}",
                 encoded("2001:db8:100::101/120")
             ))
@@ -226,18 +310,18 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
             "host bits set",
         );
         is_error(
-            get("/v1/allocations/2001:db8:200::/120").await,
+            api.get("/v1/allocations/2001:db8:200::/120").await,
             bad,
             "not in the pool",
         );
         let free = "2001:db8:100::ff00/120";
         is_error(
-            get(&format!("/v1/allocations/{}", encoded(free))).await,
+            api.get(&format!("/v1/allocations/{}", encoded(free))).await,
             StatusCode::NOT_FOUND,
             "no allocation has",
         );
         is_error(
-            call(
+            api.call(
                 Method::DELETE,
                 &format!("/v1/allocations/{}", encoded(free)),
             )
@@ -246,40 +330,42 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
             "no allocation has",
         );
         is_error(
-            get("/v2/nothing").await,
+            api.get("/v2/nothing").await,
             StatusCode::NOT_FOUND,
             "no such endpoint",
         );
 
         // DELETE: peer, route, NDP entry, database, once on chain.
-        let (status, body) = call(
-            Method::DELETE,
-            &format!("/v1/allocations/{}", encoded(&prefix)),
-        )
-        .await;
+        let (status, body) = api
+            .call(
+                Method::DELETE,
+                &format!("/v1/allocations/{}", encoded(&prefix)),
+            )
+            .await;
         assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
-        assert_eq!(lab.released_on_chain(gone.nft_contract).await, 1);
-        let (peers, routes, ndp) = lab.kernel();
+        assert_eq!(lab.released_on_chain(gone.nft_contract).await?, 1);
+        let (peers, routes, ndp) = lab.kernel_state()?;
         assert_eq!(peers.len(), 1);
         assert!(!peers.iter().any(|(_, p)| *p == prefix));
-        assert!(!routes.contains(&prefix));
+        assert!(!routes.contains(&gone.prefix));
         assert!(!ndp.contains(&gone.prefix));
-        assert_eq!(lab.list(None).len(), 1);
-        assert_eq!(lab.status().pool.used, 1);
+        assert_eq!(lab.list_allocations(None)?.len(), 1);
+        assert_eq!(lab.operator_status()?.pool.used, 1);
         is_error(
-            get(&format!("/v1/allocations/{prefix}")).await,
+            api.get(&format!("/v1/allocations/{prefix}")).await,
             StatusCode::NOT_FOUND,
             "no allocation has",
         );
         is_error(
-            call(Method::DELETE, &format!("/v1/allocations/{prefix}")).await,
+            api.call(Method::DELETE, &format!("/v1/allocations/{prefix}"))
+                .await,
             StatusCode::NOT_FOUND,
             "no allocation has",
         );
-        assert_eq!(lab.released_on_chain(gone.nft_contract).await, 1);
+        assert_eq!(lab.released_on_chain(gone.nft_contract).await?, 1);
 
         // Metrics: open on loopback, valid for promtool, the figures above.
-        let metrics = metrics_text(None).await;
+        let metrics = api.metrics_text(None).await;
         promtool_accepts(&metrics);
         for line in [
             "blockhost_broker_allocations{state=\"used\"} 1",
@@ -318,11 +404,10 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         let big = reqwest::Client::new()
             .delete(format!("{BASE}/v1/allocations/{}", encoded(&prefix)))
             .body(vec![b'x'; 20 * 1024])
-            .send()
-            .await
-            .unwrap();
+            .send();
+        let big = api.run(big).await.unwrap();
         assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        let burst = futures::future::join_all((0..120).map(|_| get("/health"))).await;
+        let burst = futures::future::join_all((0..120).map(|_| api.get("/health"))).await;
         let limited: Vec<_> = burst
             .iter()
             .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
@@ -331,24 +416,25 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         assert!(limited[0].1["error"].is_string(), "{}", limited[0].1);
 
         // SIGTERM stops the API with the daemon.
-        lab.daemon().stop();
-        assert!(reqwest::get(format!("{BASE}/health")).await.is_err());
+        lab.stop_broker()?;
+        assert!(api.plain_get(format!("{BASE}/health")).await.is_err());
+        Ok(())
     });
 }
 
 #[test]
 fn tokens_decide_who_reads_and_who_releases_and_revoked_ones_stop_at_once() {
-    lab_test_with("apt", "[api]\n", async |lab: &mut Lab| {
-        lab.start_daemon(None);
-        lab.request(&Key::generate_private()).await;
-        lab.wait_answered(1).await;
-        let prefix = lab.list(None)[0].prefix.to_string();
+    default_api_test("apt", async |lab: &mut Lab, api: &mut Api| {
+        lab.start_broker_serving(None)?;
+        lab.request_from_new_server().await?;
+        lab.wait_answered(1).await?;
+        let prefix = lab.list_allocations(None)?[0].prefix.to_string();
         let one = format!("/v1/allocations/{}", encoded(&prefix));
         let unauthorized = StatusCode::UNAUTHORIZED;
 
         // Nothing under /v1 without a valid token; /health is open.
         assert_eq!(
-            call_with(Method::GET, "/health", None).await.0,
+            api.call_with(Method::GET, "/health", None).await.0,
             StatusCode::OK
         );
         for (method, path) in [
@@ -360,7 +446,7 @@ fn tokens_decide_who_reads_and_who_releases_and_revoked_ones_stop_at_once() {
             let made_up = format!("bhb_{}", "0".repeat(64));
             for token in [None, Some(made_up.as_str()), Some("")] {
                 is_error(
-                    call_with(method.clone(), path, token).await,
+                    api.call_with(method.clone(), path, token).await,
                     unauthorized,
                     "a valid token is needed",
                 );
@@ -368,11 +454,11 @@ fn tokens_decide_who_reads_and_who_releases_and_revoked_ones_stop_at_once() {
         }
 
         // Made through the daemon while it runs.
-        let ops = create_token(lab, "ops", false);
-        let viewer = create_token(lab, "viewer", true);
-        lab.cli(&["token", "create", "--name", "ops"])
-            .fails_with("a token named \"ops\" exists");
-        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"]).json();
+        let ops = create_token(lab, "ops", false)?;
+        let viewer = create_token(lab, "viewer", true)?;
+        lab.cli(&["token", "create", "--name", "ops"])?
+            .fails_with("a token named \"ops\" exists")?;
+        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"])?.json()?;
         let names: Vec<&str> = listed.iter().map(|t| t["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["ops", "viewer"]);
         assert_eq!(
@@ -382,47 +468,51 @@ fn tokens_decide_who_reads_and_who_releases_and_revoked_ones_stop_at_once() {
             ),
             (Some(false), Some(true))
         );
-        let text = lab.cli(&["token", "list"]);
-        assert!(!text.ok().contains(&ops) && !text.ok().contains(&viewer));
+        let text = lab.cli(&["token", "list"])?;
+        assert!(!text.ok()?.contains(&ops) && !text.ok()?.contains(&viewer));
 
         // Read-only: reads, never releases.
-        let (status, body) = call_with(Method::GET, "/v1/status", Some(&viewer)).await;
+        let (status, body) = api
+            .call_with(Method::GET, "/v1/status", Some(&viewer))
+            .await;
         assert_eq!(
             (status, body["used_allocations"].as_u64()),
             (StatusCode::OK, Some(1))
         );
         assert_eq!(
-            call_with(Method::GET, &one, Some(&viewer)).await.0,
+            api.call_with(Method::GET, &one, Some(&viewer)).await.0,
             StatusCode::OK
         );
         is_error(
-            call_with(Method::DELETE, &one, Some(&viewer)).await,
+            api.call_with(Method::DELETE, &one, Some(&viewer)).await,
             StatusCode::FORBIDDEN,
             "read-only",
         );
-        assert_eq!(lab.list(None).len(), 1);
+        assert_eq!(lab.list_allocations(None)?.len(), 1);
 
         // Revoked: refused from the next request on.
-        lab.cli(&["token", "revoke", "viewer"]).ok();
+        lab.cli(&["token", "revoke", "viewer"])?.ok()?;
         is_error(
-            call_with(Method::GET, "/v1/status", Some(&viewer)).await,
+            api.call_with(Method::GET, "/v1/status", Some(&viewer))
+                .await,
             unauthorized,
             "a valid token",
         );
-        lab.cli(&["token", "revoke", "viewer"])
-            .fails_with("no token is named \"viewer\"");
-        let (status, _) = call_with(Method::DELETE, &one, Some(&ops)).await;
+        lab.cli(&["token", "revoke", "viewer"])?
+            .fails_with("no token is named \"viewer\"")?;
+        let (status, _) = api.call_with(Method::DELETE, &one, Some(&ops)).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        assert_eq!(lab.list(None).len(), 0);
+        assert_eq!(lab.list_allocations(None)?.len(), 0);
 
         // Without the daemon, in the database.
-        lab.daemon().stop();
-        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"]).json();
+        lab.stop_broker()?;
+        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"])?.json()?;
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0]["name"], "ops");
-        lab.cli(&["token", "revoke", "ops"]).ok();
-        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"]).json();
+        lab.cli(&["token", "revoke", "ops"])?.ok()?;
+        let listed: Vec<Value> = lab.cli(&["token", "list", "--json"])?.json()?;
         assert_eq!(listed, Vec::<Value>::new());
+        Ok(())
     });
 }
 
@@ -430,39 +520,42 @@ fn tokens_decide_who_reads_and_who_releases_and_revoked_ones_stop_at_once() {
 fn off_loopback_the_api_speaks_tls() {
     let certs = tempfile::tempdir().unwrap();
     let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["192.0.2.1".to_string()]).unwrap();
+        rcgen::generate_simple_self_signed(vec![BROKER_V4.to_string()]).unwrap();
     let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
-    let extra = format!(
-        "[api]\nlisten = \"192.0.2.1:8443\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert_file.display(),
-        key_file.display()
+    let listen = format!("{BROKER_V4}:8443");
+    let section = api_section(&listen, Some((cert_file, key_file))).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://{listen}");
+    api_test(
+        "aps",
+        Some(section),
+        (&base, client),
+        async |lab: &mut Lab, api: &mut Api| {
+            lab.start_broker_serving(None)?;
+            let token = create_token(lab, "ops", true)?;
+            let tls = async |path: &str, token: Option<&str>| {
+                api.call_with(Method::GET, path, token).await
+            };
+            let (status, body) = tls("/v1/status", Some(&token)).await;
+            assert_eq!(
+                (status, &body["used_allocations"]),
+                (StatusCode::OK, &0.into())
+            );
+            assert_eq!(tls("/v1/status", None).await.0, StatusCode::UNAUTHORIZED);
+            // Off loopback, the metrics need a token too.
+            assert_eq!(tls("/metrics", None).await.0, StatusCode::UNAUTHORIZED);
+            assert_eq!(tls("/metrics", Some(&token)).await.0, StatusCode::OK);
+            // No plain HTTP on that port.
+            let plain = api.plain_get(format!("http://{listen}/health")).await;
+            assert!(plain.is_err() || !plain.unwrap().status().is_success());
+            Ok(())
+        },
     );
-    lab_test_with("aps", &extra, async |lab: &mut Lab| {
-        lab.start_daemon(None);
-        let token = create_token(lab, "ops", true);
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
-            .build()
-            .unwrap();
-        let tls = async |path: &str, token: Option<&str>| {
-            let url = format!("https://192.0.2.1:8443{path}");
-            request(&client, Method::GET, &url, token).await
-        };
-        let (status, body) = tls("/v1/status", Some(&token)).await;
-        assert_eq!(
-            (status, &body["used_allocations"]),
-            (StatusCode::OK, &0.into())
-        );
-        assert_eq!(tls("/v1/status", None).await.0, StatusCode::UNAUTHORIZED);
-        // Off loopback, the metrics need a token too.
-        assert_eq!(tls("/metrics", None).await.0, StatusCode::UNAUTHORIZED);
-        assert_eq!(tls("/metrics", Some(&token)).await.0, StatusCode::OK);
-        // No plain HTTP on that port.
-        let plain = reqwest::get("http://192.0.2.1:8443/health").await;
-        assert!(plain.is_err() || !plain.unwrap().status().is_success());
-    });
 }
 
 /// Every path and method of api/openapi.yaml, asked the way that gives each
@@ -473,12 +566,12 @@ fn the_server_answers_as_its_openapi_file_says() {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml")).unwrap();
     let doc: Value = serde_norway::from_str(&text).unwrap();
-    lab_test_with("apd", "[api]\n", async |lab: &mut Lab| {
-        two_allocations(lab).await;
-        let ops = create_token(lab, "ops", false);
-        let viewer = create_token(lab, "viewer", true);
+    default_api_test("apd", async |lab: &mut Lab, api: &mut Api| {
+        two_allocations(lab).await?;
+        let ops = create_token(lab, "ops", false)?;
+        let viewer = create_token(lab, "viewer", true)?;
         let taken: Vec<String> = lab
-            .list(None)
+            .list_allocations(None)?
             .iter()
             .map(|v| v.prefix.to_string())
             .collect();
@@ -520,7 +613,7 @@ fn the_server_answers_as_its_openapi_file_says() {
                         403 => Some(viewer.as_str()),
                         _ => Some(ops.as_str()),
                     };
-                    let (status, body) = call_with(wanted.clone(), &path, token).await;
+                    let (status, body) = api.call_with(wanted.clone(), &path, token).await;
                     assert_eq!(status.as_u16(), code, "{method} {path}: {body}");
                     if code >= 400 {
                         assert!(body["error"].is_string(), "{method} {path}: {body}");
@@ -530,39 +623,48 @@ fn the_server_answers_as_its_openapi_file_says() {
             }
         }
         assert!(checked >= 20, "{checked} answers checked");
-        assert_eq!(lab.list(None), []);
+        assert_eq!(lab.list_allocations(None)?, []);
+        Ok(())
     });
 }
 
 #[test]
 fn plain_http_off_loopback_is_refused_at_start_up() {
-    lab_test_with(
+    let section = api_section("0.0.0.0:8080", None).unwrap();
+    let client = (BASE, reqwest::Client::new());
+    api_test(
         "apn",
-        "[api]\nlisten = \"0.0.0.0:8080\"\n",
-        async |lab: &mut Lab| {
+        Some(section),
+        client,
+        async |lab: &mut Lab, _: &mut Api| {
+            lab.write_config()?;
             let expected = "is not a loopback address: serving it needs TLS";
-            lab.cli(&["check-config"]).fails_with(expected);
-            lab.cli(&["run"]).fails_with(expected);
+            lab.cli(&["check-config"])?.fails_with(expected)?;
+            lab.cli(&["run"])?.fails_with(expected)?;
             // A certificate that cannot be read stops `run` before it sets anything up.
-            let text = std::fs::read_to_string(&lab.config).unwrap().replace(
-            "listen = \"0.0.0.0:8080\"",
-            "listen = \"0.0.0.0:8443\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"",
-        );
-            std::fs::write(&lab.config, text).unwrap();
-            lab.cli(&["check-config"]).ok();
-            lab.cli(&["run"])
-                .fails_with("HTTP API: TLS certificate /nonexistent/c.pem");
+            let unreadable = (
+                PathBuf::from("/nonexistent/c.pem"),
+                PathBuf::from("/nonexistent/k.pem"),
+            );
+            lab.config.api = Some(api_section("0.0.0.0:8443", Some(unreadable))?);
+            lab.write_config()?;
+            lab.cli(&["check-config"])?.ok()?;
+            lab.cli(&["run"])?
+                .fails_with("HTTP API: TLS certificate /nonexistent/c.pem")?;
             // No NDP responder was pinned.
-            let pinned = std::fs::read_dir(lab.pins.dir.path()).map_or(0, |d| d.count());
+            let pinned = std::fs::read_dir(lab.pin_dir()).map_or(0, |d| d.count());
             assert_eq!(pinned, 0);
+            Ok(())
         },
     );
 }
 
 #[test]
 fn without_an_api_section_nothing_listens() {
-    lab_test("apo", async |lab: &mut Lab| {
-        lab.start_daemon(None);
-        assert!(reqwest::get(format!("{BASE}/health")).await.is_err());
+    let client = (BASE, reqwest::Client::new());
+    api_test("apo", None, client, async |lab: &mut Lab, api: &mut Api| {
+        lab.start_broker_serving(None)?;
+        assert!(api.plain_get(format!("{BASE}/health")).await.is_err());
+        Ok(())
     });
 }

@@ -9,17 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, utils::parse_ether};
+use alloy::primitives::utils::parse_ether;
 use broker_lab::{
-    Lab, lab_test,
-    operator::CliRun,
-    process::killed_by_sigkill,
-    requests::{CLIENT, Client},
-    topology::UPSTREAM_IF,
+    Lab, lab_test, operator::CliRun, process::killed_by_sigkill, topology::UPSTREAM_IF,
 };
 use broker_userspace::{
     ipam::Pool,
-    operator::{AllocationView, OnChainRelease, PeerState, Released, Status},
+    operator::{AllocationView, OnChainRelease, PeerState, Released},
     store::Store,
 };
 use ipnet::Ipv6Net;
@@ -48,18 +44,6 @@ fn operator_test(tag: &str, body: impl AsyncFnOnce(&mut Lab) -> anyhow::Result<(
     });
 }
 
-/// `status --json`.
-fn status(lab: &Lab) -> anyhow::Result<Status> {
-    lab.cli(&["status", "--json"])?.json()
-}
-
-/// `allocations list --json [--state STATE]`.
-fn list(lab: &Lab, state: Option<&str>) -> anyhow::Result<Vec<AllocationView>> {
-    let mut args = vec!["allocations", "list", "--json"];
-    args.extend(state.map(|s| ["--state", s]).iter().flatten());
-    lab.cli(&args)?.json()
-}
-
 /// `allocations show PREFIX ARGS`.
 fn show(lab: &Lab, prefix: Ipv6Net, args: &[&str]) -> anyhow::Result<CliRun> {
     let prefix = prefix.to_string();
@@ -70,53 +54,6 @@ fn show(lab: &Lab, prefix: Ipv6Net, args: &[&str]) -> anyhow::Result<CliRun> {
 fn release(lab: &Lab, prefix: Ipv6Net, args: &[&str]) -> anyhow::Result<CliRun> {
     let prefix = prefix.to_string();
     lab.cli(&[&["allocations", "release", &prefix], args].concat())
-}
-
-/// Starts the daemon (with crash points `failpoints`) and waits until it
-/// serves its control socket.
-fn start_daemon(lab: &mut Lab, failpoints: Option<&str>) -> anyhow::Result<()> {
-    match failpoints {
-        Some(points) => lab.spawn_crashing(points).map(drop)?,
-        None => lab.start_broker().map(drop)?,
-    }
-    lab.wait_control_socket()
-}
-
-/// A request from a new server of anvil account CLIENT, for an NFT of its
-/// own: the server, the NFT and the request id.
-async fn request(lab: &Lab) -> anyhow::Result<(Client, Address, u64)> {
-    let client = Client::new(CLIENT);
-    let nft = lab.nft(CLIENT).await?;
-    let id = lab.request_tunnel(&client, nft).await?;
-    Ok((client, nft, id))
-}
-
-/// Waits until the daemon's status shows `answered` answered requests.
-async fn wait_answered(lab: &mut Lab, answered: u64) -> anyhow::Result<Status> {
-    let deadline = Instant::now() + secs(30);
-    loop {
-        let status = status(lab)?;
-        if status.contracts[0].requests.answered >= answered {
-            return Ok(status);
-        }
-        lab.check_broker()?;
-        anyhow::ensure!(Instant::now() < deadline, "{answered} answers: {status:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// `AllocationReleased` events of `nft`.
-async fn released_on_chain(lab: &Lab, nft: Address) -> anyhow::Result<usize> {
-    let events = lab.released_events().await?;
-    Ok(events.iter().filter(|(_, of, _)| *of == nft).count())
-}
-
-/// The broker's peers (key, prefix), routes through the tunnel, and the
-/// NDP map's prefixes, each sorted.
-type Kernel = (Vec<(String, String)>, Vec<Ipv6Net>, Vec<Ipv6Net>);
-
-fn kernel(lab: &Lab) -> anyhow::Result<Kernel> {
-    Ok((lab.peers()?, lab.routes()?, lab.ndp_prefixes()?))
 }
 
 /// The views' (key, prefix) as `wg show allowed-ips` gives them, sorted.
@@ -132,13 +69,13 @@ fn as_peers(views: &[AllocationView]) -> Vec<(String, String)> {
 #[test]
 fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain() {
     operator_test("ops", async |lab: &mut Lab| {
-        start_daemon(lab, None)?;
+        lab.start_broker_serving(None)?;
         let mut requests = Vec::new();
         for _ in 0..3 {
-            requests.push(request(lab).await?);
+            requests.push(lab.request_from_new_server().await?);
         }
-        wait_answered(lab, 3).await?;
-        let all = list(lab, None)?;
+        lab.wait_answered(3).await?;
+        let all = lab.list_allocations(None)?;
         assert_eq!(all.len(), 3, "{all:?}");
         let (client, nft, id) = &requests[0];
         let up = all
@@ -152,13 +89,13 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         lab.bring_up_tunnel(client, &answer)?;
         // The daemon's next poll sees the handshake.
         let deadline = Instant::now() + secs(30);
-        while status(lab)?.peers.unwrap().active == 0 {
+        while lab.operator_status()?.peers.unwrap().active == 0 {
             assert!(Instant::now() < deadline, "no handshake seen");
             lab.net.servers[0].ping(GATEWAY, 1);
         }
 
         // status: the database, the kernel, the chain.
-        let status_now = status(lab)?;
+        let status_now = lab.operator_status()?;
         assert!(status_now.daemon);
         // A /64 in /120s; the first is the broker's.
         assert_eq!(
@@ -170,7 +107,7 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert_eq!((counts.seen, counts.answered, counts.pending), (3, 3, 0));
         let peers = status_now.peers.unwrap();
         assert_eq!((peers.active, peers.idle, peers.never), (1, 0, 2));
-        let (kernel_peers, routes, ndp) = kernel(lab)?;
+        let (kernel_peers, routes, ndp) = lab.kernel_state()?;
         let ndp_status = status_now.ndp.as_ref().unwrap();
         assert_eq!(ndp_status.prefixes, ndp.len());
         assert_eq!(ndp_status.interface.as_deref(), Some(UPSTREAM_IF));
@@ -192,18 +129,18 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert!(text.ok()?.contains("1 active, 0 idle, 2 never connected"));
 
         // list: the kernel's peers, routes and NDP entries, and the filters.
-        let all = list(lab, None)?;
+        let all = lab.list_allocations(None)?;
         assert_eq!(as_peers(&all), kernel_peers);
         let mut prefixes: Vec<Ipv6Net> = all.iter().map(|v| v.prefix).collect();
         prefixes.sort();
         assert_eq!(ndp, prefixes);
         assert_eq!(routes.len(), 3);
-        let active = list(lab, Some("active"))?;
+        let active = lab.list_allocations(Some("active"))?;
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].prefix, up.prefix);
         assert!(active[0].last_handshake.is_some());
-        assert_eq!(list(lab, Some("never"))?.len(), 2);
-        assert_eq!(list(lab, Some("idle"))?, []);
+        assert_eq!(lab.list_allocations(Some("never"))?.len(), 2);
+        assert_eq!(lab.list_allocations(Some("idle"))?, []);
         let table = lab.cli(&["allocations", "list"])?;
         assert!(table.ok()?.starts_with("PREFIX"), "{}", table.stdout);
         assert_eq!(table.ok()?.lines().count(), 4);
@@ -228,14 +165,14 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
             matches!(released.on_chain, OnChainRelease::Sent { .. }),
             "{released:?}"
         );
-        assert_eq!(released_on_chain(lab, gone.nft_contract).await?, 1);
-        let (kernel_peers, routes, ndp) = kernel(lab)?;
-        let left = list(lab, None)?;
+        assert_eq!(lab.released_on_chain(gone.nft_contract).await?, 1);
+        let (kernel_peers, routes, ndp) = lab.kernel_state()?;
+        let left = lab.list_allocations(None)?;
         assert_eq!(left.len(), 2);
         assert_eq!(as_peers(&left), kernel_peers);
         assert!(!routes.contains(&gone.prefix));
         assert!(!ndp.contains(&gone.prefix));
-        assert_eq!(status(lab)?.pool.used, 2);
+        assert_eq!(lab.operator_status()?.pool.used, 2);
         release(lab, gone.prefix, &[])?.fails_with("no allocation has")?;
 
         // Another user: refused by the socket's mode, and by its
@@ -251,7 +188,7 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         // No daemon: the database alone, read-only; no release.
         lab.stop_broker()?;
         assert!(!socket.exists(), "the socket outlived the daemon");
-        let offline = status(lab)?;
+        let offline = lab.operator_status()?;
         assert!(!offline.daemon);
         assert_eq!(offline.pool.used, 2);
         assert_eq!(offline.contracts[0].requests.answered, 3);
@@ -264,7 +201,7 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
             text.ok()?
                 .contains("not running: figures from the database")
         );
-        let left_offline = list(lab, None)?;
+        let left_offline = lab.list_allocations(None)?;
         assert_eq!(as_peers(&left_offline), as_peers(&left));
         assert!(left_offline.iter().all(|v| v.state.is_none()));
         let shown: AllocationView = show(lab, up.prefix, &["--json"])?.json()?;
@@ -281,10 +218,10 @@ fn a_release_killed_midway_finishes_once_after_a_restart() {
     operator_test("opk", async |lab: &mut Lab| {
         // Armed, but only a release reaches it: the tunnel's handshake
         // timeout (120 s) is longer than the test.
-        start_daemon(lab, Some("after-release=return"))?;
-        let (_, nft, _) = request(lab).await?;
-        wait_answered(lab, 1).await?;
-        let prefix = list(lab, None)?[0].prefix;
+        lab.start_broker_serving(Some("after-release=return"))?;
+        let (_, nft, _) = lab.request_from_new_server().await?;
+        lab.wait_answered(1).await?;
+        let prefix = lab.list_allocations(None)?[0].prefix;
 
         release(lab, prefix, &[])?.fails_with("closed the connection without an answer")?;
         let status_then = lab.broker()?.wait_exit(secs(10))?;
@@ -296,19 +233,19 @@ fn a_release_killed_midway_finishes_once_after_a_restart() {
             assert_eq!(db.allocations()?, []);
             assert_eq!(db.owed_releases()?.len(), 1);
         }
-        let (peers, _, ndp) = kernel(lab)?;
+        let (peers, _, ndp) = lab.kernel_state()?;
         assert_eq!((peers.len(), ndp), (1, vec![prefix]));
-        assert_eq!(released_on_chain(lab, nft).await?, 0);
+        assert_eq!(lab.released_on_chain(nft).await?, 0);
 
         // The restart removes the tunnel and sends the release, once.
-        start_daemon(lab, None)?;
+        lab.start_broker_serving(None)?;
         lab.broker()?
             .wait_log(&["released on chain"], 1, secs(30))?;
-        assert_eq!(status(lab)?.owed_releases, 0);
+        assert_eq!(lab.operator_status()?.owed_releases, 0);
         lab.stop_broker()?;
-        assert_eq!(kernel(lab)?, (vec![], vec![], vec![]));
-        assert_eq!(released_on_chain(lab, nft).await?, 1);
-        assert_eq!(status(lab)?.pool.used, 0);
+        assert_eq!(lab.kernel_state()?, (vec![], vec![], vec![]));
+        assert_eq!(lab.released_on_chain(nft).await?, 1);
+        assert_eq!(lab.operator_status()?.pool.used, 0);
         Ok(())
     });
 }
