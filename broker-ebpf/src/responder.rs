@@ -40,7 +40,7 @@ use crate::{
         Addr, ETH_HLEN, ETH_P_8021Q, ETH_P_IPV6, EthHdr, ICMPV6_NS, IPPROTO_ICMPV6, IPV6_HLEN,
         Ipv6Hdr, bytes, octets,
     },
-    validate::{Rejected, validate},
+    validate::{Invalid, Rejected, validate},
 };
 
 #[map(name = "NDP_PREFIXES")]
@@ -140,13 +140,13 @@ pub fn respond<F: Frame>(ctx: &F) -> Option<()> {
 // but do nothing with it (`&()` stands in).
 
 #[inline(never)]
-fn log_invalid(source: &Addr, why: &'static str) {
+fn log_invalid(source: &Addr, why: Invalid) {
     trace!(
         &(),
         target: LOG_TARGET,
         "invalid solicitation from {:i} left to the kernel: {}",
         octets(source),
-        why
+        why.text()
     );
 }
 

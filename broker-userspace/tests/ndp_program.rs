@@ -283,11 +283,15 @@ fn dad_probe_is_defended_to_all_nodes_without_solicited_flag() {
 
 #[test]
 fn rejects_what_rfc_4861_says_to_discard() {
-    let mut h = Harness::new("invalid", false, false);
+    let mut h = Harness::with_log_level("invalid", false, false, Some(Level::TRACE));
+    let records = Records::default();
+    let mut reader = h.responder.log_records(records.clone()).unwrap();
     let t = a("2001:db8:1::5");
-    let cases: Vec<(&str, Ns)> = vec![
+    // What each breaks, and the reason its log record gives.
+    let mut cases: Vec<(&str, &str, Ns)> = vec![
         (
             "hop limit 254",
+            "hop limit not 255",
             Ns {
                 hop_limit: 254,
                 ..Ns::multicast(t)
@@ -295,12 +299,14 @@ fn rejects_what_rfc_4861_says_to_discard() {
         ),
         (
             "hop limit 1",
+            "hop limit not 255",
             Ns {
                 hop_limit: 1,
                 ..Ns::multicast(t)
             },
         ),
         (
+            "bad checksum",
             "bad checksum",
             Ns {
                 checksum_delta: 1,
@@ -309,6 +315,7 @@ fn rejects_what_rfc_4861_says_to_discard() {
         ),
         (
             "code 1",
+            "code not 0",
             Ns {
                 code: 1,
                 ..Ns::multicast(t)
@@ -316,6 +323,7 @@ fn rejects_what_rfc_4861_says_to_discard() {
         ),
         (
             "zero-length option",
+            "option of length 0",
             Ns {
                 options: vec![1, 0, 0, 0, 0, 0, 0, 0],
                 ..Ns::multicast(t)
@@ -323,6 +331,7 @@ fn rejects_what_rfc_4861_says_to_discard() {
         ),
         (
             "option overruns the message",
+            "last option overruns the message",
             Ns {
                 options: vec![1, 2, 0, 0, 0, 0, 0, 0],
                 ..Ns::multicast(t)
@@ -330,6 +339,7 @@ fn rejects_what_rfc_4861_says_to_discard() {
         ),
         (
             "options not in 8-octet units",
+            "length not 24 + a multiple of 8",
             Ns {
                 options: vec![1, 1, 0, 0],
                 ..Ns::multicast(t)
@@ -337,6 +347,7 @@ fn rejects_what_rfc_4861_says_to_discard() {
         ),
         (
             "more options than walked",
+            "more options than the program walks",
             Ns {
                 options: vec![9, 33]
                     .into_iter()
@@ -346,16 +357,33 @@ fn rejects_what_rfc_4861_says_to_discard() {
             },
         ),
     ];
-    for (what, ns) in &cases {
-        assert_eq!(h.check(&ns.frame()), Verdict::Invalid, "{what}");
-    }
     // A multicast target (answering would claim a group address).
     let mut multicast_target = Ns::unicast(a("ff02::1"));
     multicast_target.dst = a("ff02::1:ff00:1");
-    assert_eq!(h.check(&multicast_target.frame()), Verdict::Invalid);
+    cases.push(("multicast target", "multicast target", multicast_target));
+    for (what, _, ns) in &cases {
+        assert_eq!(h.check(&ns.frame()), Verdict::Invalid, "{what}");
+    }
     let c = h.counters();
-    assert_eq!(c.invalid, (cases.len() as u64 + 1) * h.runs_per_check());
+    assert_eq!(c.invalid, cases.len() as u64 * h.runs_per_check());
     assert_eq!(c.answered, 0);
+    reader.flush();
+    let got: Vec<_> = records
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, message)| message.clone())
+        .collect();
+    let expected: Vec<_> = cases
+        .iter()
+        .flat_map(|(_, reason, _)| {
+            let message =
+                format!("invalid solicitation from {ROUTER_IP} left to the kernel: {reason}");
+            std::iter::repeat_n(message, h.runs_per_check() as usize)
+        })
+        .collect();
+    assert_eq!(got, expected);
 }
 
 #[test]
