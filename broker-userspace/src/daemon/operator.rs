@@ -132,7 +132,6 @@ impl Daemon {
                 () = tokio::time::sleep(step) => {}
                 Some(command) = publisher.commands.recv() => {
                     self.execute(command, publisher).await;
-                    self.publish(publisher).await;
                 }
             }
         }
@@ -156,6 +155,9 @@ impl Daemon {
                     }
                     Err(e) => warn!(%prefix, "release for the operator failed: {e}"),
                 }
+                // Published before the reply: a `status` right after the
+                // release shows it.
+                self.publish(publisher).await;
                 // The asker may be gone: the release is done all the same.
                 let _ = reply.send(result);
             }
