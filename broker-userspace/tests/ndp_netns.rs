@@ -1095,3 +1095,21 @@ fn assert_one_answered_one_not_ours(before: Counters, after: Counters) {
     );
     assert_eq!((after.invalid, after.failed), (0, 0), "{after:?}");
 }
+
+/// The pass program links the responder's library, maps included: loading
+/// it pins nothing, neither at the bpffs root nor in a scratch directory.
+#[test]
+fn helper_objects_leave_no_pins() {
+    let pass = PassProgram::load().expect("load the pass program (as root)");
+    let strays: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.starts_with("NDP_")
+                || name.starts_with(&format!("blockhost-broker-scratch-{}-", std::process::id()))
+        })
+        .collect();
+    drop(pass);
+    assert_eq!(strays, Vec::<String>::new());
+}

@@ -333,7 +333,8 @@ pub struct NaCounter {
 impl NaCounter {
     /// Attaches in native mode to `ifindex` of the calling thread's namespace.
     pub fn attach(ifindex: u32) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(COUNT_OBJECT).context("loading xdp-count-na")?;
+        let mut ebpf = broker_userspace::ndp::load_helper_object(COUNT_OBJECT)
+            .context("loading xdp-count-na")?;
         let program: &mut Xdp = ebpf
             .program_mut(COUNT_PROGRAM_NAME)
             .context("no counter program")?

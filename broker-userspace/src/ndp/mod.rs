@@ -20,7 +20,7 @@ mod responder;
 pub use bpffs::{DEFAULT_PIN_DIR, PinDir};
 pub use error::NdpError;
 pub use interface::{Interface, LinkLayer};
-pub use pass::PassProgram;
+pub use pass::{PassProgram, load_helper_object};
 pub use pinned::{Status, detach, status};
 pub use prefixes::{PrefixError, key_for, net_for, validate_prefixes};
 pub use responder::{AttachMode, AttachedMode, Counters, Responder, ResponderOptions};
