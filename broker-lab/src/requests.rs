@@ -12,7 +12,7 @@ use std::{
 use alloy::{
     consensus::Transaction as _,
     network::TransactionResponse as _,
-    primitives::{Address, U256},
+    primitives::{Address, B256, U256},
     providers::Provider as _,
     rpc::types::Filter,
     sol_types::{SolEvent as _, SolInterface as _},
@@ -369,6 +369,31 @@ impl Lab {
             events.push((e.requestId.to::<u64>(), e.nftContract, e.by));
         }
         Ok(events)
+    }
+
+    /// The chain's time (block timestamp, seconds) of the first event
+    /// `signature` of the lab's requests contract, if there is one: for
+    /// durations measured on the chain's clock rather than by when a test
+    /// happened to look.
+    pub async fn first_event_time(&self, signature: B256) -> anyhow::Result<Option<u64>> {
+        let provider = self.wallet(0)?;
+        let filter = Filter::new()
+            .address(self.chain.requests)
+            .event_signature(signature)
+            .from_block(0);
+        let Some(block) = provider
+            .get_logs(&filter)
+            .await?
+            .first()
+            .and_then(|log| log.block_number)
+        else {
+            return Ok(None);
+        };
+        let block = provider
+            .get_block_by_number(block.into())
+            .await?
+            .with_context(|| format!("block {block}"))?;
+        Ok(Some(block.header.timestamp))
     }
 
     /// Every transaction the operator sent to the requests contract, as
