@@ -565,6 +565,30 @@ fn the_server_answers_as_its_openapi_file_says() {
             .map(|v| v.prefix.to_string())
             .collect();
         let free = "2001:db8:100::ff00/120".to_string();
+        // An allocation has the documented fields, all required, no others.
+        let schema = &doc["components"]["schemas"]["Allocation"];
+        let documented: BTreeSet<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let required: BTreeSet<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert_eq!(required, documented);
+        let (_, listed) = api
+            .call_with(Method::GET, "/v1/allocations", Some(&ops))
+            .await;
+        assert_eq!(listed.as_array().unwrap().len(), taken.len(), "{listed}");
+        for a in listed.as_array().unwrap() {
+            let fields: BTreeSet<&str> =
+                a.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(fields, documented, "{a}");
+        }
         let paths = doc["paths"].as_object().unwrap();
         assert!(paths.len() >= 6, "{paths:?}");
         let mut checked = 0;
