@@ -23,6 +23,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("wireguard-go", "WireGuard where the kernel has no module"),
     ("ndppd", "the ndppd peer in the NDP benchmark"),
+    (
+        "radvd",
+        "router advertisements in tests/router_advertisements.rs (a SLAAC upstream)",
+    ),
     ("fonts-dejavu-core", "the text of the NDP benchmark's plots"),
     (
         "prometheus",

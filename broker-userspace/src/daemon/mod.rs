@@ -166,6 +166,8 @@ impl Daemon {
 
         let store = Store::open(&config.database_path, config.broker.pool)?;
         let gateway = config.broker.pool.broker_address();
+        // Before Tunnel::open turns forwarding on (see the function).
+        crate::tunnel::keep_router_advertisements(&config.broker.upstream_interface)?;
         let tunnel = Tunnel::open(&config.wireguard, &wg_key, gateway).await?;
         let routes = Routes::new().await?;
         let upstream = Interface::by_name(&config.broker.upstream_interface)?;

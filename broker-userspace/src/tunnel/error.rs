@@ -90,4 +90,11 @@ pub enum TunnelError {
         #[source]
         source: io::Error,
     },
+    #[error("keeping router advertisements on {interface} ({path})")]
+    AcceptRa {
+        interface: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
 }

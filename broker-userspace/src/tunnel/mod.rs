@@ -365,6 +365,35 @@ async fn remove(links: &Links, name: &str, backend: Backend) {
     }
 }
 
+/// Makes `upstream` keep accepting router advertisements once forwarding
+/// is on: call it before [`Tunnel::open`]. Turning forwarding on makes the
+/// kernel drop the default routes learned from advertisements, and ignore
+/// new ones, on every interface whose `accept_ra` is not 2 — on a VPS that
+/// learns its default route by SLAAC the broker would cut its own upstream.
+/// Only the kernel's default (1: accept unless forwarding) is raised to 2;
+/// an operator's explicit 0 (never) or 2 is kept.
+pub fn keep_router_advertisements(upstream: &str) -> Result<(), TunnelError> {
+    valid_name(upstream)?;
+    // The name becomes a path.
+    if upstream.contains('/') || upstream == "." || upstream == ".." {
+        return Err(TunnelError::InvalidName(upstream.into()));
+    }
+    let path = format!("/proc/sys/net/ipv6/conf/{upstream}/accept_ra");
+    let failed = |source| TunnelError::AcceptRa {
+        interface: upstream.to_string(),
+        path: path.clone(),
+        source,
+    };
+    if fs::read_to_string(&path).map_err(failed)?.trim() == "1" {
+        fs::write(&path, "2").map_err(failed)?;
+        tracing::info!(
+            interface = upstream,
+            "accept_ra 1 → 2: router advertisements keep the default route with forwarding on"
+        );
+    }
+    Ok(())
+}
+
 fn enable_forwarding() -> Result<(), TunnelError> {
     let failed = |source| TunnelError::Forwarding {
         path: FORWARDING,
