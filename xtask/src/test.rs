@@ -48,7 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("test: contracts (forge tests, gas snapshot, artifacts)");
     cmd::run(Command::new("bash").arg(root.join("contracts/bin/check")))?;
     let mut test = Command::new("cargo");
-    test.current_dir(&root).args(["test", "--all-targets"]);
+    // Every suite runs, so one failure does not hide the others'.
+    test.current_dir(&root)
+        .args(["test", "--all-targets", "--no-fail-fast"]);
     if let Some(filter) = &args.filter {
         test.arg("--").arg(filter);
     }
