@@ -170,6 +170,12 @@ impl Daemon {
         crate::tunnel::keep_router_advertisements(&config.broker.upstream_interface)?;
         let tunnel = Tunnel::open(&config.wireguard, &wg_key, gateway).await?;
         let routes = Routes::new().await?;
+        let pool = config.broker.pool.upstream();
+        if routes.hold_unallocated(pool).await? {
+            info!(%pool, "the pool's unallocated addresses are unreachable (ICMPv6 at once, no routing loop)");
+        } else {
+            info!(%pool, "the pool is on-link: neighbor discovery answers its allocated addresses only");
+        }
         let upstream = Interface::by_name(&config.broker.upstream_interface)?;
         let mut ndp = Responder::load(&crate::ndp::PinDir::new(&config.broker.ndp_pin_dir))?;
         let mode = ndp.attach(

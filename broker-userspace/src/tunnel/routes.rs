@@ -9,7 +9,9 @@ use futures::TryStreamExt as _;
 use ipnet::Ipv6Net;
 use rtnetlink::{
     Handle, RouteMessageBuilder,
-    packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol},
+    packet_route::route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+    },
 };
 
 use super::{TunnelError, netlink};
@@ -67,6 +69,56 @@ impl Routes {
         }
     }
 
+    /// Makes the pool's unallocated addresses unreachable: an `unreachable
+    /// <pool>` route (ours, [`ROUTE_PROTOCOL`]) under the allocations' more
+    /// specific routes. Without it, where the provider routes the pool to
+    /// the broker through a next hop, a packet to an unallocated (or just
+    /// released) address follows the broker's default route back to the
+    /// router, which sends it back again until its hop limit runs out: an
+    /// amplifier anyone can aim. With it the sender gets an ICMPv6
+    /// unreachable at once.
+    ///
+    /// Not where the pool is on-link (inside the prefix of a kernel route,
+    /// as on a VPS given a /64): the router then asks for each address with
+    /// a Neighbor Solicitation, which only allocated ones get answered, and
+    /// an unreachable route would hide the link's other hosts. True when the
+    /// route is in place.
+    pub async fn hold_unallocated(&self, pool: Ipv6Net) -> Result<bool, TunnelError> {
+        let pool = pool.trunc();
+        let failed = |context: &str, e| TunnelError::Netlink {
+            context: format!("{context} for the pool {pool}"),
+            source: netlink::to_io(e),
+        };
+        let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(request)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| failed("listing the routes", e))?;
+        let on_link = routes.iter().any(|r| {
+            r.header.protocol == RouteProtocol::Kernel
+                && r.header.kind == RouteType::Unicast
+                && destination(r).is_some_and(|d| d.contains(&pool))
+        });
+        if on_link {
+            return Ok(false);
+        }
+        let unreachable = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(pool.network(), pool.prefix_len())
+            .kind(RouteType::Unreachable)
+            .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+            .build();
+        match self.handle.route().add(unreachable).execute().await {
+            Ok(()) => Ok(true),
+            // The operator's own unreachable (or blackhole) route does it.
+            Err(e) if netlink::is_errno(&e, libc::EEXIST) => Ok(true),
+            Err(e) => Err(failed("adding an unreachable route", e)),
+        }
+    }
+
     /// The prefixes of our routes through `ifindex`, in the kernel's order.
     pub async fn list(&self, ifindex: u32) -> Result<Vec<Ipv6Net>, TunnelError> {
         let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
@@ -96,6 +148,19 @@ fn ours(prefix: Ipv6Net, ifindex: u32) -> RouteMessage {
         .output_interface(ifindex)
         .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
         .build()
+}
+
+/// The destination of `route` (`::/0` for a default route).
+fn destination(route: &RouteMessage) -> Option<Ipv6Net> {
+    let address = route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet6(address)) => Some(*address),
+            _ => None,
+        })
+        .unwrap_or(Ipv6Addr::UNSPECIFIED);
+    Ipv6Net::new(address, route.header.destination_prefix_length).ok()
 }
 
 /// The destination of `route` if it is one of ours through `ifindex`.
