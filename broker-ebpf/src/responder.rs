@@ -65,12 +65,16 @@ pub fn respond<F: Frame>(ctx: &F) -> Option<()> {
     }
     let l3 = cfg.flags & FLAG_L3_DEVICE != 0;
 
+    // A frame from a group (multicast or broadcast) link-layer address is
+    // no neighbor's: the answer would go to the group, with our MAC.
+    let mut group_source = false;
     let l3_off = if l3 {
         0
     } else {
         let eth: *const EthHdr = ptr_at(ctx, 0)?;
         // SAFETY (all packet reads below): ptr_at checked the bounds.
         let mut ethertype = u16::from_be(unsafe { (*eth).ethertype });
+        group_source = bytes(unsafe { (*eth).src[0] })[0] & 1 != 0;
         let mut off = ETH_HLEN;
         // One 802.1Q tag. The answer keeps it: only the Ethernet addresses
         // are rewritten.
@@ -98,6 +102,11 @@ pub fn respond<F: Frame>(ctx: &F) -> Option<()> {
         return None;
     }
     count(Counter::Seen);
+    if group_source {
+        count(Counter::Invalid);
+        log_invalid(&ip.src, Invalid::GroupLinkSource);
+        return None;
+    }
 
     let target = match validate(ctx, ip, icmp_off) {
         Ok(target) => target,

@@ -40,6 +40,8 @@ pub(crate) enum Invalid {
     OptionOverrun,
     Checksum,
     Dad,
+    MulticastSource,
+    GroupLinkSource,
 }
 
 impl Invalid {
@@ -59,6 +61,8 @@ impl Invalid {
             Invalid::Dad => {
                 "DAD probe not to a solicited-node group or with a source link-layer address"
             }
+            Invalid::MulticastSource => "multicast source",
+            Invalid::GroupLinkSource => "link-layer source not unicast",
         }
     }
 }
@@ -74,6 +78,11 @@ pub(crate) fn validate<F: Frame>(ctx: &F, ip: &Ipv6Hdr, icmp_off: usize) -> Resu
     // Hop limit 255: the packet cannot have come through a router.
     if ip.hop_limit != 255 {
         return Err(Rejected::Invalid(Invalid::HopLimit));
+    }
+    // Source unspecified or unicast (RFC 4291 §2.7: a multicast address is
+    // never a source); the answer would go to a group.
+    if bytes(ip.src[0])[0] == 0xff {
+        return Err(Rejected::Invalid(Invalid::MulticastSource));
     }
     // ICMP length (the IP payload length) at least 24 octets; options come
     // in 8-octet units, so any other length ends in a malformed option.

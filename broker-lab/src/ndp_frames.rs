@@ -185,6 +185,9 @@ impl Model {
             return Verdict::Ignored;
         }
         // From here on it is a solicitation: every outcome is counted.
+        if !self.l3 && frame[6] & 1 != 0 {
+            return Verdict::Invalid;
+        }
         if body.len() < 24 {
             return Verdict::Invalid;
         }
@@ -192,7 +195,12 @@ impl Model {
         let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
         let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
         let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
-        if hop_limit != 255 || plen < 24 || (plen - 24) % 8 != 0 || (plen - 24) / 8 > 32 {
+        if hop_limit != 255
+            || src.is_multicast()
+            || plen < 24
+            || (plen - 24) % 8 != 0
+            || (plen - 24) / 8 > 32
+        {
             return Verdict::Invalid;
         }
         if body.len() < plen {

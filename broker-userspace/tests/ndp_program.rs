@@ -361,6 +361,24 @@ fn rejects_what_rfc_4861_says_to_discard() {
     let mut multicast_target = Ns::unicast(a("ff02::1"));
     multicast_target.dst = a("ff02::1:ff00:1");
     cases.push(("multicast target", "multicast target", multicast_target));
+    // A multicast source, and a frame from a group MAC: the answer would go
+    // to a group, with our MAC.
+    cases.push((
+        "multicast source",
+        "multicast source",
+        Ns {
+            src: a("ff02::1"),
+            ..Ns::multicast(t)
+        },
+    ));
+    cases.push((
+        "group link-layer source",
+        "link-layer source not unicast",
+        Ns {
+            eth_src: [0x33, 0x33, 0, 0, 0, 1],
+            ..Ns::multicast(t)
+        },
+    ));
     for (what, _, ns) in &cases {
         assert_eq!(h.check(&ns.frame()), Verdict::Invalid, "{what}");
     }
@@ -377,9 +395,11 @@ fn rejects_what_rfc_4861_says_to_discard() {
         .collect();
     let expected: Vec<_> = cases
         .iter()
-        .flat_map(|(_, reason, _)| {
-            let message =
-                format!("invalid solicitation from {ROUTER_IP} left to the kernel: {reason}");
+        .flat_map(|(_, reason, ns)| {
+            let message = format!(
+                "invalid solicitation from {} left to the kernel: {reason}",
+                ns.src
+            );
             std::iter::repeat_n(message, h.runs_per_check() as usize)
         })
         .collect();
