@@ -501,6 +501,7 @@ fn broker_files(
             confirmations: 0,
             start_request_id: 1,
             max_requests_per_poll: 50,
+            log_range_blocks: config::DEFAULT_LOG_RANGE_BLOCKS,
             low_balance_wei: alloy::primitives::utils::parse_ether("0.01")?,
         },
     };

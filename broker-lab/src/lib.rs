@@ -35,6 +35,7 @@ pub mod pins;
 pub mod process;
 pub mod relay;
 pub mod requests;
+pub mod rpc_limits;
 pub mod scenario;
 pub mod topology;
 pub mod wireguard;

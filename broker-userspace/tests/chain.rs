@@ -52,6 +52,7 @@ fn onchain(rpc_url: &str, chain_id: u64, requests: Address, confirmations: u64) 
         confirmations,
         start_request_id: 1,
         max_requests_per_poll: 50,
+        log_range_blocks: broker_userspace::config::DEFAULT_LOG_RANGE_BLOCKS,
         low_balance_wei: U256::ZERO,
     }
 }

@@ -56,12 +56,17 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Connects and checks the chain id, with [`ChainOptions::default`].
+    /// Connects and checks the chain id, with [`ChainOptions::default`] but
+    /// the configuration's `eth_getLogs` range.
     pub async fn connect(
         cfg: &config::Onchain,
         operator: PrivateKeySigner,
     ) -> Result<Chain, ChainError> {
-        Self::connect_with(cfg, operator, ChainOptions::default()).await
+        let options = ChainOptions {
+            log_range: cfg.log_range_blocks,
+            ..ChainOptions::default()
+        };
+        Self::connect_with(cfg, operator, options).await
     }
 
     /// Connects and checks that the endpoint serves `cfg.chain_id`. An

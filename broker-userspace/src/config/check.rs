@@ -240,6 +240,10 @@ fn onchain(o: file::Onchain, p: &mut Problems) -> Option<Onchain> {
         "[onchain] max_requests_per_poll must be at least 1",
     );
     p.require(
+        (1..=1_000_000).contains(&o.log_range_blocks),
+        "[onchain] log_range_blocks must be 1 to 1000000",
+    );
+    p.require(
         o.start_request_id >= 1,
         "[onchain] start_request_id must be at least 1 (request ids start at 1)",
     );
@@ -261,6 +265,7 @@ fn onchain(o: file::Onchain, p: &mut Problems) -> Option<Onchain> {
         confirmations: o.confirmations,
         start_request_id: o.start_request_id,
         max_requests_per_poll: o.max_requests_per_poll,
+        log_range_blocks: o.log_range_blocks,
         low_balance_wei: low_balance_wei?,
     })
 }

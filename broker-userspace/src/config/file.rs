@@ -85,6 +85,8 @@ pub(super) struct Onchain {
     pub start_request_id: u64,
     #[serde(default = "default_max_requests_per_poll")]
     pub max_requests_per_poll: u64,
+    #[serde(default = "default_log_range_blocks")]
+    pub log_range_blocks: u64,
     /// In ETH, as a decimal string (`"0.05"`).
     #[serde(default = "default_low_balance_eth")]
     pub low_balance_eth: String,
@@ -116,6 +118,9 @@ fn default_confirmations() -> u64 {
 }
 fn default_start_request_id() -> u64 {
     1
+}
+fn default_log_range_blocks() -> u64 {
+    super::DEFAULT_LOG_RANGE_BLOCKS
 }
 fn default_max_requests_per_poll() -> u64 {
     50

@@ -129,6 +129,9 @@ pub struct Api {
     pub insecure_plaintext: bool,
 }
 
+/// `[onchain] log_range_blocks` when the file does not give it.
+pub const DEFAULT_LOG_RANGE_BLOCKS: u64 = 1000;
+
 /// `[api] listen` when the section does not give it.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8080";
 
@@ -147,6 +150,10 @@ pub struct Onchain {
     pub confirmations: u64,
     pub start_request_id: u64,
     pub max_requests_per_poll: u64,
+    /// Blocks per `eth_getLogs` call at most (providers cap ranges; the
+    /// daemon halves it, down to one block, when one refuses a range or
+    /// its result count).
+    pub log_range_blocks: u64,
     /// `low_balance_eth`: below this balance (in wei) the operator wallet
     /// is reported low (`status`), as it may soon fail to answer.
     #[serde(rename = "low_balance_eth", serialize_with = "ether")]

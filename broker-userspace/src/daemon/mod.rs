@@ -259,7 +259,7 @@ impl Daemon {
             self.take_new_requests(contract, &at).await?;
         }
         if !self.stopping() {
-            self.upkeep(&at).await?;
+            self.upkeep(&at).await;
         }
         Ok(())
     }

@@ -14,11 +14,17 @@ use crate::{
 };
 
 impl Daemon {
-    pub(super) async fn upkeep(&mut self, at: &BlockRef) -> anyhow::Result<()> {
-        self.watch_owner_releases(at).await?;
-        self.check_handshakes().await?;
+    /// Each step on its own: one failing (a provider refusing the event
+    /// scan, say) never holds up the others, which it used to do for good.
+    /// The failed step runs again at the next poll.
+    pub(super) async fn upkeep(&mut self, at: &BlockRef) {
+        if let Err(e) = self.watch_owner_releases(at).await {
+            warn!("watching for releases by NFT owners (again next poll): {e:#}");
+        }
+        if let Err(e) = self.check_handshakes().await {
+            warn!("checking tunnel handshakes (again next poll): {e:#}");
+        }
         self.send_owed_releases().await;
-        Ok(())
     }
 
     /// Frees `allocation` locally (database first, then the kernel); owes

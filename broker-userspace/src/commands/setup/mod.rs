@@ -400,6 +400,7 @@ impl Setup<'_> {
                 confirmations: self.args.confirmations,
                 start_request_id: 1,
                 max_requests_per_poll: 50,
+                log_range_blocks: config::DEFAULT_LOG_RANGE_BLOCKS,
                 low_balance_wei: low_balance_wei.0,
             },
         };
