@@ -137,8 +137,11 @@ fn is_too_much(e: &ChainError) -> bool {
         return false;
     };
     let reason = reason.to_ascii_lowercase();
+    // Not any "range": "BlockOutOfRangeError" is a block past the head.
     [
-        "range",
+        "block range",
+        "range is too",
+        "limited to",
         "more than",
         "too many results",
         "too many logs",
@@ -168,6 +171,12 @@ mod tests {
         }
         assert!(!is_too_much(&refused("header not found (code -32000)")));
         assert!(!is_too_much(&refused("Too Many Requests (code 429)")));
+        assert!(!is_too_much(&refused(
+            "BlockOutOfRangeError: block height is 10 but requested was 11 (code -32602)"
+        )));
+        assert!(is_too_much(&refused(
+            "eth_getLogs is limited to a 10,000 range (code -32602)"
+        )));
         let gave_up = ChainError::transient(
             "logs",
             "the RPC endpoint http://x is rate limiting: Max retries exceeded server returned an error response: error code -32005: query returned more than 1 results",
