@@ -890,6 +890,72 @@ fn tun_answer_leaves_as_ipv6() {
     );
 }
 
+/// At TC the program is held by a TCX link (Linux 6.6 and later) or, where
+/// the kernel has none (Debian 12's 6.1; `cargo xtask kernel-test` runs this
+/// there), by a filter on the clsact qdisc through netlink. Either way it
+/// outlives the process, a restart swaps the new program in, and `ndp
+/// detach` takes it off the device.
+#[test]
+fn tc_attachment_survives_restart_and_detach_removes_it() {
+    let mut lab = TunLab::new();
+    let inside: Ipv6Addr = INSIDE5.parse().unwrap();
+    let answered = |lab: &TunLab| {
+        lab.tun.write(&TunLab::solicitation(inside));
+        lab.tun
+            .advertisement_for(inside, Duration::from_secs(2))
+            .is_some()
+    };
+    let (code, out) = ndp_status(&lab.broker_ns, &lab.pins.dir).unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let netlink = if out.contains("mode:       tc (netlink clsact filter)") {
+        true
+    } else {
+        assert!(out.contains("mode:       tc (TCX link)"), "{out}");
+        false
+    };
+    assert!(answered(&lab), "no answer after the first start");
+
+    lab.broker.kill();
+    assert!(answered(&lab), "no answer once the process was killed");
+    let (_, out) = ndp_status(&lab.broker_ns, &lab.pins.dir).unwrap();
+    assert!(out.contains("interface:  tun0 (attached)"), "{out}");
+
+    lab.broker = ndp_serve(
+        &lab.broker_ns,
+        &lab.pins.dir,
+        &["--interface", "tun0", "--prefix", PREFIX],
+    )
+    .unwrap();
+    let log = lab.broker.log();
+    let adopted = if netlink {
+        "adopted the netlink attachment"
+    } else {
+        "adopted the pinned link"
+    };
+    assert!(log.contains(adopted), "{log}");
+    assert!(answered(&lab), "no answer after the restart");
+
+    lab.broker.kill();
+    let mut detach = broker_command(&lab.broker_ns, &lab.pins.dir).unwrap();
+    detach.args(["ndp", "detach"]);
+    let out = run_bounded(detach, Duration::from_secs(10)).unwrap();
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "ndp detach: {}",
+        out.stderr
+    );
+    assert!(!lab.pins.dir.exists(), "ndp detach left the pins");
+    assert!(!answered(&lab), "answered after ndp detach");
+    if netlink {
+        let filters = lab
+            .broker_ns
+            .output("tc", &["filter", "show", "dev", "tun0", "ingress"])
+            .unwrap();
+        let filters = String::from_utf8_lossy(&filters.stdout);
+        assert!(!filters.contains("ndp_responder"), "{filters}");
+    }
+}
+
 /// Test 4: while the router solicits without pause, the broker is killed
 /// (SIGKILL, no clean-up) and started again. The pinned link keeps the
 /// program answering meanwhile, and the new process swaps its program into

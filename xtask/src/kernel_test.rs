@@ -47,9 +47,10 @@ const KERNELS: &[Kernel] = &[
 /// of them at once starve each other's senders.
 const TESTS: &[(&str, u32)] = &[("ndp_program", 2), ("ndp_netns", 1)];
 
-/// Host tools the tests call (broker-lab runs `ip`, `sysctl` and `ping`).
-/// Busybox has applets of the same names, but not with the options used.
-const HOST_TOOLS: &[&str] = &["ip", "sysctl", "ping"];
+/// Host tools the tests call (broker-lab runs `ip`, `sysctl` and `ping`,
+/// ndp_netns `tc`). Busybox has applets of some of these names, but not
+/// with the options used.
+const HOST_TOOLS: &[&str] = &["ip", "tc", "sysctl", "ping"];
 
 /// Modules the tests need that Debian's cloud kernels build as modules
 /// (their dependencies are found from the modules themselves). The kernel
@@ -101,7 +102,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!(
             "unknown suite {:?}: the kernel tests know {}",
             args.suite.as_deref().unwrap_or_default(),
-            KERNELS.iter().map(|k| k.suite).collect::<Vec<_>>().join(", ")
+            KERNELS
+                .iter()
+                .map(|k| k.suite)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let root = cmd::workspace_root();
@@ -284,7 +289,10 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> anyhow::Result<Fetched> {
         c.arg("-q")
             .arg(format!("-oDir::Etc::SourceList={}", sources.display()))
             .arg("-oDir::Etc::SourceParts=/dev/null")
-            .arg(format!("-oDir::State::Lists={}", apt.join("lists").display()))
+            .arg(format!(
+                "-oDir::State::Lists={}",
+                apt.join("lists").display()
+            ))
             .arg(format!("-oDir::Cache={}", apt.join("cache").display()))
             .arg("-oAPT::Architecture=amd64")
             .arg("-oAPT::Sandbox::User=root");
@@ -301,7 +309,10 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> anyhow::Result<Fetched> {
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
         .with_context(|| {
-            format!("linux-image-cloud-amd64 in {} depends on no kernel:\n{out}", kernel.suite)
+            format!(
+                "linux-image-cloud-amd64 in {} depends on no kernel:\n{out}",
+                kernel.suite
+            )
         })?
         .to_string();
     let download = apt.join("download");
@@ -331,7 +342,12 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> anyhow::Result<Fetched> {
         staging.join("vmlinuz"),
     )
     .with_context(|| format!("{package} holds no boot/vmlinuz-{version}"))?;
-    let tree = extracted.join(format!("usr/lib/modules/{version}/kernel"));
+    // trixie's packages install into /usr, bookworm's into /lib.
+    let tree = ["usr/lib", "lib"]
+        .iter()
+        .map(|dir| extracted.join(format!("{dir}/modules/{version}/kernel")))
+        .find(|p| p.is_dir())
+        .with_context(|| format!("{package} holds no modules/{version}"))?;
     let order = unpack_modules(&tree, &staging.join("modules"))?;
     fs::write(staging.join("modules/order"), order.join("\n"))?;
     fs::write(staging.join("version"), &version)?;
@@ -494,7 +510,11 @@ fn build_initramfs(
     }
     cpio.symlink("var/run", "/run")?;
     cpio.symlink("sbin", "bin")?;
-    cpio.file("bin/busybox", &fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?, 0o755)?;
+    cpio.file(
+        "bin/busybox",
+        &fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?,
+        0o755,
+    )?;
     let mut libs = std::collections::BTreeSet::new();
     for tool in HOST_TOOLS {
         let path = which(tool)?;
@@ -579,7 +599,8 @@ struct Cpio {
 
 impl Cpio {
     fn create(path: &Path) -> anyhow::Result<Self> {
-        let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Cpio {
             out: std::io::BufWriter::new(file),
             ino: 1,
@@ -651,7 +672,8 @@ impl Drop for Vm {
 /// exit code its init reported. Fails when it reports none: the kernel
 /// panicked, init died or the timeout passed.
 fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow::Result<i32> {
-    let mut log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut log_file =
+        fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-m", "2048", "-smp", "2"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
@@ -717,4 +739,3 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> anyhow:
     drop(vm);
     result.context("the VM stopped without reporting a result (kernel panic or init failure)")
 }
-

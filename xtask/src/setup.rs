@@ -34,7 +34,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("busybox-static", "the kernel tests' initramfs"),
     ("xz-utils", "the kernel tests unpack the kernels' modules"),
-    ("binutils", "objcopy: the kernel tests' binaries without debug info"),
+    (
+        "binutils",
+        "objcopy: the kernel tests' binaries without debug info",
+    ),
     (
         "nodejs",
         "the contracts' toolchain (forge, anvil, solc from npm)",
