@@ -254,7 +254,10 @@ struct Fetched {
 fn fetch_kernel(kernel: &Kernel, dir: &Path) -> anyhow::Result<Fetched> {
     let unpacked = dir.join("kernel");
     let version_file = unpacked.join("version");
-    if let Ok(version) = fs::read_to_string(&version_file) {
+    let wanted = MODULES.join(",");
+    if let Ok(version) = fs::read_to_string(&version_file)
+        && fs::read_to_string(unpacked.join("modules/wanted")).is_ok_and(|w| w == wanted)
+    {
         return read_fetched(&unpacked, version.trim());
     }
     eprintln!(
@@ -350,6 +353,8 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> anyhow::Result<Fetched> {
         .with_context(|| format!("{package} holds no modules/{version}"))?;
     let order = unpack_modules(&tree, &staging.join("modules"))?;
     fs::write(staging.join("modules/order"), order.join("\n"))?;
+    // The cache holds what this list asked for; a new list fetches again.
+    fs::write(staging.join("modules/wanted"), &wanted)?;
     fs::write(staging.join("version"), &version)?;
     fs::rename(&staging, &unpacked)?;
     // Only the image and a few modules are kept; the package and its tree
@@ -390,11 +395,10 @@ fn index_modules(dir: &Path, files: &mut BTreeMap<String, PathBuf>) -> anyhow::R
         let path = entry?.path();
         if path.is_dir() {
             index_modules(&path, files)?;
-        } else if let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".ko.xz"))
-        {
+        } else if let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+            // bookworm ships modules plain, trixie xz-compressed.
+            n.strip_suffix(".ko.xz").or_else(|| n.strip_suffix(".ko"))
+        }) {
             files.insert(name.replace('-', "_"), path.clone());
         }
     }
@@ -415,26 +419,31 @@ fn add_module(
     }
     let Some(path) = files.get(&name) else {
         // Built in, or the kernel lacks it: the first is fine, the second
-        // shows as a failing test inside the VM, which says what is missing
-        // better than a guess here.
+        // shows as a failing test inside the VM.
+        eprintln!("kernel-test: {name} is no module of this kernel (built in, or missing)");
         return Ok(());
     };
     let out_file = out.join(format!("{name}.ko"));
-    let data = Command::new("xz")
-        .arg("-dc")
-        .arg(path)
-        .output()
-        .with_context(|| format!("decompressing {}", path.display()))?;
-    ensure!(
-        data.status.success(),
-        "xz -dc {} failed ({})",
-        path.display(),
-        data.status
-    );
-    for dep in module_depends(&data.stdout) {
+    let data = if path.extension().is_some_and(|e| e == "xz") {
+        let out = Command::new("xz")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .with_context(|| format!("decompressing {}", path.display()))?;
+        ensure!(
+            out.status.success(),
+            "xz -dc {} failed ({})",
+            path.display(),
+            out.status
+        );
+        out.stdout
+    } else {
+        fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    for dep in module_depends(&data) {
         add_module(&dep, files, out, order, depth + 1)?;
     }
-    fs::write(&out_file, &data.stdout)?;
+    fs::write(&out_file, &data)?;
     order.push(name);
     Ok(())
 }
