@@ -59,12 +59,13 @@ pub fn status(pins: &PinDir) -> Result<Option<Status>, NdpError> {
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(open(pins, COUNTERS_MAP)?).map_err(NdpError::map(COUNTERS_MAP))?;
     let counters = Counters::read(&counters)?;
+    let attached = attachment(pins, &cfg);
     Ok(Some(Status {
         interface: Interface::name_of(cfg.ifindex),
         ifindex: cfg.ifindex,
         mode: AttachedMode::from_code(cfg.attach_mode),
-        attached: attachment(pins, &cfg).is_some(),
-        attachment: attachment(pins, &cfg),
+        attached: attached.is_some(),
+        attachment: attached,
         router: cfg.flags & FLAG_ROUTER != 0,
         l3_device: cfg.flags & FLAG_L3_DEVICE != 0,
         mac: cfg.mac,
