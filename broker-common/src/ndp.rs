@@ -57,6 +57,10 @@ pub const FLAG_ROUTER: u8 = 1 << 1;
 /// The interface has no link-layer header (SIT and other L3 tunnels): packets
 /// start at the IPv6 header and advertisements carry no link-layer option.
 pub const FLAG_L3_DEVICE: u8 = 1 << 2;
+/// Userspace's record, unread by the program: it is attached through netlink
+/// (a clsact filter, or XDP set on the device) because the kernel has no BPF
+/// link of that kind (TCX links need Linux 6.6, XDP links 5.9).
+pub const FLAG_NETLINK: u8 = 1 << 3;
 
 /// How the program is attached, recorded for `ndp status`.
 pub const ATTACH_MODE_NONE: u8 = 0;

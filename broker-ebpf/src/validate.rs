@@ -110,12 +110,37 @@ pub(crate) fn validate<F: Frame>(ctx: &F, ip: &Ipv6Hdr, icmp_off: usize) -> Resu
     sum.add(u16::from_ne_bytes([ns.reserved[2], ns.reserved[3]]));
     sum.add_words(&ns.target);
 
-    // Walk the options in 8-octet units, summing each for the checksum and
-    // checking each option header where one starts: every option has a
-    // non-zero length and the last one ends exactly at the end. A unit past
-    // the frame's end means the IP header claims more than arrived.
+    // The options in two walks, so that no walk carries state from one unit
+    // to the next beyond a counter: one combined walk (summing every unit and
+    // checking option headers where they start) made the verifier of Linux
+    // 6.1 explore too many paths and refuse the program (a million
+    // instructions); 6.12's handled it. The errors and their order are the
+    // combined walk's: a header is read before any unit after it.
+    //
+    // First the option headers: every option has a non-zero length, and the
+    // last one ends exactly at the end. A header past the frame's end means
+    // the IP header claims more than arrived.
     let mut has_source_lladdr = false;
     let mut next_option = 0;
+    let mut seen = 0;
+    while seen < MAX_NS_OPTION_UNITS {
+        if next_option >= option_units {
+            break;
+        }
+        let header: *const [u8; 2] = ptr_at(ctx, icmp_off + NS_HLEN + next_option * 8)
+            .ok_or(Rejected::Invalid(Invalid::Truncated))?;
+        let [opt_type, opt_len] = unsafe { *header };
+        if opt_len == 0 {
+            return Err(Rejected::Invalid(Invalid::ZeroLengthOption));
+        }
+        if opt_type == OPT_SOURCE_LLADDR {
+            has_source_lladdr = true;
+        }
+        next_option += opt_len as usize;
+        seen += 1;
+    }
+    // Then every unit, summed for the checksum; a unit past the frame's end
+    // is a truncated packet, as above.
     let mut unit = 0;
     while unit < MAX_NS_OPTION_UNITS {
         if unit >= option_units {
@@ -123,18 +148,7 @@ pub(crate) fn validate<F: Frame>(ctx: &F, ip: &Ipv6Hdr, icmp_off: usize) -> Resu
         }
         let chunk: *const [u16; 4] = ptr_at(ctx, icmp_off + NS_HLEN + unit * 8)
             .ok_or(Rejected::Invalid(Invalid::Truncated))?;
-        let chunk = unsafe { *chunk };
-        sum.add_words(&chunk);
-        if unit == next_option {
-            let [opt_type, opt_len] = bytes(chunk[0]);
-            if opt_len == 0 {
-                return Err(Rejected::Invalid(Invalid::ZeroLengthOption));
-            }
-            if opt_type == OPT_SOURCE_LLADDR {
-                has_source_lladdr = true;
-            }
-            next_option = unit + opt_len as usize;
-        }
+        sum.add_words(unsafe { &*chunk });
         unit += 1;
     }
     if next_option != option_units {

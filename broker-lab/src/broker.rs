@@ -57,7 +57,7 @@ pub fn ndp_serve(ns: &Netns, pins: &PinDir, args: &[&str]) -> anyhow::Result<Pro
     let mut cmd = broker_command(ns, pins)?;
     cmd.args(["ndp", "serve"]).args(args);
     let mut serve = Process::spawn(&format!("ndp serve {args:?}"), cmd)?;
-    serve.wait_log(&[ANSWERING], 1, Duration::from_secs(20))?;
+    serve.wait_log(&[ANSWERING], 1, Duration::from_secs(20) * time_scale())?;
     Ok(serve)
 }
 
@@ -65,9 +65,24 @@ pub fn ndp_serve(ns: &Netns, pins: &PinDir, args: &[&str]) -> anyhow::Result<Pro
 pub fn ndp_status(ns: &Netns, pins: &PinDir) -> anyhow::Result<(Option<i32>, String)> {
     let mut cmd = broker_command(ns, pins)?;
     cmd.args(["ndp", "status"]);
-    let out = run_bounded(cmd, Duration::from_secs(10))?;
+    let out = run_bounded(cmd, Duration::from_secs(10) * time_scale())?;
     let status = out
         .status
         .with_context(|| format!("ndp status hung; stderr: {}", out.stderr))?;
     Ok((status.code(), out.stdout))
+}
+
+/// How many times slower than this machine kind the machine running the
+/// tests may be: `BBT_TIME_SCALE`, which `cargo xtask kernel-test` sets in
+/// its emulated (TCG) VMs, where loading the program alone can take seconds;
+/// 1 when unset. Bounds that only guard against a hang scale with it.
+pub fn time_scale() -> u32 {
+    match std::env::var("BBT_TIME_SCALE") {
+        Err(_) => 1,
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|&n| n >= 1)
+            .unwrap_or_else(|| panic!("BBT_TIME_SCALE={v:?}: want a whole number from 1")),
+    }
 }

@@ -9,6 +9,7 @@ mod bench;
 mod chain;
 mod cmd;
 mod demo;
+mod kernel_test;
 mod setup;
 mod test;
 
@@ -32,6 +33,10 @@ enum Command {
     /// router, internet host, broker, BlockHost servers), narrated; a server
     /// gets a prefix and the internet reaches it. Ctrl-C tears it down.
     Demo(demo::Args),
+    /// Set up, then run the responder's program and namespace tests inside
+    /// qemu on Debian 12's and Debian 13's cloud kernels (6.1 and 6.12),
+    /// fetched from the Debian archive into target/kernel-test/.
+    KernelTest(kernel_test::Args),
     /// Set up, then run a benchmark (results in target/bench/).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Test(args) => setup::run().and_then(|()| test::run(args)),
+        Command::KernelTest(args) => setup::run().and_then(|()| kernel_test::run(&args)),
         Command::Demo(args) => setup::run().and_then(|()| demo::run(args)),
         Command::Bench(b) => setup::run().and_then(|()| bench::run(b)),
         Command::Chain(args) => setup::run().and_then(|()| chain::run(args)),

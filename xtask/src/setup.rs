@@ -33,6 +33,16 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "promtool, which checks the broker's /metrics in tests/http_api.rs",
     ),
     (
+        "qemu-system-x86",
+        "the kernel tests boot Debian 12's and 13's kernels (cargo xtask kernel-test)",
+    ),
+    ("busybox-static", "the kernel tests' initramfs"),
+    ("xz-utils", "the kernel tests unpack the kernels' modules"),
+    (
+        "binutils",
+        "objcopy: the kernel tests' binaries without debug info",
+    ),
+    (
         "nodejs",
         "the contracts' toolchain (forge, anvil, solc from npm)",
     ),

@@ -18,6 +18,10 @@ pub struct Args {
     /// Skip the formatting and lint checks.
     #[arg(long)]
     no_lints: bool,
+    /// Skip the responder's tests on Debian 12's and 13's kernels under
+    /// qemu (`cargo xtask kernel-test`, a few minutes per kernel).
+    #[arg(long)]
+    no_kernels: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -56,7 +60,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let result = cmd::run(&mut test);
     remove_leftovers();
-    result
+    result?;
+    if !args.no_kernels {
+        eprintln!("test: the responder on Debian 12's and 13's kernels (qemu)");
+        crate::kernel_test::run(&crate::kernel_test::Args {
+            filter: args.filter,
+            ..crate::kernel_test::Args::default()
+        })?;
+    }
+    Ok(())
 }
 
 /// Test objects are named `bbt-<pid>-…` (the WireGuard ones with the pid in

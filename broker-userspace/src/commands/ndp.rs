@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use broker_userspace::ndp::{
-    self, AttachMode, AttachedMode, Interface, PinDir, Responder, ResponderOptions, Status,
+    self, AttachMode, Interface, PinDir, Responder, ResponderOptions, Status,
 };
 use clap::Subcommand;
 use ipnet::IpNet;
@@ -108,7 +108,8 @@ fn serve(
     // responder and stay whatever happens.
     let first_start = !pins.exists();
     let started = Responder::load(pins).and_then(|mut responder| {
-        let attached = responder.attach(&iface, mode, ResponderOptions { router })?;
+        let (mode, attachment) = responder.attach(&iface, mode, ResponderOptions { router })?;
+        let attached = format!("{mode} mode, {}", attachment.describe(mode));
         let (added, removed) = responder.reconcile(&prefixes)?;
         Ok((responder, attached, added, removed))
     });
@@ -122,7 +123,7 @@ fn serve(
         }
     };
     tracing::info!(
-        "answering for {} prefixes on {} ({attached} mode): {added} added, {removed} removed",
+        "answering for {} prefixes on {} ({attached}): {added} added, {removed} removed",
         prefixes.len(),
         iface.name
     );
@@ -159,9 +160,11 @@ fn print_status(pins: &PinDir, s: &Status) {
         .interface
         .clone()
         .unwrap_or_else(|| format!("index {} (gone)", s.ifindex));
-    let mode = s
-        .mode
-        .map_or("unknown".to_string(), |m: AttachedMode| m.to_string());
+    let mode = match (s.mode, s.attachment) {
+        (Some(m), Some(a)) => format!("{m} ({})", a.describe(m)),
+        (Some(m), None) => m.to_string(),
+        (None, _) => "unknown".to_string(),
+    };
     println!("pins:       {}", pins.path().display());
     println!(
         "interface:  {interface} ({})",

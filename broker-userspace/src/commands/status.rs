@@ -163,9 +163,12 @@ fn text(s: &Status) -> String {
             line(
                 "ndp",
                 format!(
-                    "{} ({} mode, {}), {} prefixes; seen {} answered {} not_ours {} invalid {} failed {}",
+                    "{} ({} mode{}, {}), {} prefixes; seen {} answered {} not_ours {} invalid {} failed {}",
                     n.interface.as_deref().unwrap_or("(interface gone)"),
                     n.mode.as_deref().unwrap_or("unknown"),
+                    n.attachment
+                        .as_deref()
+                        .map_or(String::new(), |a| format!(" by {a}")),
                     if n.attached {
                         "attached"
                     } else {

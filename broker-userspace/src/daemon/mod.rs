@@ -178,14 +178,14 @@ impl Daemon {
         }
         let upstream = Interface::by_name(&config.broker.upstream_interface)?;
         let mut ndp = Responder::load(&crate::ndp::PinDir::new(&config.broker.ndp_pin_dir))?;
-        let mode = ndp.attach(
+        let (mode, attachment) = ndp.attach(
             &upstream,
             config.broker.ndp_mode,
             ResponderOptions {
                 router: config.broker.ndp_router_flag,
             },
         )?;
-        info!(interface = %upstream.name, %mode, "NDP responder attached");
+        info!(interface = %upstream.name, %mode, via = attachment.describe(mode), "NDP responder attached");
         let mut kernel = Kernel {
             tunnel,
             routes,

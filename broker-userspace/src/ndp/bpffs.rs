@@ -12,7 +12,8 @@ use super::NdpError;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/blockhost-broker";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-/// A directory of pins: the three maps (named as in broker-common) and `link`.
+/// A directory of pins: the three maps (named as in broker-common) and `link`
+/// (or `netlink_program`).
 #[derive(Clone, Debug)]
 pub struct PinDir(PathBuf);
 
@@ -27,6 +28,13 @@ impl PinDir {
 
     pub fn link(&self) -> PathBuf {
         self.0.join("link")
+    }
+
+    /// Where the attached program is pinned when netlink attached it (no
+    /// BPF link to pin: a clsact filter before Linux 6.6, XDP before 5.9).
+    /// The pin is the record that the attachment is ours and still there.
+    pub fn netlink_program(&self) -> PathBuf {
+        self.0.join("netlink_program")
     }
 
     pub fn map(&self, name: &str) -> PathBuf {

@@ -34,6 +34,21 @@ pub enum NdpError {
         source: aya::programs::ProgramError,
     },
     #[error(
+        "attaching to `{interface}` at TC: the kernel refused a TCX link ({tcx}) and a netlink clsact filter"
+    )]
+    AttachTc {
+        interface: String,
+        tcx: Box<String>,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("detaching the responder from `{interface}`")]
+    Detach {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
         "the responder pinned under {pins} is attached to {attached}; run `blockhost-broker ndp detach` first"
     )]
     AttachedElsewhere { pins: PathBuf, attached: String },
@@ -41,9 +56,9 @@ pub enum NdpError {
         "`{0}` is an L3 device: answers can only leave it from TC (`--mode tc`, which auto picks); generic XDP would send them with a wrong protocol"
     )]
     L3NeedsTc(String),
-    #[error("the kernel refused a BPF link for `{0}` (Linux 6.6 or later is required)")]
+    #[error("the kernel gave a link for `{0}` that is not a BPF link and cannot be pinned")]
     NoLink(String),
-    #[error("pinning the XDP link at {path}")]
+    #[error("pinning at {path}")]
     PinLink {
         path: PathBuf,
         #[source]

@@ -23,4 +23,4 @@ pub use interface::{Interface, LinkLayer};
 pub use pass::{PassProgram, load_helper_object};
 pub use pinned::{Status, detach, status};
 pub use prefixes::{PrefixError, key_for, net_for, validate_prefixes};
-pub use responder::{AttachMode, AttachedMode, Counters, Responder, ResponderOptions};
+pub use responder::{AttachMode, AttachedMode, Attachment, Counters, Responder, ResponderOptions};

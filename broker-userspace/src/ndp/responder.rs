@@ -7,16 +7,18 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        links::{FdLink, Link, PinnedLink},
+        tc::{
+            NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact,
+        },
         xdp::XdpLink,
     },
 };
 use aya_log::EbpfLogger;
 use broker_common::ndp::{
     ATTACH_MODE_DRIVER, ATTACH_MODE_GENERIC, ATTACH_MODE_TC, CONFIG_MAP, COUNTERS_MAP, Counter,
-    FLAG_CONFIGURED, FLAG_L3_DEVICE, FLAG_ROUTER, MAX_PREFIX_LENS, NdpConfig, PREFIXES_MAP,
-    PROGRAM_NAME, PrefixKey, PrefixValue, TC_PROGRAM_NAME,
+    FLAG_CONFIGURED, FLAG_L3_DEVICE, FLAG_NETLINK, FLAG_ROUTER, MAX_PREFIX_LENS, NdpConfig,
+    PREFIXES_MAP, PROGRAM_NAME, PrefixKey, PrefixValue, TC_PROGRAM_NAME,
 };
 use ipnet::Ipv6Net;
 use tracing::Level;
@@ -24,7 +26,7 @@ use tracing::Level;
 use super::{
     Interface, LinkLayer, NdpError, PinDir, PrefixError,
     kernel_log::{self, LogReader},
-    key_for, net_for,
+    key_for, net_for, pinned,
     program::OBJECT,
     validate_prefixes,
 };
@@ -81,7 +83,7 @@ impl AttachedMode {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             AttachedMode::Driver => "driver",
             AttachedMode::Generic => "generic",
@@ -94,6 +96,60 @@ impl fmt::Display for AttachedMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// How the program is held on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A BPF link (XDP, or TCX at TC), pinned as `link`: it outlives the
+    /// process, and a restart swaps its program atomically.
+    Link,
+    /// Netlink, where the kernel has no such link: a filter on the clsact
+    /// qdisc (TCX links need Linux 6.6), or XDP set on the device (XDP links
+    /// need 5.9). It stays on the interface until detached, and a restart
+    /// replaces its program atomically too; the program is pinned as
+    /// `netlink_program`, the record that it is attached.
+    Netlink,
+}
+
+impl Attachment {
+    /// The attachment's name for `mode`, as status shows it.
+    pub fn describe(self, mode: AttachedMode) -> &'static str {
+        match (self, mode) {
+            (Attachment::Link, AttachedMode::Tc) => "TCX link",
+            (Attachment::Link, _) => "XDP link",
+            (Attachment::Netlink, AttachedMode::Tc) => "netlink clsact filter",
+            (Attachment::Netlink, _) => "netlink",
+        }
+    }
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Attachment::Link => "link",
+            Attachment::Netlink => "netlink",
+        })
+    }
+}
+
+/// The clsact ingress filter's priority and handle when netlink attaches the
+/// TC program: fixed, so that a restart finds the filter to swap its program
+/// in, and `ndp detach` finds it to remove.
+pub(crate) const TC_NETLINK_PRIORITY: u16 = 0xbb00;
+pub(crate) const TC_NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0xbb);
+
+fn xdp_mode(mode: AttachedMode) -> XdpMode {
+    match mode {
+        AttachedMode::Generic => XdpMode::Skb,
+        AttachedMode::Driver | AttachedMode::Tc => XdpMode::Driver,
+    }
+}
+
+/// A netlink attachment outlives the process only if its link is never
+/// dropped (dropping detaches).
+fn keep_attached<L: Link>(link: L) {
+    std::mem::forget(link);
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -205,22 +261,24 @@ impl Responder {
         EbpfLogger::init_with_logger(&mut self.ebpf, logger).map_err(NdpError::LogRecords)
     }
 
-    /// Attaches to `iface`, or, when a link is already pinned for it, swaps
-    /// this program into that link atomically (no packet goes unanswered).
+    /// Attaches to `iface`, or, when this responder is already attached to
+    /// it, swaps this program into that attachment atomically (no packet
+    /// goes unanswered). Where the kernel has no BPF link of the kind needed
+    /// (TCX before Linux 6.6, XDP links before 5.9), netlink attaches instead.
     pub fn attach(
         &mut self,
         iface: &Interface,
         mode: AttachMode,
         options: ResponderOptions,
-    ) -> Result<AttachedMode, NdpError> {
+    ) -> Result<(AttachedMode, Attachment), NdpError> {
         let l3 = iface.link_layer == LinkLayer::None;
         if l3 && matches!(mode, AttachMode::Driver | AttachMode::Generic) {
             return Err(NdpError::L3NeedsTc(iface.name.clone()));
         }
-        let link_pin = self.pins.link();
         let current = self.config()?;
         let current_mode = AttachedMode::from_code(current.attach_mode);
-        let mut adopt = link_pin.exists();
+        let current_attachment = pinned::attachment(&self.pins, &current);
+        let mut adopt = current_attachment.is_some();
         if adopt && current.ifindex != iface.index {
             if let Some(name) = Interface::name_of(current.ifindex) {
                 return Err(NdpError::AttachedElsewhere {
@@ -229,7 +287,7 @@ impl Responder {
                 });
             }
             tracing::info!(
-                "the interface of the pinned link is gone (index {}); attaching afresh",
+                "the interface of the pinned attachment is gone (index {}); attaching afresh",
                 current.ifindex
             );
             adopt = false;
@@ -252,17 +310,14 @@ impl Responder {
             );
             adopt = false;
         }
-        if link_pin.exists() && !adopt {
-            std::fs::remove_file(&link_pin).map_err(|source| NdpError::Remove {
-                path: link_pin.clone(),
-                source,
-            })?;
+        if !adopt {
+            pinned::remove_attachment(&self.pins, &current)?;
         }
 
-        let attached = match (adopt, current_mode) {
-            (true, Some(current)) => {
-                self.adopt_link(iface, current)?;
-                current
+        let attached = match (adopt, current_mode, current_attachment) {
+            (true, Some(mode), Some(attachment)) => {
+                self.adopt(iface, mode, attachment)?;
+                (mode, attachment)
             }
             _ => self.attach_new(iface, mode, l3)?,
         };
@@ -271,6 +326,9 @@ impl Responder {
             if options.router {
                 cfg.flags |= FLAG_ROUTER;
             }
+            if attached.1 == Attachment::Netlink {
+                cfg.flags |= FLAG_NETLINK;
+            }
             match iface.link_layer {
                 LinkLayer::Ethernet(mac) => cfg.mac = mac,
                 LinkLayer::None => {
@@ -278,36 +336,83 @@ impl Responder {
                     cfg.flags |= FLAG_L3_DEVICE;
                 }
             }
-            cfg.attach_mode = attached.code();
+            cfg.attach_mode = attached.0.code();
             cfg.ifindex = iface.index;
         })?;
         Ok(attached)
     }
 
-    fn adopt_link(&mut self, iface: &Interface, mode: AttachedMode) -> Result<(), NdpError> {
-        let path = self.pins.link();
-        let adopt_err = |source| NdpError::AdoptLink {
-            path: path.clone(),
-            source,
-        };
+    /// Swaps this program into the attachment a previous process left.
+    fn adopt(
+        &mut self,
+        iface: &Interface,
+        mode: AttachedMode,
+        attachment: Attachment,
+    ) -> Result<(), NdpError> {
         let attach_err = |source| NdpError::Attach {
             interface: iface.name.clone(),
-            mode: "the pinned link's",
+            mode: "the pinned attachment's",
             source,
         };
-        let fd_link = FdLink::from(PinnedLink::from_pin(&path).map_err(adopt_err)?);
-        // The pin refers to the link, not to the program: after the update it
-        // stays valid and now runs this program.
-        if mode == AttachedMode::Tc {
-            let link = SchedClassifierLink::try_from(fd_link).map_err(adopt_err)?;
-            self.tc_program()?
-                .attach_to_link(link)
-                .map_err(attach_err)?;
-        } else {
-            let link = XdpLink::try_from(fd_link).map_err(adopt_err)?;
-            self.program()?.attach_to_link(link).map_err(attach_err)?;
+        match (attachment, mode) {
+            (Attachment::Link, _) => {
+                let path = self.pins.link();
+                let adopt_err = |source| NdpError::AdoptLink {
+                    path: path.clone(),
+                    source,
+                };
+                let fd_link = FdLink::from(PinnedLink::from_pin(&path).map_err(adopt_err)?);
+                // The pin refers to the link, not to the program: after the
+                // update it stays valid and now runs this program.
+                if mode == AttachedMode::Tc {
+                    let link = SchedClassifierLink::try_from(fd_link).map_err(adopt_err)?;
+                    self.tc_program()?
+                        .attach_to_link(link)
+                        .map_err(attach_err)?;
+                } else {
+                    let link = XdpLink::try_from(fd_link).map_err(adopt_err)?;
+                    self.program()?.attach_to_link(link).map_err(attach_err)?;
+                }
+            }
+            (Attachment::Netlink, AttachedMode::Tc) => {
+                // The filter is ours by its fixed priority and handle;
+                // replacing its program is one netlink request.
+                let link = SchedClassifierLink::attached(
+                    &iface.name,
+                    TcAttachType::Ingress,
+                    TC_NETLINK_PRIORITY,
+                    TC_NETLINK_HANDLE,
+                    None,
+                )
+                .map_err(|source| NdpError::Interface {
+                    name: iface.name.clone(),
+                    source,
+                })?;
+                let program = self.tc_program()?;
+                let id = program.attach_to_link(link).map_err(attach_err)?;
+                keep_attached(program.take_link(id)?);
+                self.pin_netlink_program(TC_PROGRAM_NAME)?;
+            }
+            (Attachment::Netlink, xdp) => {
+                // Setting XDP through netlink replaces the device's program
+                // atomically; on a kernel without XDP links aya takes that
+                // path again.
+                let program = self.program()?;
+                let id = program
+                    .attach_to_if_index(iface.index, xdp_mode(xdp))
+                    .map_err(attach_err)?;
+                keep_attached(program.take_link(id)?);
+                self.pin_netlink_program(PROGRAM_NAME)?;
+            }
         }
-        tracing::info!(interface = %iface.name, %mode, "adopted the pinned link");
+        match attachment {
+            Attachment::Link => {
+                tracing::info!(interface = %iface.name, %mode, "adopted the pinned link")
+            }
+            Attachment::Netlink => {
+                tracing::info!(interface = %iface.name, %mode, "adopted the netlink attachment")
+            }
+        }
         Ok(())
     }
 
@@ -325,27 +430,81 @@ impl Responder {
         Ok(program)
     }
 
-    fn attach_tc(&mut self, iface: &Interface) -> Result<AttachedMode, NdpError> {
+    /// Pins the program netlink attached, as the record that it is (see
+    /// [`PinDir::netlink_program`]). Pinned beside and renamed over the old
+    /// record, so no moment lacks one.
+    fn pin_netlink_program(&mut self, name: &'static str) -> Result<(), NdpError> {
+        let path = self.pins.netlink_program();
+        // bpffs refuses names with a dot.
+        let fresh = self.pins.path().join("netlink_program_new");
+        let _ = std::fs::remove_file(&fresh);
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(NdpError::MissingProgram(name))?;
+        program.pin(&fresh).map_err(|source| NdpError::PinLink {
+            path: fresh.clone(),
+            source,
+        })?;
+        std::fs::rename(&fresh, &path).map_err(|source| NdpError::Remove {
+            path: fresh.clone(),
+            source,
+        })
+    }
+
+    /// At TC ingress: a TCX link where the kernel has them (6.6 and later),
+    /// else a filter on the clsact qdisc through netlink, found by trying.
+    fn attach_tc(&mut self, iface: &Interface) -> Result<(AttachedMode, Attachment), NdpError> {
+        let program = self.tc_program()?;
+        let tcx_err = match program.attach_with_options(
+            &iface.name,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        ) {
+            Ok(id) => {
+                let link = program.take_link(id)?;
+                let fd_link =
+                    FdLink::try_from(link).map_err(|_| NdpError::NoLink(iface.name.clone()))?;
+                let path = self.pins.link();
+                fd_link
+                    .pin(&path)
+                    .map_err(|source| NdpError::PinLink { path, source })?;
+                tracing::info!(interface = %iface.name, mode = "tc", via = "TCX link", "attached (L3 device)");
+                return Ok((AttachedMode::Tc, Attachment::Link));
+            }
+            Err(e) => e,
+        };
+        tracing::info!(
+            interface = %iface.name,
+            "no TCX link ({tcx_err}); attaching a clsact filter through netlink (kernels before 6.6)"
+        );
+        let netlink_err = |source| NdpError::AttachTc {
+            interface: iface.name.clone(),
+            tcx: Box::new(tcx_err.to_string()),
+            source,
+        };
+        match qdisc_add_clsact(&iface.name) {
+            Ok(()) => {}
+            // Someone else's clsact (or ours from before) serves as well.
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(netlink_err(e.into())),
+        }
         let program = self.tc_program()?;
         let id = program
             .attach_with_options(
                 &iface.name,
                 TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: TC_NETLINK_PRIORITY,
+                    handle: TC_NETLINK_HANDLE,
+                    classid: None,
+                }),
             )
-            .map_err(|source| NdpError::Attach {
-                interface: iface.name.clone(),
-                mode: "tc",
-                source,
-            })?;
-        let link = program.take_link(id)?;
-        let fd_link = FdLink::try_from(link).map_err(|_| NdpError::NoLink(iface.name.clone()))?;
-        let path = self.pins.link();
-        fd_link
-            .pin(&path)
-            .map_err(|source| NdpError::PinLink { path, source })?;
-        tracing::info!(interface = %iface.name, mode = "tc", "attached (L3 device)");
-        Ok(AttachedMode::Tc)
+            .map_err(netlink_err)?;
+        keep_attached(program.take_link(id)?);
+        self.pin_netlink_program(TC_PROGRAM_NAME)?;
+        tracing::info!(interface = %iface.name, mode = "tc", via = "netlink clsact filter", "attached (L3 device)");
+        Ok((AttachedMode::Tc, Attachment::Netlink))
     }
 
     fn attach_new(
@@ -353,51 +512,72 @@ impl Responder {
         iface: &Interface,
         mode: AttachMode,
         l3: bool,
-    ) -> Result<AttachedMode, NdpError> {
-        let candidates: &[(AttachedMode, XdpMode)] = match mode {
+    ) -> Result<(AttachedMode, Attachment), NdpError> {
+        let candidates: &[AttachedMode] = match mode {
             AttachMode::Tc => return self.attach_tc(iface),
             AttachMode::Auto if l3 => return self.attach_tc(iface),
-            AttachMode::Auto => &[
-                (AttachedMode::Driver, XdpMode::Driver),
-                (AttachedMode::Generic, XdpMode::Skb),
-            ],
-            AttachMode::Driver => &[(AttachedMode::Driver, XdpMode::Driver)],
-            AttachMode::Generic => &[(AttachedMode::Generic, XdpMode::Skb)],
+            AttachMode::Auto => &[AttachedMode::Driver, AttachedMode::Generic],
+            AttachMode::Driver => &[AttachedMode::Driver],
+            AttachMode::Generic => &[AttachedMode::Generic],
         };
-        let program = self.program()?;
         let mut last_err = None;
-        for &(candidate, xdp_mode) in candidates {
-            match program.attach_to_if_index(iface.index, xdp_mode) {
-                Ok(id) => {
-                    let link = program.take_link(id)?;
-                    let fd_link =
-                        FdLink::try_from(link).map_err(|_| NdpError::NoLink(iface.name.clone()))?;
-                    let path = self.pins.link();
-                    fd_link
-                        .pin(&path)
-                        .map_err(|source| NdpError::PinLink { path, source })?;
+        for &candidate in candidates {
+            let attach_err = |source| NdpError::Attach {
+                interface: iface.name.clone(),
+                mode: candidate.name(),
+                source,
+            };
+            let program = self.program()?;
+            // aya tries an XDP link and, where the kernel has none, sets the
+            // program through netlink.
+            let attachment = match program.attach_to_if_index(iface.index, xdp_mode(candidate)) {
+                Ok(id) => match FdLink::try_from(program.take_link(id)?) {
+                    Ok(fd_link) => {
+                        let path = self.pins.link();
+                        fd_link
+                            .pin(&path)
+                            .map_err(|source| NdpError::PinLink { path, source })?;
+                        Ok(Attachment::Link)
+                    }
+                    // A netlink attachment cannot be told from a link before
+                    // this conversion, which drops (and so detaches) it:
+                    // attach again and keep it.
+                    Err(_) => program
+                        .attach_to_if_index(iface.index, xdp_mode(candidate))
+                        .map(|id| {
+                            keep_attached(program.take_link(id)?);
+                            Ok(Attachment::Netlink)
+                        })
+                        .map_err(attach_err)
+                        .and_then(|kept| kept),
+                },
+                Err(source) => Err(attach_err(source)),
+            };
+            match attachment {
+                Ok(attachment) => {
+                    if attachment == Attachment::Netlink {
+                        self.pin_netlink_program(PROGRAM_NAME)?;
+                    }
                     if candidate == AttachedMode::Generic && mode == AttachMode::Auto {
                         tracing::warn!(
                             interface = %iface.name,
+                            %attachment,
                             "attached in generic mode: the driver has no native XDP"
                         );
                     } else {
-                        tracing::info!(interface = %iface.name, mode = %candidate, "attached");
+                        tracing::info!(interface = %iface.name, mode = %candidate, %attachment, "attached");
                     }
-                    return Ok(candidate);
+                    return Ok((candidate, attachment));
                 }
-                Err(source) => {
+                Err(e) => {
                     if mode == AttachMode::Auto && candidate == AttachedMode::Driver {
                         tracing::info!(
                             interface = %iface.name,
-                            "native XDP refused ({source}); falling back to generic mode"
+                            "native XDP refused ({}); falling back to generic mode",
+                            std::error::Error::source(&e).map_or(String::new(), ToString::to_string)
                         );
                     }
-                    last_err = Some(NdpError::Attach {
-                        interface: iface.name.clone(),
-                        mode: candidate.name(),
-                        source,
-                    });
+                    last_err = Some(e);
                 }
             }
         }

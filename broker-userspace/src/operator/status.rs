@@ -139,6 +139,10 @@ pub struct NdpStatus {
     /// None when the interface is gone.
     pub interface: Option<String>,
     pub mode: Option<String>,
+    /// How the program is held: "XDP link", "TCX link", "netlink clsact
+    /// filter" (kernels before 6.6) or "netlink"; None when not attached.
+    #[serde(default)]
+    pub attachment: Option<String>,
     pub attached: bool,
     /// Prefixes in the responder's map.
     pub prefixes: usize,
@@ -164,6 +168,10 @@ impl NdpStatus {
         Some(NdpStatus {
             interface: s.interface,
             mode: s.mode.map(|m| m.to_string()),
+            attachment: s
+                .mode
+                .zip(s.attachment)
+                .map(|(m, a)| a.describe(m).to_string()),
             attached: s.attached,
             prefixes: s.prefixes,
             counters: NdpCounters {
