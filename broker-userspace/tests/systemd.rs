@@ -8,7 +8,11 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use broker_lab::{Lab, lab_test, notify::NotifySocket};
+
+/// The broker's address in its pool (the lab's upstream prefix + 2).
+const GATEWAY: &str = "2001:db8:100::2";
 
 /// What the test sets as `WATCHDOG_USEC`: the daemon pings every half of it.
 const WATCHDOG: Duration = Duration::from_secs(2);
@@ -117,6 +121,186 @@ fn ready_after_the_responder_and_the_first_poll_then_watchdog_from_the_poll_loop
 
         lab.stop_broker()?;
         socket.wait_for("STOPPING=1", secs(1))?;
+        Ok(())
+    });
+}
+
+/// The capabilities the unit gives the daemon (`AmbientCapabilities=` and
+/// `CapabilityBoundingSet=` in debian/blockhost-broker.service), found by
+/// running it with fewer: see [`least_privilege`].
+const CAPABILITIES: &[&str] = &["net_admin", "bpf", "perfmon"];
+
+/// A user id no account has: the daemon runs as a user of its own.
+const UID: u32 = 64_123;
+
+/// Runs the lab's broker as user [`UID`] with only `capabilities`
+/// (inherited, ambient and bounding sets, as systemd's
+/// `AmbientCapabilities=` gives them), in a mount namespace of its own where
+/// wireguard-go's socket directory belongs to that user (the unit's
+/// `RuntimeDirectory=`). Its files are given to that user.
+fn run_unprivileged(lab: &mut Lab, capabilities: &[&str]) -> anyhow::Result<()> {
+    use std::os::unix::fs::chown;
+    let give = |path: &std::path::Path| -> anyhow::Result<()> {
+        chown(path, Some(UID), Some(UID))
+            .with_context(|| format!("giving {} to {UID}", path.display()))
+    };
+    give(&lab.dir)?;
+    let broker_dir = lab.config_path.parent().context("the broker's directory")?;
+    for entry in walk(broker_dir)? {
+        give(&entry)?;
+    }
+    // The pin directory as the unit's ExecStartPre makes it.
+    std::fs::create_dir_all(lab.pin_dir())?;
+    give(lab.pin_dir())?;
+    let sockets = lab.dir.join("run-wireguard");
+    std::fs::create_dir_all(&sockets)?;
+    give(&sockets)?;
+
+    let caps = std::iter::once("-all".to_string())
+        .chain(capabilities.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    // /dev/net/tun is 0666 on Debian (udev's rule), 0600 on this machine:
+    // the namespace gets a node of Debian's mode for wireguard-go.
+    let script = format!(
+        "mkdir -p /run/wireguard && mount --bind \"$0\" /run/wireguard && \
+         rm -f \"$0.tun\" && mknod -m 0666 \"$0.tun\" c 10 200 && mount --bind \"$0.tun\" /dev/net/tun && \
+         exec setpriv --reuid={UID} --regid={UID} --clear-groups \
+         --inh-caps={caps} --ambient-caps={caps} --bounding-set={caps} -- \"$@\""
+    );
+    lab.broker_wrapper = vec![
+        "unshare".into(),
+        "--mount".into(),
+        "--propagation".into(),
+        "private".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        script,
+        sockets.display().to_string(),
+    ];
+    Ok(())
+}
+
+/// capabilities(7)'s number of `name`.
+fn capability_number(name: &str) -> u32 {
+    match name {
+        "net_bind_service" => 10,
+        "net_admin" => 12,
+        "net_raw" => 13,
+        "sys_admin" => 21,
+        "sys_resource" => 24,
+        "perfmon" => 38,
+        "bpf" => 39,
+        other => panic!("capability {other} not in the table"),
+    }
+}
+
+/// `dir` and everything under it.
+fn walk(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut all = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            all.extend(walk(&path)?);
+        } else {
+            all.push(path);
+        }
+    }
+    Ok(all)
+}
+
+/// The daemon's user and capabilities as the kernel reports them.
+fn status_of(pid: u32) -> anyhow::Result<(String, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("Uid:")?, field("CapEff:")?))
+}
+
+/// A request answered end to end by a daemon that is not root and holds
+/// only [`CAPABILITIES`]: the responder attached and pinned, wireguard-go
+/// started, the peer and route set, the answer on chain, the tunnel
+/// carrying traffic and the router resolving the client's address.
+#[test]
+fn least_privilege_a_request_is_answered_without_root() {
+    lab_test("caps", async |lab: &mut Lab| {
+        run_unprivileged(lab, CAPABILITIES)?;
+        lab.start_broker()?;
+        let pid = lab.broker()?.pid().context("the broker runs")?;
+        let (uid, effective) = status_of(pid)?;
+        assert!(
+            uid.split_whitespace().all(|u| u == UID.to_string()),
+            "Uid: {uid}"
+        );
+        let mask = u64::from_str_radix(&effective, 16)?;
+        let want = CAPABILITIES
+            .iter()
+            .fold(0u64, |m, c| m | 1 << capability_number(c));
+        assert_eq!(mask, want, "CapEff: {effective}");
+
+        let served = lab.serve(broker_lab::requests::CLIENT).await?;
+        lab.bring_up_tunnel(&served.client, &served.answer)?;
+        assert!(
+            lab.net.servers[0].ping(GATEWAY, 10),
+            "the client cannot reach the gateway through its tunnel"
+        );
+        let address = broker_lab::requests::client_address(served.prefix);
+        assert!(
+            lab.net.router.ping(&address, 5),
+            "the router cannot reach {address} through the broker"
+        );
+        lab.stop_broker()?;
+        Ok(())
+    });
+}
+
+/// Each of [`CAPABILITIES`] is needed: without any one of them the daemon
+/// does not get as far as answering (it exits with an error).
+#[test]
+fn least_privilege_without_any_one_capability_the_daemon_fails() {
+    lab_test("caps-1", async |lab: &mut Lab| {
+        // What stops it: wireguard-go cannot make its TUN device, the
+        // daemon's own check (without it, CAP_PERFMON's absence shows as
+        // the verifier's "pointer arithmetic with it prohibited for !root").
+        let reasons = [
+            (
+                "net_admin",
+                "Failed to create TUN device: operation not permitted",
+            ),
+            ("bpf", "CAP_BPF missing"),
+            ("perfmon", "CAP_PERFMON missing"),
+        ];
+        assert_eq!(reasons.map(|(c, _)| c), CAPABILITIES);
+        for (left_out, reason) in reasons {
+            let fewer: Vec<&str> = CAPABILITIES
+                .iter()
+                .copied()
+                .filter(|c| *c != left_out)
+                .collect();
+            run_unprivileged(lab, &fewer)?;
+            let broker = lab.spawn_broker(None)?;
+            let status = broker.wait_exit(secs(60))?;
+            assert!(
+                !status.success(),
+                "without {left_out} the daemon exited 0:\n{}",
+                broker.log()
+            );
+            let log = broker.log();
+            assert!(
+                !log.contains("ready: "),
+                "without {left_out} the daemon got ready:\n{log}"
+            );
+            assert!(
+                log.contains(reason),
+                "without {left_out}: not the failure expected ({reason}):\n{log}"
+            );
+        }
         Ok(())
     });
 }
