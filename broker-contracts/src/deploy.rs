@@ -108,6 +108,19 @@ pub async fn deploy_requests_with_progress(
     .await
 }
 
+/// The most deploying BrokerRequests from `operator` costs now (gas
+/// estimate at today's fees): what the set-up wizard asks the operator to
+/// fund before it deploys.
+pub async fn requests_deployment_cost(
+    rpc_url: &str,
+    chain_id: u64,
+    operator: PrivateKeySigner,
+) -> Result<Cost, DeployError> {
+    let conn = Connection::connect(rpc_url, chain_id, Some(operator), options()).await?;
+    let tx = TransactionRequest::default().with_deploy_code(BrokerRequests::BYTECODE.clone());
+    Ok(conn.prepare("deploying BrokerRequests", tx).await?.cost)
+}
+
 /// Deploys BrokerRegistry (development chains and tests; the real registry
 /// is the BlockHost project's).
 pub async fn deploy_registry(

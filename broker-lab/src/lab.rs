@@ -503,7 +503,14 @@ fn broker_files(
             implementation: WireguardImplementation::Userspace,
             handshake_timeout_secs: 120,
         },
-        api: None,
+        // On its default listen, loopback in the broker's namespace: the
+        // tests and the demo read /metrics there without a token.
+        api: Some(config::Api {
+            listen: config::DEFAULT_API_LISTEN.parse()?,
+            tls_cert: None,
+            tls_key: None,
+            insecure_plaintext: false,
+        }),
         database_path: dir.join("state/broker.redb"),
         onchain: config::Onchain {
             rpc_url: rpc_url.into(),

@@ -15,7 +15,8 @@
 //!   chain, the broker with its configuration written from the real
 //!   `Config`, and the servers), [`requests`] (servers played with the
 //!   bindings), [`inspect`] (the broker's kernel state), [`operator`] (the
-//!   operator's command line against the lab's broker), [`scenario`] (the
+//!   operator's command line against the lab's broker), [`metrics`] (its
+//!   `/metrics` scraped, promtool-checked and parsed), [`scenario`] (the
 //!   steps the demo shows), [`narrate`].
 //!
 //! Needs root. Every namespace, process, pin and socket goes away when its
@@ -25,6 +26,7 @@ pub mod broker;
 pub mod files;
 pub mod inspect;
 pub mod lab;
+pub mod metrics;
 pub mod names;
 pub mod narrate;
 pub mod ndp_frames;

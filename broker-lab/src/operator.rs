@@ -5,6 +5,7 @@
 //! kernel's state, releases on chain).
 
 use std::{
+    net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     time::{Duration, Instant},
 };
@@ -20,6 +21,8 @@ use crate::{
     broker::binary,
     process::run_bounded,
     requests::{CLIENT, Client},
+    topology::server_v4,
+    wireguard::listen_port,
 };
 
 /// The broker's peers (key, prefix), routes through the tunnel, and the
@@ -182,6 +185,16 @@ impl Lab {
     pub async fn released_on_chain(&self, nft: Address) -> anyhow::Result<usize> {
         let events = self.released_events().await?;
         Ok(events.iter().filter(|(_, of, _)| *of == nft).count())
+    }
+
+    /// Where the broker sees server `number`'s WireGuard packets come from:
+    /// the server's address and its interface's listen port.
+    pub fn server_endpoint(&self, number: usize) -> anyhow::Result<SocketAddr> {
+        let port = listen_port(
+            &self.net.servers[number - 1],
+            &self.servers[number - 1].interface,
+        )?;
+        Ok(SocketAddr::from((server_v4(number), port)))
     }
 
     /// The broker's peers, tunnel routes and NDP prefixes.

@@ -396,6 +396,34 @@ impl Lab {
         Ok(Some(block.header.timestamp))
     }
 
+    /// Wei the operator paid in gas (gasUsed × effectiveGasPrice, from the
+    /// receipts) for its transactions mined after block `after`.
+    pub async fn operator_gas_since(&self, after: u64) -> anyhow::Result<u128> {
+        let provider = self.wallet(0)?;
+        let operator = self.chain.operator.address();
+        let latest = provider.get_block_number().await?;
+        let mut paid = 0u128;
+        for number in after + 1..=latest {
+            let block = provider
+                .get_block_by_number(number.into())
+                .full()
+                .await?
+                .with_context(|| format!("block {number} is not mined"))?;
+            for tx in block.transactions.into_transactions() {
+                if tx.from() != operator {
+                    continue;
+                }
+                let hash = tx.tx_hash();
+                let receipt = provider
+                    .get_transaction_receipt(hash)
+                    .await?
+                    .with_context(|| format!("no receipt for {hash}"))?;
+                paid += u128::from(receipt.gas_used) * receipt.effective_gas_price;
+            }
+        }
+        Ok(paid)
+    }
+
     /// Every transaction the operator sent to the requests contract, as
     /// `submitResponse(ID)`, `releaseAllocation(NFT)` or the function name.
     pub async fn operator_calls(&self) -> anyhow::Result<Vec<String>> {

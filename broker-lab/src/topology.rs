@@ -16,6 +16,8 @@
 //! The servers have no IPv6 of their own: they reach the IPv6 internet only
 //! through their WireGuard tunnel to the broker.
 
+use std::net::Ipv4Addr;
+
 use anyhow::Context as _;
 
 use crate::netns::{End, Netns, veth};
@@ -34,6 +36,12 @@ pub const WG_PORT: u16 = 51820;
 pub const INTERNET_ADDR: &str = "2001:db8:200::10";
 /// How many BlockHost servers the lab has.
 pub const SERVERS: usize = 2;
+
+/// Server `number`'s address (1-based), where its WireGuard packets come
+/// from: the servers are not NATed.
+pub fn server_v4(number: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, (16 * (number - 1) + 2) as u8)
+}
 
 /// The namespaces, each deleted when this drops.
 pub struct Topology {
@@ -131,7 +139,7 @@ impl Topology {
             server.ip(&[
                 "addr",
                 "add",
-                &format!("203.0.113.{}/28", base + 2),
+                &format!("{}/28", server_v4(i + 1)),
                 "dev",
                 "eth0",
             ])?;

@@ -179,3 +179,14 @@ pub fn allowed_ips(ns: &Netns, name: &str) -> anyhow::Result<Vec<(String, String
     peers.sort();
     Ok(peers)
 }
+
+/// `wg show NAME listen-port` in `ns`: the UDP port the interface listens
+/// on (wireguard-go picks one when none was set), where its peers see its
+/// packets come from.
+pub fn listen_port(ns: &Netns, name: &str) -> anyhow::Result<u16> {
+    let out = run(ns.command("wg").args(["show", name, "listen-port"]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("`wg show {name} listen-port` gave {text:?}"))
+}

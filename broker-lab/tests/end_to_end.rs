@@ -2,7 +2,10 @@
 //! contracts, `blockhost-broker run` with its XDP responder and wireguard-go,
 //! `broker-client` on BlockHost servers bringing up wg-quick tunnels, and an
 //! internet host behind the provider's router that reaches the servers in
-//! their prefixes (see broker-lab's `topology` for the map).
+//! their prefixes (see broker-lab's `topology` for the map). Along the way
+//! the broker's `/metrics` are scraped, checked with promtool and compared
+//! with what happened: requests, allocations, peers, the responder's
+//! answers, and gas and balance against the operator's receipts.
 //!
 //! Needs root (`cargo xtask test`). Each test builds its own lab, named
 //! `bbt-<pid>-<n>-…`; dropping it removes everything, also when the test
@@ -10,10 +13,14 @@
 
 use std::time::{Duration, Instant};
 
-use alloy::{network::EthereumWallet, primitives::U256, providers::ProviderBuilder};
+use alloy::{
+    network::EthereumWallet,
+    primitives::U256,
+    providers::{Provider as _, ProviderBuilder},
+};
 use anyhow::{Context as _, bail, ensure};
 use broker_contracts::{BrokerRequests, protocol};
-use broker_lab::{Lab, lab_test};
+use broker_lab::{Lab, lab_test, metrics::Metrics};
 
 fn field(value: &serde_json::Value, key: &str) -> anyhow::Result<String> {
     value[key]
@@ -25,6 +32,118 @@ fn field(value: &serde_json::Value, key: &str) -> anyhow::Result<String> {
 /// Whether the broker has a WireGuard peer with public key `key`.
 fn broker_has_peer(lab: &Lab, key: &str) -> anyhow::Result<bool> {
     Ok(lab.peers()?.iter().any(|(peer, _)| peer == key))
+}
+
+/// The chain before the broker started: what its counters start from.
+struct Start {
+    block: u64,
+    balance: U256,
+}
+
+impl Start {
+    async fn read(lab: &Lab) -> anyhow::Result<Start> {
+        let provider = lab.wallet(0)?;
+        Ok(Start {
+            block: provider.get_block_number().await?,
+            balance: provider.get_balance(lab.chain.operator.address()).await?,
+        })
+    }
+}
+
+/// What the broker's figures must be at a point of the scenario.
+struct Expected {
+    answered: u128,
+    used: u128,
+    active_peers: u128,
+}
+
+/// Scrapes the broker's /metrics (each scrape promtool-checked) until they
+/// show `expected` (the daemon publishes its figures after each poll), then
+/// checks them against the chain: the gas spent is the sum over the
+/// operator's receipts since `start`, the balance is the chain's, and both
+/// agree with the balance at `start`.
+async fn metrics_show(lab: &Lab, expected: Expected, start: &Start) -> anyhow::Result<Metrics> {
+    let requests = lab.chain.requests.to_string();
+    let outcome = |o| [("contract", requests.as_str()), ("outcome", o)];
+    let peers = |state| [("state", state)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let m = lab.metrics().await?;
+        let shown = (
+            m.broker("requests_total", &outcome("answered"))?,
+            m.broker("allocations", &[("state", "used")])?,
+            m.broker("wireguard_peers", &peers("active"))?,
+            // Present once a poll read the chain.
+            m.get("blockhost_broker_chain_lag_blocks", &[]).is_some(),
+        );
+        let wanted = (expected.answered, expected.used, expected.active_peers);
+        if shown == (wanted.0, wanted.1, wanted.2, true) {
+            break m;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the metrics do not show {} answered, {} used, {} active:\n{}",
+            expected.answered,
+            expected.used,
+            expected.active_peers,
+            m.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let m = |name: &str, labels: &[(&str, &str)]| metrics.broker(name, labels);
+    let checked: anyhow::Result<()> = async {
+        ensure!(m("responses_total", &[])? == expected.answered);
+        ensure!(m("requests_total", &outcome("rejected"))? == 0);
+        ensure!(m("requests_total", &outcome("skipped"))? == 0);
+        let total = lab.config.broker.pool.slots() - 1;
+        ensure!(m("allocations", &[("state", "free")])? == total - expected.used);
+        ensure!(m("wireguard_peers", &peers("idle"))? == 0);
+        ensure!(
+            m("wireguard_peers", &peers("never_connected"))?
+                == expected.used - expected.active_peers
+        );
+
+        let gas = m("gas_spent_wei_total", &[])?;
+        let receipts = lab.operator_gas_since(start.block).await?;
+        ensure!(
+            gas == receipts,
+            "gas spent: {gas} wei in the metrics, {receipts} in the operator's receipts"
+        );
+        ensure!(expected.answered == 0 || gas > 0, "answers cost no gas");
+        let balance = U256::from(m("operator_balance_wei", &[])?);
+        let on_chain = lab
+            .wallet(0)?
+            .get_balance(lab.chain.operator.address())
+            .await?;
+        ensure!(
+            balance == on_chain && balance == start.balance - U256::from(gas),
+            "operator balance: {balance} in the metrics, {on_chain} on chain, {} - {gas} gas",
+            start.balance
+        );
+        let polled = m("last_poll_success_timestamp_seconds", &[])?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        ensure!(
+            u128::from(now).abs_diff(polled) <= 30,
+            "the last poll succeeded at {polled}, now is {now}"
+        );
+        // No confirmations: at most the transactions of one poll behind.
+        let lag = m("chain_lag_blocks", &[])?;
+        ensure!(lag <= 3, "the daemon is {lag} blocks behind");
+        let result = |r| [("result", r)];
+        ensure!(m("ndp_solicitations_total", &result("invalid"))? == 0);
+        ensure!(m("ndp_solicitations_total", &result("failed"))? == 0);
+        Ok(())
+    }
+    .await;
+    checked.with_context(|| format!("in:\n{}", metrics.text()))?;
+    Ok(metrics)
+}
+
+/// The responder's answered solicitations.
+fn ndp_answered(metrics: &Metrics) -> anyhow::Result<u128> {
+    metrics.broker("ndp_solicitations_total", &[("result", "answered")])
 }
 
 #[test]
@@ -130,8 +249,18 @@ fn a_server_gets_a_prefix_reaches_the_internet_renews_and_survives_a_stale_answe
 #[test]
 fn a_released_prefix_goes_to_the_next_server_and_two_servers_work_at_once() {
     lab_test("two", async |lab: &mut Lab| {
+        let start = Start::read(lab).await?;
         lab.start_broker()?;
+        // The broker's /metrics along the way: see `metrics_show`.
+        let expect = |answered, used, active_peers| Expected {
+            answered,
+            used,
+            active_peers,
+        };
+        let before = metrics_show(lab, expect(0, 0, 0), &start).await?;
+        ensure!(ndp_answered(&before)? == 0, "{}", before.text());
         let first = lab.connect(1)?;
+        metrics_show(lab, expect(1, 1, 1), &start).await?;
         lab.client(1, &["release", "--cleanup-wg"])?;
         ensure!(
             !lab.servers[0]
@@ -152,6 +281,7 @@ fn a_released_prefix_goes_to_the_next_server_and_two_servers_work_at_once() {
         )?;
         let peers = lab.peers()?;
         ensure!(peers.is_empty(), "peers after the release: {peers:?}");
+        let released = metrics_show(lab, expect(1, 0, 0), &start).await?;
 
         let second = lab.connect(2)?;
         ensure!(
@@ -159,6 +289,13 @@ fn a_released_prefix_goes_to_the_next_server_and_two_servers_work_at_once() {
             "the released {first} was not reused: server2 got {second}"
         );
         lab.check_traffic(2)?;
+        // The router resolved server2's address: the responder answered.
+        let reached = metrics_show(lab, expect(2, 1, 1), &start).await?;
+        ensure!(
+            ndp_answered(&reached)? > ndp_answered(&released)?,
+            "no solicitation answered for the ping:\n{}",
+            reached.text()
+        );
 
         let third = lab.connect(1)?;
         if third == second {
@@ -166,6 +303,7 @@ fn a_released_prefix_goes_to_the_next_server_and_two_servers_work_at_once() {
         }
         lab.check_traffic(1)?;
         lab.check_traffic(2)?;
+        metrics_show(lab, expect(3, 2, 2), &start).await?;
         lab.stop_broker()?;
         Ok(())
     });

@@ -66,6 +66,18 @@ enum Command {
     Allocations(commands::allocations::AllocationsArgs),
     /// The HTTP API's bearer tokens: create (shown once), list, revoke.
     Token(commands::token::TokenArgs),
+    /// Set the broker up, from nothing to running: operator wallet (made or
+    /// imported, funds awaited), BrokerRequests (deployed or given), ECIES
+    /// and WireGuard keys, upstream interface and pool (from detect-ipv6),
+    /// allocation size, WireGuard endpoint, the HTTP API and its first
+    /// token; writes the configuration and keys with their owner and modes,
+    /// checks them, prints what the registry owner needs, starts the
+    /// service.
+    ///
+    /// Asks at the terminal; every question also has a flag, and
+    /// --non-interactive takes the flags and defaults only (for scripts and
+    /// cloud-init). Run again, it keeps the keys it finds.
+    Setup(Box<commands::setup::SetupArgs>),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +102,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::status::run(args),
         Command::Allocations(args) => commands::allocations::run(args),
         Command::Token(args) => commands::token::run(args),
+        Command::Setup(args) => commands::setup::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -4,9 +4,13 @@
 //! are refused at start-up. The API's client runs in the broker's
 //! namespace, where the API listens. Needs root.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use broker_lab::{Lab, lab_test, topology::BROKER_V4};
+use broker_lab::{Lab, lab_test, requests::Client, topology::BROKER_V4};
 use broker_userspace::{
     config::{self, DEFAULT_API_LISTEN},
     ipam::Pool,
@@ -19,6 +23,8 @@ const BASE: &str = "http://127.0.0.1:8080";
 /// The broker's pool: a /64 in /120s.
 const UPSTREAM: &str = "2001:db8:100::/64";
 const ALLOCATION_SIZE: u8 = 120;
+/// The broker's address in the pool: the clients' gateway.
+const GATEWAY: &str = "2001:db8:100::2";
 
 /// A request's status and body (JSON; a string when not JSON; Null when
 /// empty), with `token`.
@@ -106,14 +112,6 @@ impl Api {
     async fn plain_get(&self, url: String) -> reqwest::Result<reqwest::Response> {
         self.run(reqwest::get(url)).await
     }
-
-    /// `GET /metrics` (with `token`): its text, after a 200.
-    async fn metrics_text(&self, token: Option<&str>) -> String {
-        match self.call_with(Method::GET, "/metrics", token).await {
-            (StatusCode::OK, Value::String(text)) => text,
-            other => panic!("/metrics: {other:?}"),
-        }
-    }
 }
 
 impl Drop for Api {
@@ -180,45 +178,21 @@ fn is_error((status, body): (StatusCode, Value), expected: StatusCode, needle: &
     assert!(message.contains(needle), "{needle:?} not in {message:?}");
 }
 
-/// `promtool check metrics` passes `text` (Debian package `prometheus`).
-fn promtool_accepts(text: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (cargo xtask setup installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `prefix` as one path segment.
 fn encoded(prefix: &str) -> String {
     prefix.replace('/', "%2F")
 }
 
-/// Two requests answered: their servers' WireGuard keys.
-async fn two_allocations(lab: &mut Lab) -> anyhow::Result<Vec<String>> {
+/// Two requests answered: their servers and request ids.
+async fn two_allocations(lab: &mut Lab) -> anyhow::Result<Vec<(Client, u64)>> {
     lab.start_broker_serving(None)?;
-    let mut keys = Vec::new();
+    let mut servers = Vec::new();
     for _ in 0..2 {
-        keys.push(lab.request_from_new_server().await?.0.wg_public());
+        let (client, _, id) = lab.request_from_new_server().await?;
+        servers.push((client, id));
     }
     lab.wait_answered(2).await?;
-    Ok(keys)
+    Ok(servers)
 }
 
 #[test]
@@ -227,7 +201,8 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         // Made in the database (no daemon yet), used with the daemon.
         lab.write_config()?;
         let early = create_token(lab, "early", false)?;
-        let keys = two_allocations(lab).await?;
+        let servers = two_allocations(lab).await?;
+        let keys: Vec<String> = servers.iter().map(|(c, _)| c.wg_public()).collect();
         api.token = Some(early);
 
         let (status, health) = api.get("/health").await;
@@ -274,8 +249,9 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
                 a["last_seen_at"].is_null() && a["allocated_at"].is_u64(),
                 "{a}"
             );
+            // No client sent anything yet.
             assert!(
-                a["nft_contract"].is_string() && a.get("endpoint").is_some(),
+                a["nft_contract"].is_string() && a["endpoint"].is_null(),
                 "{a}"
             );
         }
@@ -294,6 +270,36 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         );
         let (status, split) = api.get(&format!("/v1/allocations/{prefix}")).await;
         assert_eq!((status, &split), (StatusCode::OK, &one));
+
+        // Its server brings its tunnel up: the endpoint is where the
+        // server's packets come from, once the daemon saw the handshake.
+        let (client, id) = servers
+            .iter()
+            .find(|(c, _)| c.wg_public() == gone.wireguard_key)
+            .unwrap();
+        let answer = lab.wait_answer(*id, client, Duration::from_secs(5)).await?;
+        lab.bring_up_tunnel(client, &answer)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let one = loop {
+            let (status, one) = api.get(&format!("/v1/allocations/{prefix}")).await;
+            assert_eq!(status, StatusCode::OK, "{one}");
+            if one["status"] == "active" {
+                break one;
+            }
+            assert!(Instant::now() < deadline, "no handshake seen: {one}");
+            lab.net.servers[0].ping(GATEWAY, 1);
+        };
+        let endpoint = lab.server_endpoint(1)?.to_string();
+        assert_eq!(one["endpoint"], endpoint.as_str(), "{one}");
+        assert!(one["last_seen_at"].is_u64(), "{one}");
+        let (_, all) = api.get("/v1/allocations").await;
+        let listed = all.as_array().unwrap();
+        assert!(listed.contains(&one), "{all}");
+        let other = listed
+            .iter()
+            .find(|a| a["prefix"] != prefix.as_str())
+            .unwrap();
+        assert!(other["endpoint"].is_null(), "{other}");
         let bad = StatusCode::BAD_REQUEST;
         is_error(
             api.get("/v1/allocations/nonsense").await,
@@ -365,40 +371,23 @@ fn the_api_shows_the_daemons_figures_and_releases_for_real() {
         assert_eq!(lab.released_on_chain(gone.nft_contract).await?, 1);
 
         // Metrics: open on loopback, valid for promtool, the figures above.
-        let metrics = api.metrics_text(None).await;
-        promtool_accepts(&metrics);
-        for line in [
-            "blockhost_broker_allocations{state=\"used\"} 1",
-            "blockhost_broker_responses_total 2",
-            "blockhost_broker_wireguard_peers{state=\"never_connected\"} 1",
-            "blockhost_broker_chain_errors_total{kind=\"transient\"} 0",
-        ] {
-            assert!(
-                metrics.lines().any(|l| l == line),
-                "{line} not in\n{metrics}"
-            );
-        }
-        for family in [
-            "build_info{version=",
-            "requests_total{contract=",
-            "last_poll_success_timestamp_seconds ",
-            "chain_lag_blocks ",
-            "operator_balance_wei ",
-            "gas_spent_wei_total ",
-            "ndp_solicitations_total{result=\"answered\"} ",
-        ] {
-            let sample = format!("blockhost_broker_{family}");
-            assert!(
-                metrics.lines().any(|l| l.starts_with(&sample)),
-                "{sample} not in\n{metrics}"
-            );
-        }
+        let metrics = lab.metrics().await?;
+        let m = |name: &str, labels: &[(&str, &str)]| metrics.broker(name, labels).unwrap();
+        assert_eq!(m("allocations", &[("state", "used")]), 1);
+        assert_eq!(m("responses_total", &[]), 2);
+        assert_eq!(m("wireguard_peers", &[("state", "never_connected")]), 1);
+        assert_eq!(m("chain_errors_total", &[("kind", "transient")]), 0);
+        let requests = lab.chain.requests.to_string();
+        let answered = [("contract", requests.as_str()), ("outcome", "answered")];
+        assert_eq!(m("requests_total", &answered), 2);
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        assert_eq!(m("build_info", &version), 1);
+        assert!(m("last_poll_success_timestamp_seconds", &[]) > 0);
+        m("chain_lag_blocks", &[]);
+        assert!(m("operator_balance_wei", &[]) > 0);
+        m("ndp_solicitations_total", &[("result", "answered")]);
         // Two answers and one release were mined.
-        let gas = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("blockhost_broker_gas_spent_wei_total "))
-            .unwrap();
-        assert!(gas.parse::<u128>().unwrap() > 0, "{gas}");
+        assert!(m("gas_spent_wei_total", &[]) > 0);
 
         // Bodies and rates are bounded.
         let big = reqwest::Client::new()
@@ -576,6 +565,30 @@ fn the_server_answers_as_its_openapi_file_says() {
             .map(|v| v.prefix.to_string())
             .collect();
         let free = "2001:db8:100::ff00/120".to_string();
+        // An allocation has the documented fields, all required, no others.
+        let schema = &doc["components"]["schemas"]["Allocation"];
+        let documented: BTreeSet<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let required: BTreeSet<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        assert_eq!(required, documented);
+        let (_, listed) = api
+            .call_with(Method::GET, "/v1/allocations", Some(&ops))
+            .await;
+        assert_eq!(listed.as_array().unwrap().len(), taken.len(), "{listed}");
+        for a in listed.as_array().unwrap() {
+            let fields: BTreeSet<&str> =
+                a.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(fields, documented, "{a}");
+        }
         let paths = doc["paths"].as_object().unwrap();
         assert!(paths.len() >= 6, "{paths:?}");
         let mut checked = 0;

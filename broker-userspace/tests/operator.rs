@@ -86,6 +86,8 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert_eq!(up.nft_contract, *nft);
         let answer = lab.wait_answer(*id, client, secs(5)).await?;
         assert_eq!(lab.check_answer(&answer)?, up.prefix);
+        // No client sent anything yet: no endpoint.
+        assert!(all.iter().all(|v| v.endpoint.is_none()), "{all:?}");
         lab.bring_up_tunnel(client, &answer)?;
         // The daemon's next poll sees the handshake.
         let deadline = Instant::now() + secs(30);
@@ -139,16 +141,38 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].prefix, up.prefix);
         assert!(active[0].last_handshake.is_some());
-        assert_eq!(lab.list_allocations(Some("never"))?.len(), 2);
+        // Where its packets come from: server 1 and its WireGuard port.
+        let endpoint = lab.server_endpoint(1)?;
+        assert_eq!(active[0].endpoint, Some(endpoint));
+        let never = lab.list_allocations(Some("never"))?;
+        assert!(never.iter().all(|v| v.endpoint.is_none()), "{never:?}");
+        assert_eq!(never.len(), 2);
         assert_eq!(lab.list_allocations(Some("idle"))?, []);
         let table = lab.cli(&["allocations", "list"])?;
         assert!(table.ok()?.starts_with("PREFIX"), "{}", table.stdout);
+        assert!(table.ok()?.lines().next().unwrap().contains(" ENDPOINT "));
         assert_eq!(table.ok()?.lines().count(), 4);
+        let row = |prefix: Ipv6Net| {
+            table
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("{prefix} ")))
+                .unwrap()
+        };
+        assert!(
+            row(up.prefix).contains(&format!(" {endpoint} ")),
+            "{}",
+            table.stdout
+        );
 
         // show, and the prefixes it refuses.
         let shown: AllocationView = show(lab, up.prefix, &["--json"])?.json()?;
         assert_eq!(shown.state, Some(PeerState::Active));
         assert_eq!(shown.nft_contract, *nft);
+        assert_eq!(shown.endpoint, Some(endpoint));
+        let text = show(lab, up.prefix, &[])?;
+        let line = format!("endpoint        {endpoint}");
+        assert!(text.ok()?.lines().any(|l| l == line), "{}", text.stdout);
         let free = "2001:db8:100::ff00/120".parse()?;
         show(lab, free, &[])?.fails_with("no allocation has")?;
         show(lab, "2001:db8:100::101/120".parse()?, &[])?.fails_with("host bits set")?;
@@ -203,7 +227,11 @@ fn status_list_show_and_release_agree_with_the_database_the_kernel_and_the_chain
         );
         let left_offline = lab.list_allocations(None)?;
         assert_eq!(as_peers(&left_offline), as_peers(&left));
-        assert!(left_offline.iter().all(|v| v.state.is_none()));
+        assert!(
+            left_offline
+                .iter()
+                .all(|v| v.state.is_none() && v.endpoint.is_none())
+        );
         let shown: AllocationView = show(lab, up.prefix, &["--json"])?.json()?;
         assert_eq!(shown.nft_contract, *nft);
         lab.cli(&["allocations", "list", "--state", "active"])?

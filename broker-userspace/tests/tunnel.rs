@@ -18,7 +18,7 @@ use std::{
 use broker_lab::{
     names::interface_name,
     netns::{End, Netns, veth},
-    wireguard::{ClientTunnel, WireguardGo, daemons},
+    wireguard::{ClientTunnel, WireguardGo, daemons, listen_port},
 };
 use broker_userspace::{
     config::{self, WireguardImplementation},
@@ -98,14 +98,16 @@ fn peer(public_key: &Key, prefix: &str) -> Peer {
         public_key: public_key.0,
         allowed_ips: vec![net(prefix)],
         last_handshake: None,
+        endpoint: None,
     }
 }
 
-/// The peers with their handshake times left out.
+/// The peers with what traffic sets (handshake times, endpoints) left out.
 fn peers_without_handshakes(tunnel: &Tunnel) -> Vec<Peer> {
     let mut peers = tunnel.peers().unwrap();
     for p in &mut peers {
         p.last_handshake = None;
+        p.endpoint = None;
     }
     peers
 }
@@ -154,6 +156,7 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
     assert_eq!(tunnel.last_handshake(&client_public.0).unwrap(), None);
+    assert_eq!(tunnel.peers().unwrap()[0].endpoint, None);
 
     // The client end: wireguard-go configured with `wg`, CLIENT_ADDR on it
     // and a route to the gateway through it.
@@ -182,6 +185,13 @@ fn a_client_reaches_the_gateway_through_its_prefix_only_while_it_is_a_peer() {
         .unwrap()
         .expect("a handshake after traffic");
     assert!(handshake >= started, "{handshake:?} before {started:?}");
+    // Where the client's packets come from: its underlay address and the
+    // port its wireguard-go picked.
+    let port = listen_port(&client, &client_if).unwrap();
+    assert_eq!(
+        tunnel.peers().unwrap()[0].endpoint,
+        Some(format!("{CLIENT_UNDERLAY}:{port}").parse().unwrap())
+    );
     assert_eq!(
         peers_without_handshakes(&tunnel),
         [peer(&client_public, PREFIX)]

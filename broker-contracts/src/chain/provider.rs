@@ -167,6 +167,31 @@ impl Connection {
         signer: Option<PrivateKeySigner>,
         options: ChainOptions,
     ) -> Result<Connection, ChainError> {
+        let connection = Self::unchecked(rpc_url, chain_id, signer, options)?;
+        let actual = chain_id_of(&connection).await?;
+        if actual != chain_id {
+            return Err(ChainError::WrongChain {
+                url: connection.endpoint.shown().to_string(),
+                expected: chain_id,
+                actual,
+            });
+        }
+        Ok(connection)
+    }
+
+    /// The chain `rpc_url` serves: for a caller that does not know it yet
+    /// (the set-up wizard asks the operator to confirm it).
+    pub async fn chain_id_at(rpc_url: &str) -> Result<u64, ChainError> {
+        let connection = Self::unchecked(rpc_url, 0, None, ChainOptions::default())?;
+        chain_id_of(&connection).await
+    }
+
+    fn unchecked(
+        rpc_url: &str,
+        chain_id: u64,
+        signer: Option<PrivateKeySigner>,
+        options: ChainOptions,
+    ) -> Result<Connection, ChainError> {
         let (endpoint, url) = Endpoint::parse(rpc_url)?;
         // The first layer is the outermost: every retry is timed anew. Only
         // rate limits are retried; a retried eth_sendRawTransaction resends
@@ -190,7 +215,7 @@ impl Connection {
                 .erased(),
             None => builder.connect_client(client).erased(),
         };
-        let connection = Connection {
+        Ok(Connection {
             provider,
             endpoint: Arc::new(endpoint),
             chain_id,
@@ -198,18 +223,7 @@ impl Connection {
             options,
             send_lock: Arc::default(),
             stop: Arc::default(),
-        };
-        let actual = connection
-            .rpc("eth_chainId", connection.provider.get_chain_id())
-            .await?;
-        if actual != chain_id {
-            return Err(ChainError::WrongChain {
-                url: connection.endpoint.shown().to_string(),
-                expected: chain_id,
-                actual,
-            });
-        }
-        Ok(connection)
+        })
     }
 
     /// Gives up waiting for receipts once `stop` is set (the owner is
@@ -290,4 +304,10 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+async fn chain_id_of(connection: &Connection) -> Result<u64, ChainError> {
+    connection
+        .rpc("eth_chainId", connection.provider.get_chain_id())
+        .await
 }

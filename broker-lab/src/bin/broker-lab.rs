@@ -113,6 +113,12 @@ fn try_it_yourself(lab: &Lab, server: String) -> anyhow::Result<()> {
     let broker = binary("blockhost-broker")?.display().to_string();
     let client = binary("broker-client")?.display().to_string();
     let [server1, server2] = [&lab.servers[0], &lab.servers[1]];
+    let api = lab
+        .config
+        .api
+        .as_ref()
+        .context("the lab's broker has an [api]")?
+        .listen;
     lab.narrator
         .heading("Try it yourself (as root, in another terminal)");
     println!(
@@ -135,6 +141,18 @@ fn try_it_yourself(lab: &Lab, server: String) -> anyhow::Result<()> {
         (
             format!("{broker} ndp --pin-dir {} status", lab.pin_dir().display()),
             "the responder's prefixes and counters",
+        ),
+        (
+            format!(
+                "{} {broker} allocations list --config {}",
+                ns("broker"),
+                lab.config_path.display()
+            ),
+            "the allocations: peer state, last handshake, the client's endpoint",
+        ),
+        (
+            format!("{} curl -s http://{api}/metrics", ns("broker")),
+            "the broker's Prometheus metrics (open on loopback)",
         ),
         (
             format!(

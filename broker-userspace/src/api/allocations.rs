@@ -25,7 +25,8 @@ pub struct AllocationBody {
     pub prefix: Ipv6Net,
     /// The client's WireGuard public key (base64).
     pub pubkey: String,
-    /// The client's WireGuard endpoint: not tracked (always null).
+    /// The client's WireGuard endpoint (`ip:port`, `[v6]:port`): where its
+    /// packets last came from; null before it sent any.
     pub endpoint: Option<String>,
     pub nft_contract: Address,
     pub allocated_at: u64,
@@ -44,7 +45,7 @@ impl From<&AllocationView> for AllocationBody {
         AllocationBody {
             prefix: v.prefix,
             pubkey: v.wireguard_key.clone(),
-            endpoint: None,
+            endpoint: v.endpoint.map(|e| e.to_string()),
             nft_contract: v.nft_contract,
             allocated_at: v.allocated_at,
             last_seen_at: v.last_handshake,

@@ -30,7 +30,8 @@ pub struct AllocationsArgs {
 #[derive(Subcommand)]
 enum AllocationsCommand {
     /// Every allocation: prefix, state of its WireGuard peer, last
-    /// handshake, when it was allocated, NFT contract, request, key.
+    /// handshake, the client's endpoint, when it was allocated, NFT
+    /// contract, request, key.
     List {
         #[command(flatten)]
         common: CommonArgs,
@@ -86,6 +87,7 @@ fn list(common: &CommonArgs, state: Option<PeerState>) -> anyhow::Result<ExitCod
             "PREFIX",
             "STATE",
             "LAST HANDSHAKE",
+            "ENDPOINT",
             "ALLOCATED",
             "NFT CONTRACT",
             "REQUEST",
@@ -99,6 +101,7 @@ fn list(common: &CommonArgs, state: Option<PeerState>) -> anyhow::Result<ExitCod
             a.prefix.to_string(),
             state_text(a),
             a.last_handshake.map_or("-".into(), ago),
+            endpoint_text(a),
             utc(a.allocated_at),
             a.nft_contract.to_string(),
             a.request_id.to_string(),
@@ -124,6 +127,11 @@ fn state_text(a: &AllocationView) -> String {
     a.state.map_or("unknown".into(), |s| s.to_string())
 }
 
+/// "-" before the client sent anything (or without the daemon).
+fn endpoint_text(a: &AllocationView) -> String {
+    a.endpoint.map_or("-".into(), |e| e.to_string())
+}
+
 fn show(common: &CommonArgs, prefix: Ipv6Net) -> anyhow::Result<ExitCode> {
     let config = common.load()?;
     check_prefix(&config, prefix)?;
@@ -142,6 +150,7 @@ fn show(common: &CommonArgs, prefix: Ipv6Net) -> anyhow::Result<ExitCode> {
         ("prefix", a.prefix.to_string()),
         ("state", state_text(&a)),
         ("last handshake", when(a.last_handshake)),
+        ("endpoint", endpoint_text(&a)),
         ("allocated", when(Some(a.allocated_at))),
         ("answered", when(a.answered_at)),
         ("NFT contract", a.nft_contract.to_string()),

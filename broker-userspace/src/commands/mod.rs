@@ -7,6 +7,7 @@ pub mod detect_ipv6;
 pub mod generate_key;
 pub mod ndp;
 pub mod run;
+pub mod setup;
 pub mod status;
 pub mod token;
 pub mod wallet;

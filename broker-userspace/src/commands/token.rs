@@ -91,6 +91,27 @@ fn ask_or_open<T: serde::de::DeserializeOwned>(
 
 fn create(common: &CommonArgs, name: String, read_only: bool) -> anyhow::Result<ExitCode> {
     let config = common.load()?;
+    let secret = create_token(&config, name.clone(), read_only)?;
+    if common.json {
+        let shown = serde_json::json!({"name": name, "read_only": read_only, "token": secret});
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else {
+        eprintln!(
+            "token {name:?} created{}; it is shown this once:",
+            if read_only { " (read-only)" } else { "" }
+        );
+        println!("{secret}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Makes token `name` (through the daemon when it runs) and returns its
+/// secret, which exists nowhere else from then on.
+pub(super) fn create_token(
+    config: &Config,
+    name: String,
+    read_only: bool,
+) -> anyhow::Result<String> {
     anyhow::ensure!(
         !name.is_empty() && name.len() <= 64 && !name.chars().any(char::is_control),
         "a token's name is 1 to 64 characters, none a control character"
@@ -105,7 +126,7 @@ fn create(common: &CommonArgs, name: String, read_only: bool) -> anyhow::Result<
     let request = Request::CreateToken {
         token: token.clone(),
     };
-    let () = ask_or_open(&config, &request, true, |store| {
+    let () = ask_or_open(config, &request, true, |store| {
         anyhow::ensure!(
             store.create_token(&token)?,
             "a token named {:?} exists",
@@ -113,19 +134,7 @@ fn create(common: &CommonArgs, name: String, read_only: bool) -> anyhow::Result<
         );
         Ok(())
     })?;
-    if common.json {
-        let shown =
-            serde_json::json!({"name": token.name, "read_only": read_only, "token": secret});
-        println!("{}", serde_json::to_string_pretty(&shown)?);
-    } else {
-        eprintln!(
-            "token {:?} created{}; it is shown this once:",
-            token.name,
-            if read_only { " (read-only)" } else { "" }
-        );
-        println!("{secret}");
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(secret)
 }
 
 fn list(common: &CommonArgs) -> anyhow::Result<ExitCode> {

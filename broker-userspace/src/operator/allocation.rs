@@ -6,7 +6,7 @@
 //! *idle* when it is older, *never* when it has none (the peer never
 //! connected, or was just set up).
 
-use std::{collections::HashMap, time::UNIX_EPOCH};
+use std::{collections::HashMap, net::SocketAddr, time::UNIX_EPOCH};
 
 use alloy::primitives::Address;
 use ipnet::Ipv6Net;
@@ -64,29 +64,27 @@ pub struct AllocationView {
     pub answered_at: Option<u64>,
     /// None also when the peer state is unknown (`state` None).
     pub last_handshake: Option<u64>,
+    /// The client's WireGuard endpoint: where its packets last came from.
+    /// None before it sent any, and when the peer state is unknown.
+    #[serde(default)]
+    pub endpoint: Option<SocketAddr>,
     /// None when read without the daemon (the kernel was not asked).
     pub state: Option<PeerState>,
 }
 
-/// The views of `allocations`, with the handshakes of `peers` when known.
+/// The views of `allocations`, with the handshakes and endpoints of `peers`
+/// when known.
 pub fn views(allocations: &[Allocation], peers: Option<&[Peer]>, now: u64) -> Vec<AllocationView> {
-    let handshakes: Option<HashMap<[u8; 32], Option<u64>>> = peers.map(|peers| {
-        peers
-            .iter()
-            .map(|p| {
-                let at = p
-                    .last_handshake
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
-                (p.public_key, at.map(|d| d.as_secs()))
-            })
-            .collect()
-    });
+    let peers: Option<HashMap<[u8; 32], &Peer>> =
+        peers.map(|peers| peers.iter().map(|p| (p.public_key, p)).collect());
     allocations
         .iter()
         .map(|a| {
-            let last_handshake = handshakes
-                .as_ref()
-                .and_then(|h| h.get(&a.wg_key).copied().flatten());
+            let peer = peers.as_ref().and_then(|p| p.get(&a.wg_key));
+            let last_handshake = peer
+                .and_then(|p| p.last_handshake)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
             AllocationView {
                 prefix: a.prefix,
                 nft_contract: a.nft,
@@ -96,9 +94,8 @@ pub fn views(allocations: &[Allocation], peers: Option<&[Peer]>, now: u64) -> Ve
                 allocated_at: a.created_at,
                 answered_at: a.answered_at,
                 last_handshake,
-                state: handshakes
-                    .as_ref()
-                    .map(|_| PeerState::of(last_handshake, now)),
+                endpoint: peer.and_then(|p| p.endpoint),
+                state: peers.as_ref().map(|_| PeerState::of(last_handshake, now)),
             }
         })
         .collect()
@@ -143,10 +140,12 @@ mod tests {
         };
         let all = [allocation(1), allocation(2), allocation(3)];
         let now = 1_000_000;
+        let endpoint: SocketAddr = "203.0.113.2:40000".parse().unwrap();
         let peer = |n: u8, at: Option<u64>| Peer {
             public_key: [n; 32],
             allowed_ips: vec![],
             last_handshake: at.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+            endpoint: at.map(|_| endpoint),
         };
         let peers = [
             peer(1, Some(now - 5)),
@@ -165,15 +164,19 @@ mod tests {
         );
         assert_eq!(v[0].last_handshake, Some(now - 5));
         assert_eq!(
+            v.iter().map(|v| v.endpoint).collect::<Vec<_>>(),
+            [Some(endpoint), Some(endpoint), None]
+        );
+        assert_eq!(
             v[0].wireguard_key,
             wireguard_control::Key([1; 32]).to_base64()
         );
         assert_eq!(v[1].prefix, all[1].prefix);
-        // Without the kernel: no state, no handshake.
+        // Without the kernel: no state, no handshake, no endpoint.
         let v = views(&all, None, now);
         assert!(
             v.iter()
-                .all(|v| v.state.is_none() && v.last_handshake.is_none())
+                .all(|v| v.state.is_none() && v.last_handshake.is_none() && v.endpoint.is_none())
         );
         // A peer missing from the interface never connected (as far as we know).
         let v = views(&all, Some(&[]), now);

@@ -17,7 +17,11 @@ mod routes;
 mod userspace;
 mod wireguard;
 
-use std::{fmt, fs, io, net::Ipv6Addr, time::SystemTime};
+use std::{
+    fmt, fs, io,
+    net::{Ipv6Addr, SocketAddr},
+    time::SystemTime,
+};
 
 use ipnet::Ipv6Net;
 use wireguard_control::{InterfaceName, Key};
@@ -56,6 +60,10 @@ pub struct Peer {
     pub allowed_ips: Vec<Ipv6Net>,
     /// None until the first handshake.
     pub last_handshake: Option<SystemTime>,
+    /// Where the peer's packets last came from (WireGuard roams with the
+    /// client): None until it sent one, as the broker configures no
+    /// endpoint of its own for a client.
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// The broker's WireGuard interface. Dropping it leaves the interface, its

@@ -9,6 +9,7 @@
 use std::{
     fs,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::SocketAddr,
     os::{fd::AsRawFd as _, unix::net::UnixStream},
     path::PathBuf,
     process::{Command, Stdio},
@@ -200,6 +201,7 @@ impl Uapi {
                         public_key: parse_key(value)?,
                         allowed_ips: Vec::new(),
                         last_handshake: None,
+                        endpoint: None,
                     });
                 }
                 "allowed_ip" => {
@@ -208,6 +210,10 @@ impl Uapi {
                     if let IpNet::V6(net) = net {
                         peer.allowed_ips.push(net);
                     }
+                }
+                "endpoint" => {
+                    let peer = device.peers.last_mut().ok_or_else(|| invalid(key))?;
+                    peer.endpoint = Some(parse_endpoint(value).ok_or_else(|| invalid(key))?);
                 }
                 "last_handshake_time_sec" => {
                     handshake.0 = value.parse().map_err(|_| invalid(key))?;
@@ -220,7 +226,7 @@ impl Uapi {
                     errno(value)?;
                     return Ok(device);
                 }
-                // private_key, fwmark, endpoint, byte counters, keepalive,
+                // private_key, fwmark, byte counters, keepalive,
                 // protocol_version, and whatever later versions add.
                 _ => {}
             }
@@ -265,6 +271,18 @@ fn parse_key(hex_key: &str) -> io::Result<[u8; 32]> {
     Ok(key)
 }
 
+/// `ip:port` or `[v6]:port`, as wireguard-go writes a peer's endpoint. A
+/// link-local address comes with its zone by name (`[fe80::1%eth0]:51820`),
+/// which `SocketAddr` cannot hold: the name is dropped, the address kept.
+fn parse_endpoint(value: &str) -> Option<SocketAddr> {
+    if let Ok(endpoint) = value.parse() {
+        return Some(endpoint);
+    }
+    let (address, rest) = value.strip_prefix('[')?.split_once('%')?;
+    let (_zone, port) = rest.split_once(']')?;
+    format!("[{address}]{port}").parse().ok()
+}
+
 /// wireguard-go answers `errno=0`, or a negative errno.
 fn errno(value: &str) -> io::Result<()> {
     match value.parse::<i32>() {
@@ -281,4 +299,35 @@ fn invalid(what: &str) -> io::Error {
         io::ErrorKind::InvalidData,
         format!("malformed UAPI answer (at `{what}`)"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_read_as_wireguard_go_writes_them() {
+        let parsed = |s: &str| parse_endpoint(s).map(|e| e.to_string());
+        assert_eq!(
+            parsed("203.0.113.2:40000").as_deref(),
+            Some("203.0.113.2:40000")
+        );
+        assert_eq!(
+            parsed("[2001:db8::2]:51820").as_deref(),
+            Some("[2001:db8::2]:51820")
+        );
+        assert_eq!(
+            parsed("[fe80::1%eth0]:51820").as_deref(),
+            Some("[fe80::1]:51820")
+        );
+        for bad in [
+            "",
+            "203.0.113.2",
+            "[fe80::1%eth0]",
+            "[fe80::1%eth0]:x",
+            "host:1",
+        ] {
+            assert_eq!(parsed(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -56,6 +56,7 @@ impl Control {
                         })
                         .collect(),
                     last_handshake: info.stats.last_handshake_time,
+                    endpoint: info.config.endpoint,
                 })
                 .collect()),
             Control::Userspace(uapi) => Ok(uapi.get()?.peers),
