@@ -15,7 +15,7 @@ use broker_lab::{Lab, lab_test, notify::NotifySocket};
 const GATEWAY: &str = "2001:db8:100::2";
 
 /// What the test sets as `WATCHDOG_USEC`: the daemon pings every half of it.
-const WATCHDOG: Duration = Duration::from_secs(2);
+const WATCHDOG: Duration = Duration::from_secs(3);
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -80,12 +80,13 @@ fn ready_after_the_responder_and_the_first_poll_then_watchdog_from_the_poll_loop
             .wait_log(&["NDP responder attached"], 1, secs(1))?;
         lab.broker()?.wait_log(&["ready: watching"], 1, secs(5))?;
 
-        // Pings at half the period, while the chain answers.
+        // Pings at half the period, while the chain answers: never a gap
+        // systemd would take for a hang.
         std::thread::sleep(secs(6));
         let now = Instant::now();
         let pings = socket.times_of("WATCHDOG=1");
         let steady = pings.iter().filter(|&&t| t > ready_time).count();
-        assert!(steady >= 4, "{steady} pings in 6 s after READY=1");
+        assert!(steady >= 3, "{steady} pings in 6 s after READY=1");
         let gap = longest_gap(&pings, ready_time, now);
         assert!(gap < WATCHDOG, "a {gap:?} gap between pings while polling");
 
@@ -94,11 +95,12 @@ fn ready_after_the_responder_and_the_first_poll_then_watchdog_from_the_poll_loop
         let statuses = socket.lines("STATUS=answering request ");
         assert!(!statuses.is_empty(), "no STATUS=answering request …");
 
-        // The chain hangs: the poll loop is stuck in an RPC call and the
-        // pings stop (systemd would restart the daemon).
+        // The chain hangs: the poll loop is stuck in an RPC call (10 s until
+        // the call times out) and the pings stop (systemd would restart the
+        // daemon).
         let stalled_at = Instant::now();
         lab.relay().stall();
-        std::thread::sleep(secs(8));
+        std::thread::sleep(secs(9));
         let pings = socket.times_of("WATCHDOG=1");
         let gap = longest_gap(&pings, stalled_at, Instant::now());
         assert!(
