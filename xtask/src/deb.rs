@@ -250,13 +250,23 @@ pub fn test(args: Args) -> anyhow::Result<()> {
     let dir = cmd::workspace_root().join("target/deb-test");
     fs::create_dir_all(&dir)?;
     // The build under test, and the same at a higher version: the upgrade
-    // runs every maintainer script of an upgrade between two builds.
-    let old = build(args.deb_version.as_deref(), &out_dir(), true)?;
-    let version = deb_field(&old[0], "Version")?;
+    // runs every maintainer script of an upgrade between two builds. The
+    // higher one first: cargo deb deletes the other versions it finds in
+    // target/debian/, whatever --output says.
+    let version = match &args.deb_version {
+        Some(v) => v.clone(),
+        None => format!("{}-1", workspace_version()?),
+    };
     let newer = format!("{version}+upgrade1");
     let new_dir = dir.join("upgrade");
     let _ = fs::remove_dir_all(&new_dir);
-    let new = build(Some(&newer), &new_dir, false)?;
+    let new = build(Some(&newer), &new_dir, true)?;
+    let old = build(Some(&version), &out_dir(), false)?;
+    ensure!(
+        deb_field(&old[0], "Version")? == version,
+        "{} is not version {version}",
+        old[0].display()
+    );
 
     let base = base_tarball(&dir)?;
     let chroot = Chroot::new(&base, dir.join(format!("root-{}", std::process::id())))?;
@@ -266,6 +276,23 @@ pub fn test(args: Args) -> anyhow::Result<()> {
     result?;
     eprintln!("deb-test: install, upgrade, remove and purge passed");
     Ok(())
+}
+
+/// `version` of the workspace's Cargo.toml (the packages' upstream version).
+fn workspace_version() -> anyhow::Result<String> {
+    let manifest = cmd::workspace_root().join("Cargo.toml");
+    let text =
+        fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    // The `version = "…"` line of [workspace.package].
+    text.split("\n[")
+        .find(|section| section.starts_with("workspace.package]"))
+        .and_then(|section| {
+            section.lines().find_map(|l| {
+                let (key, value) = l.split_once('=')?;
+                (key.trim() == "version").then(|| value.trim().trim_matches('"').to_string())
+            })
+        })
+        .with_context(|| format!("no [workspace.package] version in {}", manifest.display()))
 }
 
 fn deb_field(deb: &Path, field: &str) -> anyhow::Result<String> {
@@ -372,8 +399,11 @@ fn scenario(
         ))?;
     }
     c.sh("chown root:blockhost-broker /etc/blockhost-broker/config.toml")?;
-    fs::create_dir_all(c.path("/sys/fs/bpf/blockhost-broker"))?;
-    fs::write(c.path("/sys/fs/bpf/blockhost-broker/link"), "a pin")?;
+    // A stand-in for the responder's pins (the chroot's /sys is a plain
+    // directory).
+    let pins = c.path("/sys/fs/bpf/blockhost-broker");
+    fs::create_dir_all(&pins).with_context(|| format!("creating {}", pins.display()))?;
+    fs::write(pins.join("link"), "a pin")?;
     let fingerprint = |c: &Chroot| {
         let files: Vec<&str> = OPERATOR_FILES.iter().map(|(p, _)| *p).collect();
         c.sh(&format!(
@@ -421,7 +451,9 @@ fn scenario(
     )?;
 
     eprintln!("deb-test: purge");
-    c.sh("ip link add wg-broker type dummy")?;
+    // A stand-in for the WireGuard interface (this kernel may have no
+    // WireGuard module, veth is everywhere).
+    c.sh("ip link add wg-broker type veth peer name wg-broker-peer")?;
     c.sh("dpkg -P blockhost-broker blockhost-broker-client")?;
     c.check(
         "[ ! -e /etc/blockhost-broker ] && [ ! -e /var/lib/blockhost-broker ]",
