@@ -30,7 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
 /// sysusers, deb-systemd-helper and unit directories the scripts use.
 const BASE_PACKAGES: &str = "systemd,wireguard-tools,iproute2,iputils-ping,nftables";
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Args {
     /// The packages' version (default: the workspace's, revision 1).
     #[arg(long)]

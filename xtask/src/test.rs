@@ -18,6 +18,10 @@ pub struct Args {
     /// Skip the formatting and lint checks.
     #[arg(long)]
     no_lints: bool,
+    /// Also build the Debian packages and run `deb-test` (a release build:
+    /// minutes when warm, much longer from a cold target/).
+    #[arg(long)]
+    deb: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -54,7 +58,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let result = cmd::run(&mut test);
     remove_leftovers();
-    result
+    result?;
+    if args.deb {
+        crate::deb::test(crate::deb::Args::default())?;
+    }
+    Ok(())
 }
 
 /// Test objects are named `bbt-<pid>-…` (the WireGuard ones with the pid in
