@@ -1,7 +1,10 @@
 //! The daemon as a systemd service, without systemd: what it tells the
 //! service manager through `NOTIFY_SOCKET` (READY=1, STATUS=, WATCHDOG=1,
 //! STOPPING=1) and when, checked against a socket of broker-lab's
-//! (`notify`) while the lab's chain answers, hangs and answers again.
+//! (`notify`) while the lab's chain answers, hangs and answers again; the
+//! least privilege the unit gives it (a user of its own with exactly
+//! [`CAPABILITIES`], as `setpriv` gives them), each capability shown
+//! needed; and the pin directory bound alone, as the unit does.
 //!
 //! Needs root (`cargo xtask test`): the lab's namespaces, anvil,
 //! wireguard-go and the XDP responder, all removed when the lab drops.
@@ -305,4 +308,64 @@ fn least_privilege_without_any_one_capability_the_daemon_fails() {
         }
         Ok(())
     });
+}
+
+/// Mounts made by [`a_pin_directory_bound_alone_is_used_as_it_is`], in the
+/// order made, undone last first even when it fails.
+struct Mounts(Vec<std::path::PathBuf>, std::path::PathBuf);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for target in self.0.iter().rev() {
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
+                .arg(target)
+                .status();
+        }
+        let _ = std::fs::remove_dir(&self.1);
+    }
+}
+
+fn mount(args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    let status = std::process::Command::new("mount").args(args).status()?;
+    anyhow::ensure!(status.success(), "mount {args:?}: {status}");
+    Ok(())
+}
+
+fn on_bpffs(path: &std::path::Path) -> bool {
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .expect("stat");
+    String::from_utf8_lossy(&out.stdout).trim() == "bpf_fs"
+}
+
+/// The unit binds the pin directory alone into an empty (tmpfs)
+/// /sys/fs/bpf: the daemon must use it as it is, not mount a bpffs of its
+/// own over the parent (which needs CAP_SYS_ADMIN, and would hide the pins
+/// from everyone else). Here the parent is a temporary directory.
+#[test]
+fn a_pin_directory_bound_alone_is_used_as_it_is() {
+    use std::ffi::OsStr;
+    let host = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/{}",
+        broker_lab::names::unique_name("bound")
+    ));
+    std::fs::create_dir(&host).expect("a directory on the host's bpffs");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let pins = dir.path().join("pins");
+    std::fs::create_dir(&pins).unwrap();
+    let mut mounts = Mounts(Vec::new(), host.clone());
+    mount(&[OsStr::new("--bind"), host.as_os_str(), pins.as_os_str()]).unwrap();
+    mounts.0.push(pins.clone());
+    assert!(on_bpffs(&pins) && !on_bpffs(dir.path()));
+
+    let result = broker_userspace::ndp::PinDir::new(&pins).create();
+    if on_bpffs(dir.path()) {
+        mounts.0.push(dir.path().to_path_buf());
+        panic!("a bpffs was mounted over the pin directory's parent");
+    }
+    result.expect("the bound directory is used");
+    drop(mounts);
 }
