@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod chain;
 mod cmd;
+mod deb;
 mod demo;
 mod kernel_test;
 mod setup;
@@ -44,6 +45,13 @@ enum Command {
     /// deployed and registered; prints the addresses and the broker's
     /// `[onchain]` configuration, keys in target/devchain/. Runs until Ctrl-C.
     Chain(chain::Args),
+    /// Set up, then build the Debian packages (blockhost-broker,
+    /// blockhost-broker-client) into target/debian/ and check them with
+    /// lintian.
+    Deb(deb::Args),
+    /// Set up, build the packages, then install, upgrade, remove and purge
+    /// them in a clean Debian 13 chroot (mmdebstrap), checking each step.
+    DebTest(deb::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +63,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => setup::run().and_then(|()| demo::run(args)),
         Command::Bench(b) => setup::run().and_then(|()| bench::run(b)),
         Command::Chain(args) => setup::run().and_then(|()| chain::run(args)),
+        Command::Deb(args) => setup::run().and_then(|()| deb::run(args)),
+        Command::DebTest(args) => setup::run().and_then(|()| deb::test(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

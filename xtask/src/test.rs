@@ -22,6 +22,10 @@ pub struct Args {
     /// qemu (`cargo xtask kernel-test`, a few minutes per kernel).
     #[arg(long)]
     no_kernels: bool,
+    /// Also build the Debian packages and run `deb-test` (a release build:
+    /// minutes when warm, much longer from a cold target/).
+    #[arg(long)]
+    deb: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -67,6 +71,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             filter: args.filter,
             ..crate::kernel_test::Args::default()
         })?;
+    }
+    if args.deb {
+        crate::deb::test(crate::deb::Args::default())?;
     }
     Ok(())
 }

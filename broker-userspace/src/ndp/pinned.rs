@@ -17,7 +17,7 @@ use broker_common::ndp::{
 
 use super::{
     AttachedMode, Attachment, Counters, Interface, NdpError, PinDir,
-    responder::{TC_NETLINK_HANDLE, TC_NETLINK_PRIORITY, require_root},
+    responder::{TC_NETLINK_HANDLE, TC_NETLINK_PRIORITY, require_privileges},
 };
 
 #[derive(Clone, Debug)]
@@ -46,7 +46,7 @@ fn open(pins: &PinDir, name: &'static str) -> Result<Map, NdpError> {
 
 /// The responder's state, or `None` when nothing is pinned in `pins`.
 pub fn status(pins: &PinDir) -> Result<Option<Status>, NdpError> {
-    require_root()?;
+    require_privileges()?;
     if !pins.map(CONFIG_MAP).exists() {
         return Ok(None);
     }
@@ -78,7 +78,7 @@ pub fn status(pins: &PinDir) -> Result<Option<Status>, NdpError> {
 /// Detaches the program (by removing its link's pin) and removes the pinned
 /// maps. Returns false when nothing was pinned.
 pub fn detach(pins: &PinDir) -> Result<bool, NdpError> {
-    require_root()?;
+    require_privileges()?;
     if !pins.exists() {
         return Ok(false);
     }
