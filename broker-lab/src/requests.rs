@@ -396,30 +396,18 @@ impl Lab {
         Ok(Some(block.header.timestamp))
     }
 
-    /// Wei the operator paid in gas (gasUsed × effectiveGasPrice, from the
+    /// What the operator paid (gas used × effective gas price, from the
     /// receipts) for its transactions mined after block `after`.
     pub async fn operator_gas_since(&self, after: u64) -> anyhow::Result<u128> {
         let provider = self.wallet(0)?;
-        let operator = self.chain.operator.address();
-        let latest = provider.get_block_number().await?;
         let mut paid = 0u128;
-        for number in after + 1..=latest {
-            let block = provider
-                .get_block_by_number(number.into())
-                .full()
+        for tx in self.operator_transactions(after + 1).await? {
+            let hash = tx.tx_hash();
+            let receipt = provider
+                .get_transaction_receipt(hash)
                 .await?
-                .with_context(|| format!("block {number} is not mined"))?;
-            for tx in block.transactions.into_transactions() {
-                if tx.from() != operator {
-                    continue;
-                }
-                let hash = tx.tx_hash();
-                let receipt = provider
-                    .get_transaction_receipt(hash)
-                    .await?
-                    .with_context(|| format!("no receipt for {hash}"))?;
-                paid += u128::from(receipt.gas_used) * receipt.effective_gas_price;
-            }
+                .with_context(|| format!("no receipt for {hash}"))?;
+            paid += u128::from(receipt.gas_used) * receipt.effective_gas_price;
         }
         Ok(paid)
     }
@@ -427,34 +415,50 @@ impl Lab {
     /// Every transaction the operator sent to the requests contract, as
     /// `submitResponse(ID)`, `releaseAllocation(NFT)` or the function name.
     pub async fn operator_calls(&self) -> anyhow::Result<Vec<String>> {
+        let mut calls = Vec::new();
+        for tx in self.operator_transactions(0).await? {
+            if tx.to() != Some(self.chain.requests) {
+                continue;
+            }
+            calls.push(match BrokerRequestsCalls::abi_decode(tx.input()) {
+                Ok(BrokerRequestsCalls::submitResponse(c)) => {
+                    format!("submitResponse({})", c.requestId)
+                }
+                Ok(BrokerRequestsCalls::releaseAllocation(c)) => {
+                    format!("releaseAllocation({})", c.nftContract)
+                }
+                Ok(BrokerRequestsCalls::setTotalCapacity(_)) => "setTotalCapacity".into(),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("undecodable: {e}"),
+            });
+        }
+        Ok(calls)
+    }
+
+    /// The operator's transactions mined from block `from` to the latest,
+    /// in chain order.
+    async fn operator_transactions(
+        &self,
+        from: u64,
+    ) -> anyhow::Result<Vec<alloy::rpc::types::Transaction>> {
         let provider = self.wallet(0)?;
         let operator = self.chain.operator.address();
         let latest = provider.get_block_number().await?;
-        let mut calls = Vec::new();
-        for number in 0..=latest {
+        let mut sent = Vec::new();
+        for number in from..=latest {
             let block = provider
                 .get_block_by_number(number.into())
                 .full()
                 .await?
                 .with_context(|| format!("block {number} is not mined"))?;
-            for tx in block.transactions.into_transactions() {
-                if tx.from() != operator || tx.to() != Some(self.chain.requests) {
-                    continue;
-                }
-                calls.push(match BrokerRequestsCalls::abi_decode(tx.input()) {
-                    Ok(BrokerRequestsCalls::submitResponse(c)) => {
-                        format!("submitResponse({})", c.requestId)
-                    }
-                    Ok(BrokerRequestsCalls::releaseAllocation(c)) => {
-                        format!("releaseAllocation({})", c.nftContract)
-                    }
-                    Ok(BrokerRequestsCalls::setTotalCapacity(_)) => "setTotalCapacity".into(),
-                    Ok(other) => format!("{other:?}"),
-                    Err(e) => format!("undecodable: {e}"),
-                });
-            }
+            sent.extend(
+                block
+                    .transactions
+                    .into_transactions()
+                    .filter(|tx| tx.from() == operator),
+            );
         }
-        Ok(calls)
+        Ok(sent)
     }
 }
 
