@@ -89,6 +89,12 @@ pub struct Lab {
     pub servers: Vec<Server>,
     /// The broker's configuration, written at each start.
     pub config: Config,
+    /// Extra environment of each broker start (e.g. `NOTIFY_SOCKET`, as a
+    /// service manager sets it).
+    pub broker_env: Vec<(String, String)>,
+    /// A command each broker start runs the broker under (`setpriv …`, to
+    /// run it with fewer privileges), the broker's command line appended.
+    pub broker_wrapper: Vec<String>,
     pub config_path: PathBuf,
     /// The broker's WireGuard public key (the answers' `broker_pubkey`).
     pub broker_public: Key,
@@ -96,7 +102,7 @@ pub struct Lab {
     pub narrator: Narrator,
     /// The chain's URL for the broker and the servers (through the relay).
     pub rpc_url: String,
-    _relay: Relay,
+    relay: Relay,
     /// The chain; its `rpc_url` is for the lab's own calls (the chain's
     /// namespace only).
     pub chain: DevChain,
@@ -165,12 +171,14 @@ impl Lab {
             names: names.clone(),
             servers: Vec::new(),
             config,
+            broker_env: Vec::new(),
+            broker_wrapper: Vec::new(),
             config_path: broker_dir.join("config.toml"),
             broker_public,
             dir: options.dir.clone(),
             narrator,
             rpc_url: relay.url.clone(),
-            _relay: relay,
+            relay,
             chain,
             net,
         };
@@ -251,7 +259,16 @@ impl Lab {
     /// for a build with the `failpoints` feature), not waiting.
     pub fn spawn_broker(&mut self, failpoints: Option<&str>) -> anyhow::Result<&mut Process> {
         self.write_config()?;
-        let mut cmd = self.net.broker.command(binary("blockhost-broker")?);
+        let broker = binary("blockhost-broker")?;
+        let mut cmd = match self.broker_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = self.net.broker.command(program);
+                cmd.args(args).arg(broker);
+                cmd
+            }
+            None => self.net.broker.command(broker),
+        };
+        cmd.envs(self.broker_env.iter().map(|(k, v)| (k, v)));
         cmd.args(["run", "--config"])
             .arg(&self.config_path)
             .env("NO_COLOR", "1")
@@ -421,6 +438,12 @@ impl Lab {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         self.narrator.output(&text);
         Ok(text)
+    }
+
+    /// The relay the broker and the servers reach the chain through: a
+    /// test stalls it to make the chain stop answering.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
     }
 
     /// The pin directory of the broker's NDP responder.

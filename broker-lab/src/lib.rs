@@ -8,6 +8,7 @@
 //!   mode), [`netns`] (namespaces and veth pairs), [`process`] (processes
 //!   and their logs), [`wireguard`] (wireguard-go interfaces), [`pins`]
 //!   (bpffs pin directories), [`relay`] (an RPC endpoint that can hang),
+//!   [`notify`] (a service manager's notification socket),
 //!   [`broker`] (the binaries, `ndp serve`), [`ndp_frames`] (solicitations
 //!   and a reference model of the answers);
 //! - the system: [`topology`] (the namespaces and addresses), [`lab`] (the
@@ -30,6 +31,7 @@ pub mod names;
 pub mod narrate;
 pub mod ndp_frames;
 pub mod netns;
+pub mod notify;
 pub mod operator;
 pub mod pins;
 pub mod process;

@@ -17,6 +17,7 @@ pub(crate) mod crash_points;
 mod examine;
 mod kernel;
 mod operator;
+mod systemd;
 mod upkeep;
 
 use std::{
@@ -50,6 +51,7 @@ use crate::{
 };
 use crash_points::crash_point;
 use kernel::Kernel;
+use systemd::Systemd;
 
 /// Longest pause after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -69,18 +71,21 @@ pub struct Daemon {
     last_poll: Option<LastPoll>,
     /// Failed polls by kind, and the last success: for the metrics.
     counters: DaemonCounters,
+    systemd: Systemd,
 }
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     crash_points::setup();
+    let mut systemd = Systemd::from_env();
+    systemd.status("starting");
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watch(stop.clone())?;
     let api = match &config.api {
         Some(api) => Some(ApiServer::bind(api).await?),
         None => None,
     };
-    let Some(mut daemon) = Daemon::start(config, stop.clone()).await? else {
+    let Some(mut daemon) = Daemon::start(config, stop.clone(), systemd).await? else {
         info!("stopping before the chain ever answered: tunnels and the NDP responder stay up");
         return Ok(());
     };
@@ -95,14 +100,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let api = api.map(|server| tokio::spawn(server.serve(handle.clone(), pool)));
     let server = tokio::spawn(socket.serve(handle, pool));
     let mut failures = 0u32;
+    let mut ready = false;
     while !stop.load(Ordering::Relaxed) {
         let result = daemon.poll().await;
         daemon.poll_ended(&result);
-        match result {
-            Ok(()) => failures = 0,
+        daemon.systemd.ping_if_due();
+        match &result {
+            Ok(()) => {
+                failures = 0;
+                let line = daemon.idle_status();
+                if ready {
+                    daemon.systemd.status(&line);
+                } else {
+                    // The responder is attached and the tunnel up since
+                    // `start`; the first poll that succeeds makes it ready.
+                    daemon.systemd.ready(&line);
+                    info!("ready: {line}");
+                    ready = true;
+                }
+            }
             Err(e) => {
                 failures += 1;
                 warn!("poll failed ({failures} in a row): {e:#}");
+                daemon
+                    .systemd
+                    .status(&format!("poll failed ({failures} in a row): {e}"));
             }
         }
         daemon.publish(&publisher).await;
@@ -140,10 +162,12 @@ fn spawn_signal_watch(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: finishing the request in hand"),
-            _ = int.recv() => info!("SIGINT: finishing the request in hand"),
-        }
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!("{name}: finishing the request in hand");
+        systemd::stopping(name);
         stop.store(true, Ordering::Relaxed);
     });
     Ok(())
@@ -152,7 +176,11 @@ fn spawn_signal_watch(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 impl Daemon {
     /// Sets up the kernel side, then connects to the chain, retrying while
     /// it is unreachable: None when asked to stop meanwhile.
-    async fn start(config: Config, stop: Arc<AtomicBool>) -> anyhow::Result<Option<Daemon>> {
+    async fn start(
+        config: Config,
+        stop: Arc<AtomicBool>,
+        mut systemd: Systemd,
+    ) -> anyhow::Result<Option<Daemon>> {
         let ecies_secret = keys::read_secret(&config.onchain.ecies_key_file)?;
         let operator = keys::read_signer(&config.onchain.operator_key_file)?;
         let wg_text = std::fs::read_to_string(&config.wireguard.private_key_file)
@@ -165,12 +193,17 @@ impl Daemon {
         })?;
 
         let store = Store::open(&config.database_path, config.broker.pool)?;
+        systemd.status(&format!(
+            "bringing up the WireGuard interface {}",
+            config.wireguard.interface
+        ));
         let gateway = config.broker.pool.broker_address();
         // Before Tunnel::open turns forwarding on (see the function).
         crate::tunnel::keep_router_advertisements(&config.broker.upstream_interface)?;
         let tunnel = Tunnel::open(&config.wireguard, &wg_key, gateway).await?;
         let routes = Routes::new().await?;
         let upstream = Interface::by_name(&config.broker.upstream_interface)?;
+        systemd.status(&format!("attaching the NDP responder to {}", upstream.name));
         let mut ndp = Responder::load(&crate::ndp::PinDir::new(&config.broker.ndp_pin_dir))?;
         let mode = ndp.attach(
             &upstream,
@@ -188,6 +221,7 @@ impl Daemon {
         let summary = kernel.reconcile(&store.allocations()?).await?;
         info!("kernel reconciled with the database: {summary}");
 
+        systemd.status("connecting to the chain");
         let chain = loop {
             match Chain::connect(&config.onchain, operator.clone()).await {
                 Ok(chain) => break chain.stop_on(stop.clone()),
@@ -196,6 +230,7 @@ impl Daemon {
                         return Ok(None);
                     }
                     warn!("chain unreachable, retrying: {e}");
+                    systemd.status(&format!("waiting for the chain: {e}"));
                     sleep_unless_stopped(
                         Duration::from_secs(config.onchain.poll_interval_secs),
                         &stop,
@@ -218,9 +253,23 @@ impl Daemon {
             confirmed: None,
             last_poll: None,
             counters: DaemonCounters::default(),
+            systemd,
         };
         daemon.sync_capacity().await;
         Ok(Some(daemon))
+    }
+
+    /// The status line between polls.
+    fn idle_status(&self) -> String {
+        let block = self.confirmed.map_or(0, |at| at.number);
+        match self.store.allocations() {
+            Ok(all) => format!(
+                "watching {} requests contract(s) at block {block}; {} allocation(s)",
+                self.contracts.len(),
+                all.len()
+            ),
+            Err(_) => format!("watching at block {block}"),
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -245,6 +294,9 @@ impl Daemon {
     async fn poll(&mut self) -> anyhow::Result<()> {
         let at = self.chain.safe_block().await?;
         self.confirmed = Some(at);
+        self.systemd.ping_if_due();
+        self.systemd
+            .status(&format!("polling at block {}", at.number));
         self.resume_unfinished(&at).await?;
         for contract in self.contracts.clone() {
             if self.stopping() {
@@ -309,6 +361,11 @@ impl Daemon {
         at: &BlockRef,
         advance: bool,
     ) -> anyhow::Result<()> {
+        // Each request is a step of the loop: a slow one still pings, a
+        // hung one does not.
+        self.systemd.ping_if_due();
+        self.systemd
+            .status(&format!("answering request {id} of {contract}"));
         let verdict = self.examine(contract, id, at).await?;
         let grant = match self.store.decide(contract, id, verdict, advance)? {
             Decision::Granted(grant) => grant,

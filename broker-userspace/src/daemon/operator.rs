@@ -127,6 +127,7 @@ impl Daemon {
     pub(super) async fn pause_serving(&mut self, pause: Duration, publisher: &mut Publisher) {
         let end = Instant::now() + pause;
         while !self.stopping() && Instant::now() < end {
+            self.systemd.ping_if_due();
             let step = STEP.min(end - Instant::now());
             tokio::select! {
                 () = tokio::time::sleep(step) => {}

@@ -41,6 +41,13 @@ impl PinDir {
             path: self.0.clone(),
             source,
         };
+        // A directory already on a bpffs is used as it is, whatever its
+        // parent: the systemd unit binds it into the service's namespace
+        // over a tmpfs (systemd mounts /sys/fs/bpf 0700, closed to the
+        // service's user), where mounting a bpffs would need CAP_SYS_ADMIN.
+        if is_bpffs(&self.0).map_err(err)? {
+            return Ok(());
+        }
         let parent = self.0.parent().unwrap_or(Path::new("/"));
         if !is_bpffs(parent).map_err(err)? {
             std::fs::create_dir_all(parent).map_err(err)?;

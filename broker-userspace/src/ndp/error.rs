@@ -6,8 +6,8 @@ use super::prefixes::PrefixError;
 
 #[derive(Debug, Error)]
 pub enum NdpError {
-    #[error("the NDP responder needs root (CAP_BPF, CAP_NET_ADMIN)")]
-    NotRoot,
+    #[error("the NDP responder needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: {0} missing")]
+    NotPrivileged(String),
     #[error("unknown interface `{0}`")]
     UnknownInterface(String),
     #[error("interface `{name}`")]

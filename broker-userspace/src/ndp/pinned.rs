@@ -7,7 +7,7 @@ use broker_common::ndp::{
     PrefixValue,
 };
 
-use super::{AttachedMode, Counters, Interface, NdpError, PinDir, responder::require_root};
+use super::{AttachedMode, Counters, Interface, NdpError, PinDir, responder::require_privileges};
 
 #[derive(Clone, Debug)]
 pub struct Status {
@@ -32,7 +32,7 @@ fn open(pins: &PinDir, name: &'static str) -> Result<Map, NdpError> {
 
 /// The responder's state, or `None` when nothing is pinned in `pins`.
 pub fn status(pins: &PinDir) -> Result<Option<Status>, NdpError> {
-    require_root()?;
+    require_privileges()?;
     if !pins.map(CONFIG_MAP).exists() {
         return Ok(None);
     }
@@ -62,7 +62,7 @@ pub fn status(pins: &PinDir) -> Result<Option<Status>, NdpError> {
 /// Detaches the program (by removing its link's pin) and removes the pinned
 /// maps. Returns false when nothing was pinned.
 pub fn detach(pins: &PinDir) -> Result<bool, NdpError> {
-    require_root()?;
+    require_privileges()?;
     if !pins.exists() {
         return Ok(false);
     }

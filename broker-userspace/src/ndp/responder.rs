@@ -165,7 +165,7 @@ impl Responder {
     /// ones (None: all off, and compiled out by the verifier), read by
     /// nobody unless [`Self::log_records`] is called.
     pub fn load_with_log_level(pins: &PinDir, level: Option<Level>) -> Result<Self, NdpError> {
-        require_root()?;
+        require_privileges()?;
         pins.create()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.path())
@@ -567,10 +567,41 @@ impl Responder {
 
 const _: () = assert!(MAX_PREFIX_LENS <= u8::MAX as usize);
 
-pub(crate) fn require_root() -> Result<(), NdpError> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(NdpError::NotRoot);
+/// The capabilities the responder needs: creating its maps and loading its
+/// program (CAP_BPF), having the verifier accept the program's arithmetic
+/// on packet pointers (CAP_PERFMON: without it the load fails with "pointer
+/// arithmetic with it prohibited for !root") and attaching it to an
+/// interface (CAP_NET_ADMIN). CAP_SYS_ADMIN stands in for the first two, as
+/// the kernel accepts. Root has all; the service's own user gets them from
+/// the unit. Checked first, so that a missing one gets a clear error rather
+/// than a verifier log.
+pub(crate) fn require_privileges() -> Result<(), NdpError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    // Without /proc the kernel is left to refuse what is not allowed.
+    let Some(effective) = effective else {
+        return Ok(());
+    };
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let missing: Vec<&str> = [
+        (!has(CAP_BPF) && !has(CAP_SYS_ADMIN)).then_some("CAP_BPF"),
+        (!has(CAP_PERFMON) && !has(CAP_SYS_ADMIN)).then_some("CAP_PERFMON"),
+        (!has(CAP_NET_ADMIN)).then_some("CAP_NET_ADMIN"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !missing.is_empty() {
+        return Err(NdpError::NotPrivileged(missing.join(", ")));
     }
     Ok(())
 }
+
+/// capabilities(7).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
