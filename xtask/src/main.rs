@@ -9,6 +9,7 @@ mod bench;
 mod chain;
 mod cmd;
 mod demo;
+mod image;
 mod setup;
 mod test;
 
@@ -39,6 +40,12 @@ enum Command {
     /// deployed and registered; prints the addresses and the broker's
     /// `[onchain]` configuration, keys in target/devchain/. Runs until Ctrl-C.
     Chain(chain::Args),
+    /// Set up, then build the broker VPS image (image/README.md):
+    /// target/image/blockhost-broker-<version>.qcow2. Root.
+    Image(image::Args),
+    /// Set up, then boot the image under qemu with a NoCloud seed and check
+    /// it configures itself and serves (a few minutes). Root.
+    ImageTest(image::TestArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => setup::run().and_then(|()| demo::run(args)),
         Command::Bench(b) => setup::run().and_then(|()| bench::run(b)),
         Command::Chain(args) => setup::run().and_then(|()| chain::run(args)),
+        Command::Image(args) => setup::run().and_then(|()| image::run(args)),
+        Command::ImageTest(args) => setup::run().and_then(|()| image::test(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,6 +33,20 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "promtool, which checks the broker's /metrics in tests/http_api.rs",
     ),
     (
+        "mmdebstrap",
+        "the broker VPS image's Debian 13 tree (cargo xtask image)",
+    ),
+    ("fdisk", "sfdisk: the image's partition table"),
+    (
+        "qemu-utils",
+        "qemu-img: the image's qcow2 and the boot test's overlay",
+    ),
+    ("qemu-system-x86", "the image boot test's virtual machine"),
+    (
+        "xorriso",
+        "the boot test's cloud-init seed (an iso9660 'cidata' volume)",
+    ),
+    (
         "nodejs",
         "the contracts' toolchain (forge, anvil, solc from npm)",
     ),
