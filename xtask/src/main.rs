@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod chain;
 mod cmd;
+mod deb;
 mod demo;
 mod image;
 mod setup;
@@ -40,6 +41,13 @@ enum Command {
     /// deployed and registered; prints the addresses and the broker's
     /// `[onchain]` configuration, keys in target/devchain/. Runs until Ctrl-C.
     Chain(chain::Args),
+    /// Set up, then build the Debian packages (blockhost-broker,
+    /// blockhost-broker-client) into target/debian/ and check them with
+    /// lintian.
+    Deb(deb::Args),
+    /// Set up, build the packages, then install, upgrade, remove and purge
+    /// them in a clean Debian 13 chroot (mmdebstrap), checking each step.
+    DebTest(deb::Args),
     /// Set up, then build the broker VPS image (image/README.md):
     /// target/image/blockhost-broker-<version>.qcow2. Root.
     Image(image::Args),
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => setup::run().and_then(|()| demo::run(args)),
         Command::Bench(b) => setup::run().and_then(|()| bench::run(b)),
         Command::Chain(args) => setup::run().and_then(|()| chain::run(args)),
+        Command::Deb(args) => setup::run().and_then(|()| deb::run(args)),
+        Command::DebTest(args) => setup::run().and_then(|()| deb::test(args)),
         Command::Image(args) => setup::run().and_then(|()| image::run(args)),
         Command::ImageTest(args) => setup::run().and_then(|()| image::test(args)),
     };

@@ -32,10 +32,6 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool, which checks the broker's /metrics in tests/http_api.rs",
     ),
-    (
-        "mmdebstrap",
-        "the broker VPS image's Debian 13 tree (cargo xtask image)",
-    ),
     ("fdisk", "sfdisk: the image's partition table"),
     (
         "qemu-utils",
@@ -50,7 +46,23 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "nodejs",
         "the contracts' toolchain (forge, anvil, solc from npm)",
     ),
+    (
+        "systemd",
+        "systemd-analyze security, which rates the broker's unit in tests/packaging.rs",
+    ),
+    (
+        "dpkg-dev",
+        "dpkg-shlibdeps, which cargo-deb uses for Depends",
+    ),
+    ("lintian", "checks the Debian packages (cargo xtask deb)"),
+    (
+        "mmdebstrap",
+        "the Debian 13 chroot of cargo xtask deb-test, the VPS image's tree",
+    ),
+    ("util-linux", "setpriv and unshare in tests/systemd.rs"),
 ];
+
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -63,9 +75,13 @@ pub fn run() -> anyhow::Result<()> {
         None => true,
     };
     let contracts = !contracts_toolchain_ok();
+    let cargo_deb = !cargo_deb_ok();
     if packages.is_empty() && !rust_src && !linker {
         if contracts {
             install_contracts_toolchain()?;
+        }
+        if cargo_deb {
+            install_cargo_deb()?;
         }
         return Ok(());
     }
@@ -95,6 +111,9 @@ pub fn run() -> anyhow::Result<()> {
     }
     if contracts {
         install_contracts_toolchain()?;
+    }
+    if cargo_deb {
+        install_cargo_deb()?;
     }
     eprintln!("setup: done");
     Ok(())
@@ -234,6 +253,24 @@ fn install_bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
     std::fs::write(prefix.join("llvm-major"), llvm_major.to_string())
         .context("recording the LLVM version bpf-linker was built against")?;
     Ok(())
+}
+
+fn cargo_deb_ok() -> bool {
+    cmd::stdout_of(Command::new("cargo").args(["deb", "--version"]))
+        .is_some_and(|v| v.contains(CARGO_DEB_VERSION))
+}
+
+/// cargo-deb, which `cargo xtask deb` builds the packages with (a user's
+/// cargo install, no root needed).
+fn install_cargo_deb() -> anyhow::Result<()> {
+    eprintln!("setup: installing cargo-deb {CARGO_DEB_VERSION} (about two minutes)");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ]))
 }
 
 /// The contracts' toolchain (forge, anvil, cast, solc, OpenZeppelin) lives in
