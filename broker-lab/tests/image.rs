@@ -161,8 +161,8 @@ impl Vm {
             }
             if start.elapsed() > limit {
                 let why = self
-                    .sh("sudo tail -n 40 /var/log/cloud-init-output.log; \
-                         sudo systemctl status --no-pager -n 30 blockhost-broker")
+                    .sh("sudo grep -v -e '^[|+]' -e key /var/log/cloud-init-output.log | tail -n 30; \
+                         sudo journalctl --no-pager -n 30 -u blockhost-broker; true")
                     .unwrap_or_else(|e| format!("{e:#}"));
                 bail!(
                     "blockhost-broker not active within {limit:?} (is {}):\n{why}",
