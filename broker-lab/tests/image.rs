@@ -174,6 +174,36 @@ impl Vm {
     }
 }
 
+/// The package the image was built with (BBT_IMAGE_DEB), rebuilt with a
+/// higher version: a newer build, as an upgrade brings. None without one.
+fn newer_deb(dir: &Path) -> anyhow::Result<Option<(PathBuf, String)>> {
+    let Some(deb) = std::env::var_os("BBT_IMAGE_DEB") else {
+        return Ok(None);
+    };
+    let tree = dir.join("newer-deb");
+    netns::run(Command::new("dpkg-deb").arg("-R").arg(&deb).arg(&tree))?;
+    let control = tree.join("DEBIAN/control");
+    let text = fs::read_to_string(&control)?;
+    let old = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .context("no Version in the package")?
+        .to_string();
+    let version = format!("{old}+bbt1");
+    fs::write(
+        &control,
+        text.replace(&format!("Version: {old}"), &format!("Version: {version}")),
+    )?;
+    let out = dir.join("newer.deb");
+    netns::run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-b"])
+            .arg(&tree)
+            .arg(&out),
+    )?;
+    Ok(Some((out, version)))
+}
+
 /// The NoCloud seed: an iso9660 volume labelled `cidata`.
 fn seed(dir: &Path, chain: &DevChain, ssh_public: &str) -> anyhow::Result<PathBuf> {
     let seed = dir.join("seed");
@@ -478,11 +508,26 @@ fn image_test() -> anyhow::Result<()> {
         route: "::/0",
     }
     .start(&server.wg, &broker_key, &address)?;
-    let reached = |what: &str| -> anyhow::Result<()> {
-        ensure!(
-            router.ping(&address, 20),
-            "{what}: the router cannot reach {address} (in {prefix}) through the tunnel"
-        );
+    let reached = |vm: &Vm, what: &str| -> anyhow::Result<()> {
+        if !router.ping(&address, 20) {
+            let vm_side = vm
+                .sh(
+                    "sudo wg show; sudo blockhost-broker ndp status; ip -6 route; \
+                     sudo nft list ruleset | head -n 40; true",
+                )
+                .unwrap_or_else(|e| format!("{e:#}"));
+            let client_side = client_ns
+                .output("wg", &["show"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            bail!(
+                "{what}: the router cannot reach {address} (in {prefix}) through the tunnel\n\
+                 router's neighbours: {}\nVM:\n{vm_side}\nclient:\n{client_side}",
+                router
+                    .ip(&["-6", "neigh", "show", "dev", &tap])
+                    .unwrap_or_default()
+            );
+        }
         let neigh = router
             .neigh(&tap, &address)?
             .with_context(|| format!("{what}: no neighbour entry for {address}"))?;
@@ -496,7 +541,7 @@ fn image_test() -> anyhow::Result<()> {
         );
         Ok(())
     };
-    reached("first boot")?;
+    reached(&vm, "first boot")?;
 
     // (c) after a reboot: the allocation, the peer and NDP answering are
     // back, and the operator sent nothing more.
@@ -523,13 +568,45 @@ fn image_test() -> anyhow::Result<()> {
         peers.contains(&server.wg_public()) && peers.contains(&prefix.to_string()),
         "after the reboot the peer is not back: {peers}"
     );
-    reached("after the reboot")?;
+    reached(&vm, "after the reboot")?;
     let after = nonce(&runtime)?;
     ensure!(
         after == before,
         "the operator sent {} transactions around the reboot",
         after - before
     );
+
+    // (d) a newer build of the package over the running broker (the path
+    // of an upgrade): the service restarts and keeps the allocation, the
+    // peer and NDP answering, with no new transaction.
+    match newer_deb(dir.path())? {
+        None => eprintln!("(d) skipped: no package given (BBT_IMAGE_DEB)"),
+        Some((deb, version)) => {
+            let mut copy = vm.ssh_command("cat > /tmp/blockhost-broker.deb");
+            copy.stdin(fs::File::open(&deb)?);
+            let out = copy.output().context("copying the package into the VM")?;
+            ensure!(out.status.success(), "copying the package: {out:?}");
+            let installed = vm.sh("sudo dpkg -i /tmp/blockhost-broker.deb 2>&1")?;
+            ensure!(
+                vm.sh("dpkg-query -W -f '${Version}' blockhost-broker")? == version,
+                "the VM did not take {version}: {installed}"
+            );
+            vm.wait_active(ACTIVE_LIMIT)?;
+            let peers = vm.sh("sudo wg show wg-broker allowed-ips")?;
+            ensure!(
+                peers.contains(&server.wg_public()) && peers.contains(&prefix.to_string()),
+                "after the upgrade the peer is not there: {peers}"
+            );
+            router.ip(&["-6", "neigh", "flush", "dev", &tap])?;
+            reached(&vm, &format!("after dpkg -i of {version}"))?;
+            let upgraded = nonce(&runtime)?;
+            ensure!(
+                upgraded == before,
+                "the operator sent {} transactions around the upgrade",
+                upgraded - before
+            );
+        }
+    }
 
     eprintln!("image test done in {:.0?}", started.elapsed());
     vm.qemu.kill();

@@ -120,6 +120,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .arg(&qcow2),
     )?;
     fs::remove_file(&raw)?;
+    // The package beside the image: the boot test upgrades it to a newer
+    // build of itself.
+    fs::copy(&deb, qcow2.with_extension("deb")).context("copying the package beside the image")?;
     let size = fs::metadata(&qcow2)?.len();
     println!(
         "{} ({:.0} MiB; disk {} GiB)",
@@ -371,10 +374,18 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
         },
     };
     let image = fs::canonicalize(&image).with_context(|| format!("{}", image.display()))?;
+    let deb = image.with_extension("deb");
+    if !deb.exists() {
+        bail!(
+            "{} is missing: the package the image was built with (cargo xtask image puts it there)",
+            deb.display()
+        );
+    }
     cmd::run(
         Command::new(env!("CARGO"))
             .current_dir(&root)
             .env("BBT_IMAGE", &image)
+            .env("BBT_IMAGE_DEB", &deb)
             .args(["test", "-p", "broker-lab", "--test", "image", "--"])
             .args(["--ignored", "--nocapture"]),
     )
