@@ -586,12 +586,18 @@ fn image_test() -> anyhow::Result<()> {
             copy.stdin(fs::File::open(&deb)?);
             let out = copy.output().context("copying the package into the VM")?;
             ensure!(out.status.success(), "copying the package: {out:?}");
+            let started_at = "systemctl show -p ExecMainStartTimestampMonotonic blockhost-broker";
+            let old_start = vm.sh(started_at)?;
             let installed = vm.sh("sudo dpkg -i /tmp/blockhost-broker.deb 2>&1")?;
             ensure!(
                 vm.sh("dpkg-query -W -f '${Version}' blockhost-broker")? == version,
                 "the VM did not take {version}: {installed}"
             );
             vm.wait_active(ACTIVE_LIMIT)?;
+            ensure!(
+                vm.sh(started_at)? != old_start,
+                "the upgrade did not restart the service: {installed}"
+            );
             let peers = vm.sh("sudo wg show wg-broker allowed-ips")?;
             ensure!(
                 peers.contains(&server.wg_public()) && peers.contains(&prefix.to_string()),
