@@ -270,13 +270,14 @@ fn least_privilege_a_request_is_answered_without_root() {
 #[test]
 fn least_privilege_without_any_one_capability_the_daemon_fails() {
     lab_test("caps-1", async |lab: &mut Lab| {
-        // What stops it: wireguard-go cannot make its TUN device, the
-        // daemon's own check (without it, CAP_PERFMON's absence shows as
-        // the verifier's "pointer arithmetic with it prohibited for !root").
+        // What stops it: the upstream interface's sysctls (its first
+        // network change), the daemon's own check (without it, CAP_PERFMON's
+        // absence shows as the verifier's "pointer arithmetic with it
+        // prohibited for !root").
         let reasons = [
             (
                 "net_admin",
-                "Failed to create TUN device: operation not permitted",
+                "keeping router advertisements on upstream (/proc/sys/net/ipv6/conf/upstream/accept_ra): Permission denied",
             ),
             ("bpf", "CAP_BPF missing"),
             ("perfmon", "CAP_PERFMON missing"),

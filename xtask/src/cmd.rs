@@ -34,6 +34,27 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` with `input` on its stdin; fails unless it exits 0.
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let what = describe(cmd);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{what}`"))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())
+        .with_context(|| format!("writing to `{what}`"))?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`{what}` failed ({status})");
+    }
+    Ok(())
+}
+
 /// Stdout of `cmd`, or None when it cannot run or fails.
 pub fn stdout_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

@@ -10,6 +10,7 @@ mod chain;
 mod cmd;
 mod deb;
 mod demo;
+mod image;
 mod kernel_test;
 mod setup;
 mod test;
@@ -52,6 +53,12 @@ enum Command {
     /// Set up, build the packages, then install, upgrade, remove and purge
     /// them in a clean Debian 13 chroot (mmdebstrap), checking each step.
     DebTest(deb::Args),
+    /// Set up, then build the broker VPS image (image/README.md):
+    /// target/image/blockhost-broker-<version>.qcow2. Root.
+    Image(image::Args),
+    /// Set up, then boot the image under qemu with a NoCloud seed and check
+    /// it configures itself and serves (a few minutes). Root.
+    ImageTest(image::TestArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +72,8 @@ fn main() -> ExitCode {
         Command::Chain(args) => setup::run().and_then(|()| chain::run(args)),
         Command::Deb(args) => setup::run().and_then(|()| deb::run(args)),
         Command::DebTest(args) => setup::run().and_then(|()| deb::test(args)),
+        Command::Image(args) => setup::run().and_then(|()| image::run(args)),
+        Command::ImageTest(args) => setup::run().and_then(|()| image::test(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,16 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool, which checks the broker's /metrics in tests/http_api.rs",
     ),
+    ("fdisk", "sfdisk: the image's partition table"),
+    (
+        "qemu-utils",
+        "qemu-img: the image's qcow2 and the boot test's overlay",
+    ),
+    ("qemu-system-x86", "the image boot test's virtual machine"),
+    (
+        "xorriso",
+        "the boot test's cloud-init seed (an iso9660 'cidata' volume)",
+    ),
     (
         "qemu-system-x86",
         "the kernel tests boot Debian 12's and 13's kernels (cargo xtask kernel-test)",
@@ -55,7 +65,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "dpkg-shlibdeps, which cargo-deb uses for Depends",
     ),
     ("lintian", "checks the Debian packages (cargo xtask deb)"),
-    ("mmdebstrap", "the Debian 13 chroot of cargo xtask deb-test"),
+    (
+        "mmdebstrap",
+        "the Debian 13 chroot of cargo xtask deb-test, the VPS image's tree",
+    ),
     ("util-linux", "setpriv and unshare in tests/systemd.rs"),
 ];
 
