@@ -209,6 +209,9 @@ impl Daemon {
             info!(%pool, "the pool is on-link: neighbor discovery answers its allocated addresses only");
         }
         let upstream = Interface::by_name(&config.broker.upstream_interface)?;
+        if matches!(upstream.link_layer, crate::ndp::LinkLayer::Ethernet(_)) {
+            crate::tunnel::receive_all_multicast(upstream.index).await?;
+        }
         systemd.status(&format!("attaching the NDP responder to {}", upstream.name));
         let mut ndp = Responder::load(&crate::ndp::PinDir::new(&config.broker.ndp_pin_dir))?;
         let (mode, attachment) = ndp.attach(

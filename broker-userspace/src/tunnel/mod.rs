@@ -394,6 +394,27 @@ pub fn keep_router_advertisements(upstream: &str) -> Result<(), TunnelError> {
     Ok(())
 }
 
+/// Has the upstream interface `index` receive every multicast frame. The
+/// routers' solicitations go to the solicited-node groups of allocated
+/// addresses, which the host never joins: a NIC that filters multicast by
+/// group (virtio-net does) drops them before the XDP responder sees them.
+pub async fn receive_all_multicast(index: u32) -> Result<(), TunnelError> {
+    let failed = |source| TunnelError::Netlink {
+        context: format!("turning allmulticast on for interface index {index}"),
+        source,
+    };
+    let handle = netlink::connect().map_err(failed)?;
+    let message = rtnetlink::LinkUnspec::new_with_index(index)
+        .allmulticast(true)
+        .build();
+    handle
+        .link()
+        .set(message)
+        .execute()
+        .await
+        .map_err(|e| failed(netlink::to_io(e)))
+}
+
 fn enable_forwarding() -> Result<(), TunnelError> {
     let failed = |source| TunnelError::Forwarding {
         path: FORWARDING,
