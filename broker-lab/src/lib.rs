@@ -22,6 +22,7 @@
 //! Needs root. Every namespace, process, pin and socket goes away when its
 //! guard (or the [`Lab`]) drops.
 
+pub mod accept_loop;
 pub mod broker;
 pub mod files;
 pub mod inspect;

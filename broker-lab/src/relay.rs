@@ -15,12 +15,13 @@ use std::{
 
 use anyhow::Context as _;
 
+use crate::accept_loop::AcceptLoop;
+
 pub struct Relay {
     /// `http://` and the address it listens on.
     pub url: String,
     stalled: Arc<AtomicBool>,
-    closed: Arc<AtomicBool>,
-    addr: SocketAddr,
+    _accept: AcceptLoop,
 }
 
 impl Relay {
@@ -34,33 +35,23 @@ impl Relay {
         let target = target.trim_start_matches("http://").to_string();
         let listener =
             TcpListener::bind(listen).with_context(|| format!("binding the relay to {listen}"))?;
-        let addr = listener.local_addr()?;
-        let url = format!("http://{addr}");
         let stalled = Arc::new(AtomicBool::new(false));
-        let closed = Arc::new(AtomicBool::new(false));
-        let (flag, done) = (stalled.clone(), closed.clone());
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                if done.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
-                    continue;
-                };
-                let flag = flag.clone();
-                thread::spawn(move || pump(client, server, Some(flag)));
-                thread::spawn(move || pump(s2, c2, None));
-            }
-        });
+        let flag = stalled.clone();
+        let accept = AcceptLoop::spawn(listener, move |client| {
+            let Ok(server) = TcpStream::connect(&target) else {
+                return;
+            };
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                return;
+            };
+            let flag = flag.clone();
+            thread::spawn(move || pump(client, server, Some(flag)));
+            thread::spawn(move || pump(s2, c2, None));
+        })?;
         Ok(Relay {
-            url,
+            url: accept.url(),
             stalled,
-            closed,
-            addr,
+            _accept: accept,
         })
     }
 
@@ -73,14 +64,6 @@ impl Relay {
     /// stays dead; clients give up on it and open new ones).
     pub fn resume(&self) {
         self.stalled.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so that it sees `closed`.
-        let _ = TcpStream::connect(self.addr);
     }
 }
 

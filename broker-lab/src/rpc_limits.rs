@@ -8,16 +8,18 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     thread,
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
+
+use crate::accept_loop::AcceptLoop;
 
 /// What the endpoint refuses.
 #[derive(Clone, Copy, Debug)]
@@ -30,8 +32,7 @@ pub struct LimitedRpc {
     /// `http://` and the address it listens on.
     pub url: String,
     refused: Arc<AtomicUsize>,
-    closed: Arc<AtomicBool>,
-    addr: SocketAddr,
+    _accept: AcceptLoop,
 }
 
 impl LimitedRpc {
@@ -41,44 +42,25 @@ impl LimitedRpc {
         let target = target.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind(SocketAddr::new(host, 0))
             .with_context(|| format!("binding the limited RPC endpoint to {host}"))?;
-        let addr = listener.local_addr()?;
         let refused = Arc::new(AtomicUsize::new(0));
-        let closed = Arc::new(AtomicBool::new(false));
-        let (count, done) = (refused.clone(), closed.clone());
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                if done.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { return };
-                let (target, count) = (target.clone(), count.clone());
-                thread::spawn(move || {
-                    // A closed connection ends the thread; nothing to report.
-                    let _ = serve(client, &target, limits, &count);
-                });
-            }
-        });
+        let count = refused.clone();
+        let accept = AcceptLoop::spawn(listener, move |client| {
+            let (target, count) = (target.clone(), count.clone());
+            thread::spawn(move || {
+                // A closed connection ends the thread; nothing to report.
+                let _ = serve(client, &target, limits, &count);
+            });
+        })?;
         Ok(LimitedRpc {
-            url: format!("http://{addr}"),
+            url: accept.url(),
             refused,
-            closed,
-            addr,
+            _accept: accept,
         })
     }
 
     /// How many calls it refused so far.
     pub fn refused(&self) -> usize {
         self.refused.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for LimitedRpc {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag.
-        if let Ok(s) = TcpStream::connect(self.addr) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
     }
 }
 
