@@ -108,6 +108,20 @@ fn an_event_scan_that_keeps_failing_does_not_stop_the_rest_of_the_upkeep() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         ensure!(rpc.refused() > 0, "the endpoint never refused a call");
+        // The failures show where an operator looks: the metrics.
+        let metrics = lab.metrics().await?;
+        let errors: u128 = [
+            "transient",
+            "reverted",
+            "bad_data",
+            "config",
+            "wrong_chain",
+            "other",
+        ]
+        .into_iter()
+        .map(|kind| metrics.broker("chain_errors_total", &[("kind", kind)]))
+        .sum::<anyhow::Result<u128>>()?;
+        ensure!(errors > 0, "no failed upkeep step was counted");
         lab.broker()?
             .wait_log(
                 &["watching for releases by NFT owners (again next poll)"],

@@ -141,7 +141,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             o,
             name,
             "counter",
-            "Failed polls since the daemon started, by kind of chain error.",
+            "Failed polls and upkeep steps since the daemon started, by kind of chain error.",
         );
         for kind in [
             "transient",

@@ -26,15 +26,21 @@ const CHAIN_READS: Duration = Duration::from_secs(3);
 const STEP: Duration = Duration::from_millis(100);
 
 /// The kind of chain error behind `e` (`other` when none is).
-fn error_kind(e: &anyhow::Error) -> &'static str {
-    match e.chain().find_map(|c| c.downcast_ref::<ChainError>()) {
-        Some(ChainError::Transient { .. }) => "transient",
-        Some(ChainError::Reverted { .. }) => "reverted",
-        Some(ChainError::BadData { .. }) => "bad_data",
-        Some(ChainError::Config(_)) => "config",
-        Some(ChainError::WrongChain { .. }) => "wrong_chain",
-        _ => "other",
+fn error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(chain) = e.downcast_ref::<ChainError>() {
+            return match chain {
+                ChainError::Transient { .. } => "transient",
+                ChainError::Reverted { .. } => "reverted",
+                ChainError::BadData { .. } => "bad_data",
+                ChainError::Config(_) => "config",
+                ChainError::WrongChain { .. } => "wrong_chain",
+            };
+        }
+        source = e.source();
     }
+    "other"
 }
 
 impl Daemon {
@@ -93,15 +99,22 @@ impl Daemon {
         let finished_at = now();
         match result {
             Ok(()) => self.counters.last_poll_success_at = Some(finished_at),
-            Err(e) => {
-                let kind = error_kind(e);
-                *self.counters.poll_errors.entry(kind.into()).or_default() += 1;
-            }
+            Err(e) => self.count_chain_error(e.as_ref()),
         }
         self.last_poll = Some(LastPoll {
             finished_at,
             error: result.as_ref().err().map(|e| format!("{e:#}")),
         });
+    }
+
+    /// Counts a failed poll or upkeep step by the kind of chain error
+    /// behind it (`blockhost_broker_chain_errors_total`).
+    pub(super) fn count_chain_error(&mut self, e: &(dyn std::error::Error + 'static)) {
+        *self
+            .counters
+            .poll_errors
+            .entry(error_kind(e).into())
+            .or_default() += 1;
     }
 
     /// Publishes the figures as of now (kept as they were when the database

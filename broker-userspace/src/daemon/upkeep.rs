@@ -20,9 +20,11 @@ impl Daemon {
     pub(super) async fn upkeep(&mut self, at: &BlockRef) {
         if let Err(e) = self.watch_owner_releases(at).await {
             warn!("watching for releases by NFT owners (again next poll): {e:#}");
+            self.count_chain_error(e.as_ref());
         }
         if let Err(e) = self.check_handshakes().await {
             warn!("checking tunnel handshakes (again next poll): {e:#}");
+            self.count_chain_error(e.as_ref());
         }
         self.send_owed_releases().await;
     }
@@ -156,6 +158,7 @@ impl Daemon {
             Ok(_) => {}
             Err(e) => {
                 warn!(%nft, "on-chain release will be retried: {e}");
+                self.count_chain_error(&e);
                 return OnChainRelease::Deferred {
                     reason: e.to_string(),
                 };
@@ -176,6 +179,7 @@ impl Daemon {
             }
             Err(e) => {
                 warn!(%nft, "on-chain release will be retried: {e}");
+                self.count_chain_error(&e);
                 return OnChainRelease::Deferred {
                     reason: e.to_string(),
                 };
