@@ -106,8 +106,7 @@ pub async fn resolve(global: &Global, chain_id: u64) -> anyhow::Result<Registry>
                 .with_context(|| known_path(&global.config_dir).display().to_string())?;
         if before != address && !global.accept_new_registry {
             bail!(
-                "the registry file {from} names registry {address}, but this server used {before} on chain {chain_id} (from {}, recorded in {}): a changed file could move it to another broker network. If the change is genuine, run again with --accept-new-registry (or give --registry-contract)",
-                known.source,
+                "the registry file {from} names {address}, not {before} used before: refused unless --accept-new-registry (or --registry-contract) says the change is genuine (a changed file could move this server to another broker network; {} records the one used)",
                 known_path(&global.config_dir).display()
             );
         }

@@ -33,12 +33,18 @@ fn main() -> ExitCode {
                 e.exit();
             }
             // clap's message and a usage hint take several lines: keep
-            // the first, which says what is wrong.
+            // the paragraph that says what is wrong (a missing argument
+            // is named on the line after the first).
             let text = e.to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let what: Vec<&str> = text
+                .lines()
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
             eprintln!(
                 "broker-client: {} (see --help)",
-                one_line(first.trim_start_matches("error: "))
+                one_line(what.join(" ").trim_start_matches("error: "))
             );
             return ExitCode::from(2);
         }
