@@ -5,7 +5,7 @@
 
 use std::{path::Path, time::Duration};
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, U256};
 use anyhow::Context as _;
 use broker_contracts::{
     BrokerRequests,
@@ -14,7 +14,7 @@ use broker_contracts::{
     protocol::RequestPayload,
 };
 use ipnet::Ipv6Net;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     cli::{Global, RenewArgs, RequestArgs},
@@ -96,8 +96,25 @@ pub async fn request(
     if !args.force
         && let Some(existing) = &existing
     {
+        // The field client run again (an installer re-run) recovers the
+        // allocation it has: so does this one, sending nothing, when the
+        // chain still shows it as the NFT contract's answered request.
+        let why = match still_held(config_dir, existing, args.nft_contract, chain).await {
+            Ok(contract) => {
+                eprintln!(
+                    "already allocated: prefix {} (request {}); nothing sent (`renew` for a new key, --force for a new request)",
+                    existing.prefix, existing.request_id
+                );
+                println!("{}", summary(existing, &contract)?);
+                if args.configure_wg {
+                    install::bring_up(&args.tunnel, existing, None).await?;
+                }
+                return Ok(());
+            }
+            Err(why) => why,
+        };
         anyhow::bail!(
-            "{} already holds prefix {} (request {}): use `renew` to change its key, `release` to give it up, or --force",
+            "{} already holds prefix {} (request {}), {why}: use `renew` to change its key, `release` to give it up, or --force",
             files::allocation_path(config_dir).display(),
             existing.prefix,
             existing.request_id
@@ -321,22 +338,70 @@ fn finish(
         allocation.broker_endpoint,
         path.display()
     );
-    let mut summary = json!({
-        "prefix": allocation.prefix,
-        "gateway": allocation.gateway,
-        "tunnel_address": install::tunnel_address(&allocation.prefix)?.to_string(),
-        "broker_endpoint": allocation.broker_endpoint,
-        "broker_id": target.broker_id,
-        "requests_contract": contract.requests_contract,
-        "request_id": allocation.request_id,
-        "wg_public_key": allocation.wg_public_key,
-    });
+    let mut summary = summary(allocation, &contract)?;
     if let Some(old) = previous {
         summary["previous_request_id"] = json!(old.request_id);
         summary["prefix_kept"] = json!(old.prefix == allocation.prefix);
     }
     println!("{summary}");
     Ok(())
+}
+
+/// The result line of `request` and `renew`.
+fn summary(allocation: &Allocation, contract: &BrokerContract) -> anyhow::Result<Value> {
+    Ok(json!({
+        "prefix": allocation.prefix,
+        "gateway": allocation.gateway,
+        "tunnel_address": install::tunnel_address(&allocation.prefix)?.to_string(),
+        "broker_endpoint": allocation.broker_endpoint,
+        "broker_id": contract.broker_id,
+        "requests_contract": contract.requests_contract,
+        "request_id": allocation.request_id,
+        "wg_public_key": allocation.wg_public_key,
+    }))
+}
+
+/// The broker file when `existing` is `nft`'s allocation and its request is
+/// still the NFT contract's current, answered one; else why not.
+async fn still_held(
+    config_dir: &Path,
+    existing: &Allocation,
+    nft: Address,
+    chain: &Connection,
+) -> Result<BrokerContract, String> {
+    if existing.nft_contract.parse::<Address>().ok() != Some(nft) {
+        return Err(format!("for NFT contract {}", existing.nft_contract));
+    }
+    let contract = match files::read_contract(config_dir) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err("without broker-contract.json".into()),
+        Err(e) => return Err(format!("{e:#}")),
+    };
+    let requests = contract
+        .requests_contract
+        .parse::<Address>()
+        .map_err(|_| "with an unreadable broker-contract.json".to_string())?;
+    let requests_contract = BrokerRequests::new(requests, chain.provider());
+    let current = chain
+        .view(
+            "nftContractToRequestId",
+            requests_contract.nftContractToRequestId(nft).call(),
+        )
+        .await
+        .map_err(|e| format!("unchecked on chain ({e})"))?;
+    if current != U256::from(existing.request_id) {
+        return Err(format!(
+            "no longer the NFT contract's current request on chain (that is {current})"
+        ));
+    }
+    let request = chain
+        .view("getRequest", requests_contract.getRequest(current).call())
+        .await
+        .map_err(|e| format!("unchecked on chain ({e})"))?;
+    if request.status != 1 {
+        return Err(format!("not answered on chain (status {})", request.status));
+    }
+    Ok(contract)
 }
 
 impl Session<'_> {

@@ -184,9 +184,29 @@ async fn request_writes_the_files_of_section_7() {
     let text = env.run(&["status"]).await;
     assert!(text.ok().stdout.contains("prefix: 2001:db8:0:1::100/120"));
 
-    // A second request is refused while the allocation exists.
+    // Run again (as an installer re-run does): the allocation it holds is
+    // still the answered one on chain, so nothing is sent and it succeeds.
+    let before = std::fs::read_to_string(&alloc_path).unwrap();
     let again = env.request(&[]).await;
-    assert!(again.one_line_error().contains("use `renew`"));
+    assert_eq!(again.ok().json()["request_id"], 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already allocated"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(responder.seen().len(), 1);
+    assert_eq!(std::fs::read_to_string(&alloc_path).unwrap(), before);
+    // For another NFT contract it is refused.
+    let other = env.dev.requests.to_string();
+    let wallet = env.wallet_key.to_str().unwrap();
+    let refused = env
+        .run(&["request", "--nft-contract", &other, "--wallet-key", wallet])
+        .await;
+    let line = refused.one_line_error();
+    assert!(
+        line.contains("for NFT contract") && line.contains("use `renew`"),
+        "{line}"
+    );
     env.done("request_writes_the_files_of_section_7");
 }
 

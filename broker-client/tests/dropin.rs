@@ -335,6 +335,21 @@ fn zero_flag_path(lab: &Lab, registry: &RegistryServer, chain_id: &str) -> anyho
     ping_internet(lab, ns)?;
     eprintln!("zero-flag path: {prefix} on wg-broker, the internet host answers");
 
+    // The installer run again: the allocation is recovered, nothing sent.
+    let out = host.client(
+        ns,
+        &env,
+        &["request", "--nft-contract", &nft, "--wallet-key", key],
+    );
+    ensure!(
+        out.ok("request run again")?
+            .stderr
+            .contains("already allocated"),
+        "{}",
+        out.stderr
+    );
+    ensure!(host.json("blockhost/broker-allocation.json")? == allocation);
+
     // The published file now names another registry: refused, with the way
     // out in the message; the flag takes it.
     let other = Address::repeat_byte(0x77);
