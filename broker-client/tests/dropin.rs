@@ -288,6 +288,12 @@ fn zero_flag_path(lab: &Lab, registry: &RegistryServer, chain_id: &str) -> anyho
     ];
     let nft = server.nft.to_string();
     let key = server.wallet_key.to_str().context("a UTF-8 path")?;
+    // As BlockHost installs /etc/blockhost/deployer.key: 0640, group-read
+    // for its components (the group is root's here).
+    std::fs::set_permissions(
+        &server.wallet_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )?;
 
     let out = host.client(
         ns,
