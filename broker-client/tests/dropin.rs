@@ -449,6 +449,37 @@ fn command_lines(lab: &Lab, registry: &RegistryServer, chain_id: &str) -> anyhow
             ensure!(out.stdout.starts_with("broker-client "), "{}", out.stdout);
             Ok(())
         }),
+        // BlockHost's installer (finalize.py, `_finalize_ipv6`), which reads
+        // `prefix` and `broker_id` from the first stdout line that is JSON.
+        (
+            "--registry-contract {REGISTRY} request --nft-contract {NFT} --wallet-key {KEY} --configure-wg --timeout 120",
+            |lab, host, out| {
+                let line = out.json()?;
+                let a = host.json("blockhost/broker-allocation.json")?;
+                ensure!(
+                    line["prefix"] == a["prefix"] && line["broker_id"] == 1,
+                    "{line}"
+                );
+                in_pool(a["prefix"].as_str().unwrap_or_default())?;
+                ensure!(
+                    interface_up(&lab.net.servers[1], "wg-broker"),
+                    "wg-broker is not up"
+                );
+                Ok(())
+            },
+        ),
+        (
+            "release --wallet-key {KEY} --cleanup-wg",
+            |lab, host, out| {
+                ensure!(out.json()?["released"] == true, "{}", out.stdout);
+                ensure!(!host.etc("blockhost/broker-allocation.json").exists());
+                ensure!(
+                    !interface_up(&lab.net.servers[1], "wg-broker"),
+                    "wg-broker is still up"
+                );
+                Ok(())
+            },
+        ),
         (
             "--registry-contract {REGISTRY} list-brokers",
             |lab, _, out| {
