@@ -155,7 +155,7 @@ pub fn remove(path: &Path) -> anyhow::Result<bool> {
     }
 }
 
-fn group_id(name: &str) -> Option<u32> {
+pub fn group_id(name: &str) -> Option<u32> {
     let name = std::ffi::CString::new(name).ok()?;
     // SAFETY: getgrnam reads a NUL-terminated name and returns a pointer to
     // static storage (or null), read at once; nothing else in this program

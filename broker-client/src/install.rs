@@ -12,6 +12,7 @@
 
 use std::{
     net::Ipv6Addr,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -23,7 +24,7 @@ use ipnet::Ipv6Net;
 use serde_json::json;
 
 use crate::{
-    cli::{Global, InstallArgs, ServiceManager, TunnelArgs},
+    cli::{ConfigureArgs, Global, InstallArgs, ServiceManager, TunnelArgs},
     files::{self, Allocation},
     keys::parse_wg_key,
 };
@@ -43,6 +44,72 @@ pub async fn install(global: &Global, args: &InstallArgs) -> anyhow::Result<()> 
     apply(&args.tunnel, &allocation, check).await
 }
 
+/// `configure`: the tunnel up from the allocation file, not persistent.
+pub async fn configure(global: &Global, args: &ConfigureArgs) -> anyhow::Result<()> {
+    let allocation = files::read_allocation(&global.config_dir)?.with_context(|| {
+        format!(
+            "no allocation: {} does not exist (run `request` first)",
+            files::allocation_path(&global.config_dir).display()
+        )
+    })?;
+    let check = (!args.no_check).then(|| Duration::from_secs(args.check_timeout));
+    bring_up(&args.tunnel, &allocation, check).await
+}
+
+/// `RUNTIME_DIR/IFACE.conf`: where a tunnel that must not outlive a reboot
+/// keeps its wg-quick configuration (wg-quick needs it again to take the
+/// tunnel down; /run is emptied at boot).
+pub fn runtime_conf_path(tunnel: &TunnelArgs) -> anyhow::Result<PathBuf> {
+    let name = conf_path(tunnel)?;
+    let name = name.file_name().context("a file name")?;
+    Ok(tunnel.runtime_dir.join(name))
+}
+
+/// Brings the tunnel up with `wg-quick up` from a configuration under the
+/// runtime directory: no unit is enabled, nothing is written to the
+/// wg-quick directory, so it is gone after a reboot (the field client's
+/// `configure` and `--configure-wg`).
+pub async fn bring_up(
+    tunnel: &TunnelArgs,
+    allocation: &Allocation,
+    check: Option<Duration>,
+) -> anyhow::Result<()> {
+    let path = runtime_conf_path(tunnel)?;
+    let text = conf_text(allocation)?;
+    std::fs::create_dir_all(&tunnel.runtime_dir)
+        .and_then(|()| {
+            std::fs::set_permissions(&tunnel.runtime_dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .with_context(|| format!("creating {}", tunnel.runtime_dir.display()))?;
+    let iface = &tunnel.interface;
+    if interface_exists(iface) {
+        // Replacing a running tunnel: take it down first, from the
+        // configuration it came up with while that is still the old one.
+        take_down(tunnel, &path)?;
+    }
+    files::write_atomic(&path, text.as_bytes(), CONF_MODE)?;
+    eprintln!("wrote {}", path.display());
+    run(Command::new("wg-quick").arg("up").arg(&path))?;
+    eprintln!("brought {iface} up with `wg-quick up` (not persistent: `install` makes it so)");
+    finish(iface, &path, "runtime", allocation, check).await
+}
+
+/// Takes interface IFACE down: with wg-quick from the configuration it
+/// came up with (the runtime one, else the installed one), else by
+/// deleting the link.
+fn take_down(tunnel: &TunnelArgs, runtime: &Path) -> anyhow::Result<()> {
+    let iface = &tunnel.interface;
+    let installed = conf_path(tunnel)?;
+    let down = [runtime, installed.as_path()]
+        .into_iter()
+        .filter(|p| p.exists())
+        .any(|p| run(Command::new("wg-quick").arg("down").arg(p)).is_ok());
+    if !down {
+        run(Command::new("ip").args(["link", "del", "dev", iface]))?;
+    }
+    Ok(())
+}
+
 /// Writes the configuration and (re)starts the tunnel; with `check`, waits
 /// that long for the gateway to answer through it.
 pub async fn apply(
@@ -53,9 +120,17 @@ pub async fn apply(
     let path = conf_path(tunnel)?;
     let text = conf_text(allocation)?;
     let mode = mode(tunnel)?;
+    let iface = &tunnel.interface;
+    let runtime = runtime_conf_path(tunnel)?;
+    if runtime.exists() {
+        // A tunnel `configure` brought up gives way to the installed one.
+        if interface_exists(iface) {
+            take_down(tunnel, &runtime)?;
+        }
+        files::remove(&runtime)?;
+    }
     files::write_atomic(&path, text.as_bytes(), CONF_MODE)?;
     eprintln!("wrote {}", path.display());
-    let iface = &tunnel.interface;
     match &mode {
         Mode::Systemd => {
             let unit = format!("wg-quick@{iface}");
@@ -77,6 +152,17 @@ pub async fn apply(
             );
         }
     }
+    finish(iface, &path, mode.name(), allocation, check).await
+}
+
+/// Checks the gateway (with `check`) and prints the result line.
+async fn finish(
+    iface: &str,
+    path: &Path,
+    mode: &str,
+    allocation: &Allocation,
+    check: Option<Duration>,
+) -> anyhow::Result<()> {
     let answered = match check {
         Some(limit) => {
             let took = ping_gateway(iface, &allocation.gateway, limit).await?;
@@ -94,7 +180,7 @@ pub async fn apply(
         json!({
             "interface": iface,
             "config": path.display().to_string(),
-            "mode": mode.name(),
+            "mode": mode,
             "address": tunnel_address(&allocation.prefix)?.to_string(),
             "gateway": allocation.gateway,
             "gateway_answers": answered,
@@ -107,6 +193,15 @@ pub async fn apply(
 pub fn remove(tunnel: &TunnelArgs) -> anyhow::Result<()> {
     let path = conf_path(tunnel)?;
     let iface = &tunnel.interface;
+    let runtime = runtime_conf_path(tunnel)?;
+    if runtime.exists() {
+        // A tunnel `configure` brought up.
+        if interface_exists(iface) {
+            take_down(tunnel, &runtime)?;
+            eprintln!("took {iface} down");
+        }
+        files::remove(&runtime)?;
+    }
     match mode(tunnel)? {
         Mode::Systemd => {
             let unit = format!("wg-quick@{iface}");
@@ -375,6 +470,7 @@ mod tests {
             interface: name.into(),
             wg_config_dir: "/tmp/wg".into(),
             service_manager: ServiceManager::Direct,
+            runtime_dir: "/run/x".into(),
         };
         assert_eq!(
             conf_path(&tunnel("blockhost0")).unwrap(),

@@ -2,7 +2,10 @@
 //! written), the persistent `server.key` the broker encrypts its answers to,
 //! and a fresh WireGuard key pair per request.
 
-use std::path::Path;
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::Path,
+};
 
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context as _;
@@ -11,11 +14,34 @@ use wireguard_control::Key;
 
 pub const SERVER_KEY_FILE: &str = "server.key";
 
-/// The wallet signer from a key file that only its owner can read.
+/// The wallet signer from a key file that only its owner (and BlockHost's
+/// group) can read.
 pub fn wallet(path: &Path) -> anyhow::Result<PrivateKeySigner> {
     let what = || format!("wallet key {}", path.display());
-    keys::check_private(path).with_context(what)?;
+    check_key_file(path).with_context(what)?;
     keys::read_signer(path).with_context(what)
+}
+
+/// The group BlockHost's components read its keys through.
+const KEY_GROUP: &str = "blockhost";
+
+/// Refuses a key file others can use. BlockHost installs its keys
+/// (`deployer.key`, the wallet the field client is given, and `server.key`)
+/// root:blockhost 0640, its components reading them through the group: that
+/// is accepted, as 0600 is; any access for others, group write, or group
+/// read for a group other than root's or blockhost's is not.
+pub fn check_key_file(path: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    let gid = meta.gid();
+    let trusted_group = gid == 0 || crate::files::group_id(KEY_GROUP) == Some(gid);
+    if mode & 0o007 != 0 || mode & 0o030 != 0 || (mode & 0o070 != 0 && !trusted_group) {
+        anyhow::bail!(
+            "{} is readable by group or others (mode {mode:04o}, group {gid}): chmod 600 it (0640 is accepted only for group root or {KEY_GROUP})",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The client's secp256k1 key pair (wire-protocol §3 `serverPubkey`).
@@ -38,7 +64,7 @@ pub fn server_key(config_dir: &Path) -> anyhow::Result<ServerKey> {
     let path = config_dir.join(SERVER_KEY_FILE);
     let what = || format!("server key {}", path.display());
     if path.exists() {
-        keys::check_private(&path).with_context(what)?;
+        check_key_file(&path).with_context(what)?;
         let secret = keys::read_secret(&path).with_context(what)?;
         let public = protocol::public_key(&secret)
             .with_context(|| format!("{}: not a valid secp256k1 secret key", what()))?;
@@ -80,9 +106,31 @@ pub fn parse_wg_key(what: &str, text: &str) -> anyhow::Result<Key> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
     use super::*;
+
+    /// BlockHost's own layout (root:blockhost 0640) must work unchanged;
+    /// wider modes must not.
+    #[test]
+    fn key_files_as_blockhost_installs_them_are_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deployer.key");
+        std::fs::write(&path, "00").unwrap();
+        let gid = std::fs::metadata(&path).unwrap().gid();
+        let trusted = gid == 0 || crate::files::group_id(KEY_GROUP) == Some(gid);
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, trusted),
+            (0o440, trusted),
+            (0o660, false),
+            (0o644, false),
+            (0o604, false),
+            (0o602, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(check_key_file(&path).is_ok(), ok, "{mode:o} (group {gid})");
+        }
+    }
 
     #[test]
     fn server_key_is_created_once_then_reused() {

@@ -3,6 +3,7 @@
 //! "Client" section).
 
 mod cli;
+mod discovery;
 mod files;
 mod install;
 mod keys;
@@ -14,15 +15,14 @@ mod status;
 
 use std::process::ExitCode;
 
-use alloy::{primitives::Address, signers::local::PrivateKeySigner};
-use anyhow::Context as _;
+use alloy::signers::local::PrivateKeySigner;
 use broker_contracts::{
     chain::{ChainOptions, Connection},
     error_text::one_line,
 };
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command, Global};
+use crate::cli::{Cli, Command, Global, Source};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -33,12 +33,18 @@ fn main() -> ExitCode {
                 e.exit();
             }
             // clap's message and a usage hint take several lines: keep
-            // the first, which says what is wrong.
+            // the paragraph that says what is wrong (a missing argument
+            // is named on the line after the first).
             let text = e.to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let what: Vec<&str> = text
+                .lines()
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
             eprintln!(
                 "broker-client: {} (see --help)",
-                one_line(first.trim_start_matches("error: "))
+                one_line(what.join(" ").trim_start_matches("error: "))
             );
             return ExitCode::from(2);
         }
@@ -67,27 +73,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match &cli.command {
         Command::Request(args) => {
-            let registry = registry_contract(g)?;
             let wallet = keys::wallet(&args.wallet.wallet_key)?;
             let chain = connect(g, Some(wallet)).await?;
+            // A broker named directly needs no registry (as in the field
+            // client).
+            let registry = match args.requests_contract {
+                Some(_) => None,
+                None => Some(discovery::resolve(g, chain.chain_id()).await?),
+            };
             request::request(g, args, &chain, registry).await
         }
         Command::Renew(args) => {
             let wallet = keys::wallet(&args.wallet.wallet_key)?;
             let chain = connect(g, Some(wallet)).await?;
-            request::renew(g, args, &chain, g.registry_contract).await
+            let registry = discovery::named_or_known(g, chain.chain_id())?;
+            request::renew(g, args, &chain, registry.map(|r| r.address)).await
         }
         Command::Status(args) => {
-            let chain = match (&g.rpc_url, g.chain_id) {
-                (Some(_), Some(_)) => Some(connect(g, None).await?),
-                _ => None,
+            // The chain is read when it was configured or an on-chain
+            // lookup was asked for; the defaults alone contact nothing.
+            let (_, source) = g.rpc_url();
+            let chain = if source != Source::Default || args.requests_contract.is_some() {
+                Some(connect(g, None).await?)
+            } else {
+                None
             };
             status::status(g, args, chain.as_ref()).await
         }
         Command::ListBrokers(args) => {
-            let registry = registry_contract(g)?;
             let chain = connect(g, None).await?;
-            let brokers = registry::list(&chain, registry).await?;
+            let registry = discovery::resolve(g, chain.chain_id()).await?;
+            eprintln!("brokers of {}", registry.describe());
+            let brokers = registry::list(&chain, registry.address).await?;
+            discovery::remember(&g.config_dir, chain.chain_id(), &registry);
             if args.json {
                 println!("{}", serde_json::to_string(&brokers)?);
             } else {
@@ -95,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Configure(args) => install::configure(g, args).await,
         Command::Install(args) => install::install(g, args).await,
         Command::Release(args) => {
             let wallet = keys::wallet(&args.wallet.wallet_key)?;
@@ -104,18 +123,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn registry_contract(g: &Global) -> anyhow::Result<Address> {
-    g.registry_contract
-        .context("no registry: give --registry-contract or set BLOCKHOST_REGISTRY_CONTRACT")
-}
-
 async fn connect(g: &Global, wallet: Option<PrivateKeySigner>) -> anyhow::Result<Connection> {
-    let url = g
-        .rpc_url
-        .as_deref()
-        .context("no chain endpoint: give --rpc-url or set BLOCKHOST_RPC_URL")?;
-    let chain_id = g
-        .chain_id
-        .context("no chain id: give --chain-id or set BLOCKHOST_CHAIN_ID")?;
-    Ok(Connection::connect(url, chain_id, wallet, ChainOptions::default()).await?)
+    let (url, _) = g.rpc_url();
+    let (chain_id, _) = g.chain_id()?;
+    Ok(Connection::connect(&url, chain_id, wallet, ChainOptions::default()).await?)
 }

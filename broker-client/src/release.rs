@@ -7,14 +7,15 @@ use alloy::primitives::Address;
 use broker_contracts::{
     BrokerRequests,
     chain::{ChainError, Connection},
+    error_text::one_line,
 };
 use serde_json::json;
 
 use crate::{
     cli::{Global, ReleaseArgs},
+    discovery,
     files::{self, parse_address},
-    install,
-    request::current,
+    install, registry,
 };
 
 /// The contract's answer when the NFT contract has no current request.
@@ -26,16 +27,39 @@ pub async fn release(
     chain: &Connection,
 ) -> anyhow::Result<()> {
     let config_dir = &global.config_dir;
-    let (allocation, contract) = current(config_dir)?;
-    let nft = parse_address(
-        "nft_contract in the allocation file",
-        &allocation.nft_contract,
-    )?;
-    let requests = parse_address(
-        "requests_contract in broker-contract.json",
-        &contract.requests_contract,
-    )?;
-    let released = release_on_chain(chain, requests, nft).await?;
+    let allocation = files::read_allocation(config_dir)?;
+    let contract = files::read_contract(config_dir)?;
+    let nft = match (args.nft_contract, &allocation) {
+        (Some(nft), _) => nft,
+        (None, Some(a)) => parse_address("nft_contract in the allocation file", &a.nft_contract)?,
+        (None, None) => anyhow::bail!(
+            "no allocation: {} does not exist (give --nft-contract to release on chain anyway)",
+            files::allocation_path(config_dir).display()
+        ),
+    };
+    let requests = match (args.requests_contract, &contract) {
+        (Some(r), _) => r,
+        (None, Some(c)) => parse_address(
+            "requests_contract in broker-contract.json",
+            &c.requests_contract,
+        )?,
+        (None, None) => find_broker(global, chain, nft).await?,
+    };
+    let released = match release_on_chain(chain, requests, nft).await {
+        Ok(released) => released,
+        Err(e) if args.force => {
+            eprintln!(
+                "warning: the release on chain failed ({}); cleaning up locally (--force)",
+                one_line(&format!("{e:#}"))
+            );
+            false
+        }
+        Err(e) => {
+            return Err(
+                e.context("releasing on chain (--force cleans up locally even when this fails)")
+            );
+        }
+    };
     if files::remove(&files::allocation_path(config_dir))? {
         eprintln!("removed {}", files::allocation_path(config_dir).display());
     }
@@ -46,13 +70,39 @@ pub async fn release(
         "{}",
         json!({
             "released": released,
-            "prefix": allocation.prefix,
-            "request_id": allocation.request_id,
-            "requests_contract": contract.requests_contract,
+            "prefix": allocation.as_ref().map(|a| a.prefix.clone()),
+            "request_id": allocation.as_ref().map(|a| a.request_id),
+            "requests_contract": requests.to_string(),
             "tunnel_removed": args.cleanup_wg,
         })
     );
     Ok(())
+}
+
+/// The registry broker whose requests contract holds a request of `nft`
+/// (the field client's search when neither --requests-contract nor
+/// broker-contract.json says).
+async fn find_broker(global: &Global, chain: &Connection, nft: Address) -> anyhow::Result<Address> {
+    let registry = discovery::resolve(global, chain.chain_id()).await?;
+    eprintln!(
+        "looking for the broker holding {nft}'s request in {}",
+        registry.describe()
+    );
+    for broker in registry::list(chain, registry.address).await? {
+        let contract = BrokerRequests::new(broker.requests_contract, chain.provider());
+        if let Ok(id) = chain
+            .view(
+                "nftContractToRequestId",
+                contract.nftContractToRequestId(nft).call(),
+            )
+            .await
+            && !id.is_zero()
+        {
+            eprintln!("found request {id} at broker #{}", broker.id);
+            return Ok(broker.requests_contract);
+        }
+    }
+    anyhow::bail!("no broker of the registry holds a request of {nft} (give --requests-contract)")
 }
 
 /// True when this call released it; false when the chain had nothing to

@@ -5,22 +5,25 @@
 
 use std::{path::Path, time::Duration};
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, U256};
 use anyhow::Context as _;
 use broker_contracts::{
     BrokerRequests,
     chain::{ChainError, Connection},
+    error_text::one_line,
     protocol::RequestPayload,
 };
-use serde_json::json;
+use ipnet::Ipv6Net;
+use serde_json::{Value, json};
 
 use crate::{
     cli::{Global, RenewArgs, RequestArgs},
+    discovery::{self, Registry},
     files::{self, Allocation, BrokerContract, parse_address},
     install,
     keys::{self, ServerKey, WgKeys},
     registry::{self, ecies_key_from_hex},
-    response::{Outcome, Wait},
+    response::{Outcome, Wait, own_networks},
 };
 
 /// A broker as far as a request needs it.
@@ -39,6 +42,15 @@ impl Target {
             format!("broker #{}", self.broker_id)
         }
     }
+
+    /// As the final error lists the brokers tried.
+    fn short(&self) -> String {
+        if self.broker_id == 0 {
+            self.requests_contract.to_string()
+        } else {
+            format!("#{}", self.broker_id)
+        }
+    }
 }
 
 /// Everything that stays the same across attempts.
@@ -49,6 +61,8 @@ struct Session<'a> {
     timeout: Duration,
     poll: Duration,
     attempts: u32,
+    /// The server's own networks, which no answer may overlap.
+    own: &'a [Ipv6Net],
 }
 
 /// Why a broker gave no allocation.
@@ -75,14 +89,32 @@ pub async fn request(
     global: &Global,
     args: &RequestArgs,
     chain: &Connection,
-    registry_contract: Address,
+    registry: Option<Registry>,
 ) -> anyhow::Result<()> {
     let config_dir = &global.config_dir;
+    let existing = files::read_allocation(config_dir)?;
     if !args.force
-        && let Some(existing) = files::read_allocation(config_dir)?
+        && let Some(existing) = &existing
     {
+        // The field client run again (an installer re-run) recovers the
+        // allocation it has: so does this one, sending nothing, when the
+        // chain still shows it as the NFT contract's answered request.
+        let why = match still_held(config_dir, existing, args.nft_contract, chain).await {
+            Ok(contract) => {
+                eprintln!(
+                    "already allocated: prefix {} (request {}); nothing sent (`renew` for a new key, --force for a new request)",
+                    existing.prefix, existing.request_id
+                );
+                println!("{}", summary(existing, &contract)?);
+                if args.configure_wg {
+                    install::bring_up(&args.tunnel, existing, None).await?;
+                }
+                return Ok(());
+            }
+            Err(why) => why,
+        };
         anyhow::bail!(
-            "{} already holds prefix {} (request {}): use `renew` to change its key, `release` to give it up, or --force",
+            "{} already holds prefix {} (request {}), {why}: use `renew` to change its key, `release` to give it up, or --force",
             files::allocation_path(config_dir).display(),
             existing.prefix,
             existing.request_id
@@ -92,16 +124,56 @@ pub async fn request(
         anyhow::bail!("--attempts must be at least 1");
     }
     let (timeout, poll) = durations(global)?;
+    if args.configure_wg {
+        // Checked before anything is sent.
+        install::runtime_conf_path(&args.tunnel)?;
+    }
     chain
         .require_contract("the NFT contract", args.nft_contract)
         .await?;
     let server = keys::server_key(config_dir)?;
-    let brokers = registry::list(chain, registry_contract).await?;
-    let (candidates, skipped) =
-        registry::candidates(&brokers, args.region.as_deref(), args.broker_id)?;
-    for reason in skipped {
-        eprintln!("skipping broker {reason}");
-    }
+    let candidates = match (&registry, args.requests_contract, &args.broker_pubkey) {
+        (_, Some(requests_contract), Some(pubkey)) => {
+            let ecies_key = ecies_key_from_hex(pubkey).with_context(|| {
+                format!(
+                    "--broker-pubkey {:?} is not a secp256k1 public key (130 hex digits, 04‖X‖Y)",
+                    one_line(pubkey)
+                )
+            })?;
+            chain
+                .require_contract("the requests contract", requests_contract)
+                .await?;
+            eprintln!("using the broker at {requests_contract} directly (no registry)");
+            vec![Target {
+                broker_id: 0,
+                requests_contract,
+                ecies_key,
+            }]
+        }
+        (Some(registry), _, _) => {
+            eprintln!("brokers of {}", registry.describe());
+            let brokers = registry::list(chain, registry.address).await?;
+            discovery::remember(config_dir, chain.chain_id(), registry);
+            let (candidates, skipped) =
+                registry::candidates(&brokers, args.region.as_deref(), args.broker_id)?;
+            for reason in skipped {
+                eprintln!("skipping broker {reason}");
+            }
+            candidates
+                .iter()
+                .map(|broker| Target {
+                    broker_id: broker.id,
+                    requests_contract: broker.requests_contract,
+                    ecies_key: broker.ecies_key().expect("candidates have valid keys"),
+                })
+                .collect()
+        }
+        _ => anyhow::bail!("no registry and no --requests-contract with --broker-pubkey"),
+    };
+    // A forced request replaces our own allocation: its prefix may be
+    // answered again.
+    let replaced = existing.as_ref().and_then(|a| a.prefix.parse().ok());
+    let own = own_networks(replaced).context("reading this server's addresses")?;
     let session = Session {
         chain,
         nft: args.nft_contract,
@@ -109,32 +181,31 @@ pub async fn request(
         timeout,
         poll,
         attempts: args.attempts,
+        own: &own,
     };
     let mut failures = Vec::new();
-    for (i, broker) in candidates.iter().enumerate() {
-        let target = Target {
-            broker_id: broker.id,
-            requests_contract: broker.requests_contract,
-            ecies_key: broker.ecies_key().expect("candidates have valid keys"),
-        };
-        eprintln!(
-            "trying broker #{} (region {:?}, requests contract {})",
-            broker.id, broker.region, broker.requests_contract
-        );
-        match session.obtain(&target).await {
-            Ok(allocation) => return finish(config_dir, &target, &allocation, None),
+    for (i, target) in candidates.iter().enumerate() {
+        eprintln!("trying {}", target.label());
+        match session.obtain(target).await {
+            Ok(allocation) => {
+                finish(config_dir, target, &allocation, None)?;
+                if args.configure_wg {
+                    install::bring_up(&args.tunnel, &allocation, None).await?;
+                }
+                return Ok(());
+            }
             Err(failure) => {
                 let more = i + 1 < candidates.len();
                 eprintln!(
-                    "broker #{} failed: {}{}",
-                    broker.id,
+                    "{} failed: {}{}",
+                    target.label(),
                     failure.reason,
                     if more { "; trying the next broker" } else { "" }
                 );
                 if failure.pending {
-                    session.withdraw(&target).await;
+                    session.withdraw(target).await;
                 }
-                failures.push(format!("#{}: {}", broker.id, failure.reason));
+                failures.push(format!("{}: {}", target.short(), failure.reason));
             }
         }
     }
@@ -152,8 +223,23 @@ pub async fn renew(
     if args.attempts == 0 {
         anyhow::bail!("--attempts must be at least 1");
     }
-    let (old, contract) = current(config_dir)?;
-    let nft = parse_address("nft_contract in the allocation file", &old.nft_contract)?;
+    let old = files::read_allocation(config_dir)?;
+    let contract = files::read_contract(config_dir)?.with_context(|| {
+        format!(
+            "no allocation to renew: {} does not exist (run `request` first)",
+            files::contract_path(config_dir).display()
+        )
+    })?;
+    let nft = match (args.nft_contract, &old) {
+        (Some(nft), _) => nft,
+        (None, Some(old)) => {
+            parse_address("nft_contract in the allocation file", &old.nft_contract)?
+        }
+        (None, None) => anyhow::bail!(
+            "no allocation: {} does not exist (give --nft-contract, or run `request` first)",
+            files::allocation_path(config_dir).display()
+        ),
+    };
     let requests = parse_address(
         "requests_contract in broker-contract.json",
         &contract.requests_contract,
@@ -189,6 +275,8 @@ pub async fn renew(
         requests_contract: requests,
         ecies_key,
     };
+    let replaced = old.as_ref().and_then(|a| a.prefix.parse().ok());
+    let own = own_networks(replaced).context("reading this server's addresses")?;
     let session = Session {
         chain,
         nft,
@@ -196,47 +284,37 @@ pub async fn renew(
         timeout,
         poll,
         attempts: args.attempts,
+        own: &own,
     };
     eprintln!(
-        "renewing prefix {} with {} (new WireGuard key)",
-        old.prefix,
+        "renewing {} with {} (new WireGuard key)",
+        old.as_ref()
+            .map(|a| format!("prefix {}", a.prefix))
+            .unwrap_or_else(|| format!("the allocation of {nft}")),
         target.label()
     );
     let allocation = session
         .obtain(&target)
         .await
         .map_err(|f| anyhow::anyhow!("{} failed: {}", target.label(), f.reason))?;
-    if allocation.prefix != old.prefix {
+    if let Some(old) = &old
+        && allocation.prefix != old.prefix
+    {
         eprintln!(
             "note: the broker answered with prefix {}, not {}",
             allocation.prefix, old.prefix
         );
     }
-    finish(config_dir, &target, &allocation, Some(&old))?;
+    finish(config_dir, &target, &allocation, old.as_ref())?;
     // An installed tunnel must follow the new key, or it stops working.
     let conf = install::conf_path(&args.tunnel)?;
     if conf.exists() {
         eprintln!("updating the installed tunnel {}", conf.display());
         install::apply(&args.tunnel, &allocation, None).await?;
+    } else if args.configure_wg || install::runtime_conf_path(&args.tunnel)?.exists() {
+        install::bring_up(&args.tunnel, &allocation, None).await?;
     }
     Ok(())
-}
-
-/// The allocation and broker files, both required.
-pub fn current(config_dir: &Path) -> anyhow::Result<(Allocation, BrokerContract)> {
-    let allocation = files::read_allocation(config_dir)?.with_context(|| {
-        format!(
-            "no allocation: {} does not exist (run `request` first)",
-            files::allocation_path(config_dir).display()
-        )
-    })?;
-    let contract = files::read_contract(config_dir)?.with_context(|| {
-        format!(
-            "{} does not exist (run `request` first)",
-            files::contract_path(config_dir).display()
-        )
-    })?;
-    Ok((allocation, contract))
 }
 
 /// Writes both files and prints the result on stdout (one JSON line).
@@ -260,22 +338,70 @@ fn finish(
         allocation.broker_endpoint,
         path.display()
     );
-    let mut summary = json!({
-        "prefix": allocation.prefix,
-        "gateway": allocation.gateway,
-        "tunnel_address": install::tunnel_address(&allocation.prefix)?.to_string(),
-        "broker_endpoint": allocation.broker_endpoint,
-        "broker_id": target.broker_id,
-        "requests_contract": contract.requests_contract,
-        "request_id": allocation.request_id,
-        "wg_public_key": allocation.wg_public_key,
-    });
+    let mut summary = summary(allocation, &contract)?;
     if let Some(old) = previous {
         summary["previous_request_id"] = json!(old.request_id);
         summary["prefix_kept"] = json!(old.prefix == allocation.prefix);
     }
     println!("{summary}");
     Ok(())
+}
+
+/// The result line of `request` and `renew`.
+fn summary(allocation: &Allocation, contract: &BrokerContract) -> anyhow::Result<Value> {
+    Ok(json!({
+        "prefix": allocation.prefix,
+        "gateway": allocation.gateway,
+        "tunnel_address": install::tunnel_address(&allocation.prefix)?.to_string(),
+        "broker_endpoint": allocation.broker_endpoint,
+        "broker_id": contract.broker_id,
+        "requests_contract": contract.requests_contract,
+        "request_id": allocation.request_id,
+        "wg_public_key": allocation.wg_public_key,
+    }))
+}
+
+/// The broker file when `existing` is `nft`'s allocation and its request is
+/// still the NFT contract's current, answered one; else why not.
+async fn still_held(
+    config_dir: &Path,
+    existing: &Allocation,
+    nft: Address,
+    chain: &Connection,
+) -> Result<BrokerContract, String> {
+    if existing.nft_contract.parse::<Address>().ok() != Some(nft) {
+        return Err(format!("for NFT contract {}", existing.nft_contract));
+    }
+    let contract = match files::read_contract(config_dir) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err("without broker-contract.json".into()),
+        Err(e) => return Err(format!("{e:#}")),
+    };
+    let requests = contract
+        .requests_contract
+        .parse::<Address>()
+        .map_err(|_| "with an unreadable broker-contract.json".to_string())?;
+    let requests_contract = BrokerRequests::new(requests, chain.provider());
+    let current = chain
+        .view(
+            "nftContractToRequestId",
+            requests_contract.nftContractToRequestId(nft).call(),
+        )
+        .await
+        .map_err(|e| format!("unchecked on chain ({e})"))?;
+    if current != U256::from(existing.request_id) {
+        return Err(format!(
+            "no longer the NFT contract's current request on chain (that is {current})"
+        ));
+    }
+    let request = chain
+        .view("getRequest", requests_contract.getRequest(current).call())
+        .await
+        .map_err(|e| format!("unchecked on chain ({e})"))?;
+    if request.status != 1 {
+        return Err(format!("not answered on chain (status {})", request.status));
+    }
+    Ok(contract)
 }
 
 impl Session<'_> {
@@ -307,6 +433,7 @@ impl Session<'_> {
                 timeout: self.timeout,
                 poll: self.poll,
                 label: &target.label(),
+                own: self.own,
             };
             match wait.run().await {
                 Outcome::Answer(answer) => {

@@ -1,7 +1,7 @@
 //! `status`: the allocation as the files record it and, when a chain is
 //! configured, what the chain says of its request.
 
-use alloy::primitives::U256;
+use alloy::primitives::{Address, U256};
 use broker_contracts::{BrokerRequests, chain::Connection};
 use serde_json::{Value, json};
 
@@ -48,6 +48,11 @@ pub async fn status(
     if let (Some(chain), Some(a), Some(c)) = (chain, &allocation, &contract) {
         out["onchain"] = onchain(chain, a, c).await?;
     }
+    if let (Some(chain), Some(nft), Some(requests)) =
+        (chain, args.nft_contract, args.requests_contract)
+    {
+        out["lookup"] = lookup(chain, nft, requests).await?;
+    }
     if args.json {
         println!("{out}");
         return Ok(());
@@ -68,11 +73,15 @@ pub async fn status(
     }
     if out["onchain"].is_null() {
         if allocation.is_some() && chain.is_none() {
-            println!("on chain: not checked (no --rpc-url / --chain-id)");
+            println!("on chain: not checked (no --rpc-url / BLOCKHOST_RPC_URL / ETH_RPC_URL)");
         }
     } else {
         println!("on chain:");
         print_fields(&out["onchain"]);
+    }
+    if let Some(l) = out.get("lookup") {
+        println!("on chain, the NFT contract's current request:");
+        print_fields(l);
     }
     Ok(())
 }
@@ -88,6 +97,37 @@ fn print_fields(v: &Value) {
             println!("  {k}: {shown}");
         }
     }
+}
+
+/// The field client's `status --nft-contract --requests-contract`: the
+/// NFT contract's current request at that broker.
+async fn lookup(chain: &Connection, nft: Address, requests: Address) -> anyhow::Result<Value> {
+    let contract = BrokerRequests::new(requests, chain.provider());
+    let current = chain
+        .view(
+            "nftContractToRequestId",
+            contract.nftContractToRequestId(nft).call(),
+        )
+        .await?;
+    let status = if current.is_zero() {
+        Value::Null
+    } else {
+        let request = chain
+            .view("getRequest", contract.getRequest(current).call())
+            .await?;
+        json!(
+            STATUS_NAMES
+                .get(usize::from(request.status))
+                .copied()
+                .unwrap_or("unknown")
+        )
+    };
+    Ok(json!({
+        "nft_contract": nft.to_string(),
+        "requests_contract": requests.to_string(),
+        "current_request_id": current.to_string(),
+        "status": status,
+    }))
 }
 
 async fn onchain(

@@ -170,6 +170,8 @@ async fn request_writes_the_files_of_section_7() {
         [
             "broker-allocation.json",
             "broker-contract.json",
+            // The registry used (named here: recorded, never checked).
+            "known-registry.json",
             "server.key"
         ]
     );
@@ -182,9 +184,29 @@ async fn request_writes_the_files_of_section_7() {
     let text = env.run(&["status"]).await;
     assert!(text.ok().stdout.contains("prefix: 2001:db8:0:1::100/120"));
 
-    // A second request is refused while the allocation exists.
+    // Run again (as an installer re-run does): the allocation it holds is
+    // still the answered one on chain, so nothing is sent and it succeeds.
+    let before = std::fs::read_to_string(&alloc_path).unwrap();
     let again = env.request(&[]).await;
-    assert!(again.one_line_error().contains("use `renew`"));
+    assert_eq!(again.ok().json()["request_id"], 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already allocated"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(responder.seen().len(), 1);
+    assert_eq!(std::fs::read_to_string(&alloc_path).unwrap(), before);
+    // For another NFT contract it is refused.
+    let other = env.dev.requests.to_string();
+    let wallet = env.wallet_key.to_str().unwrap();
+    let refused = env
+        .run(&["request", "--nft-contract", &other, "--wallet-key", wallet])
+        .await;
+    let line = refused.one_line_error();
+    assert!(
+        line.contains("for NFT contract") && line.contains("use `renew`"),
+        "{line}"
+    );
     env.done("request_writes_the_files_of_section_7");
 }
 
@@ -339,7 +361,7 @@ async fn release_frees_the_allocation_on_chain_and_locally() {
             "--wallet-key",
             wallet,
             "--cleanup-wg",
-            "--interface",
+            "--interface", // our name, an alias of --wg-interface
             "bbt-none0",
             "--service-manager",
             "direct",
@@ -439,7 +461,50 @@ async fn bad_inputs_end_in_one_line_errors() {
         (
             request(&nft, &wallet),
             vec![("BLOCKHOST_REGISTRY_CONTRACT", "")],
-            "no registry",
+            "reading the registry file http://127.0.0.1:9/registry.json",
+            1,
+        ),
+        (
+            request(&nft, &wallet),
+            vec![
+                ("BLOCKHOST_REGISTRY_CONTRACT", ""),
+                ("BLOCKHOST_REGISTRY_URL", "ftp://127.0.0.1:9/registry.json"),
+            ],
+            "is not an http or https URL",
+            1,
+        ),
+        (
+            request(&nft, &wallet),
+            vec![("BLOCKHOST_CHAIN_ID", ""), ("ETH_CHAIN_ID", "sepolia")],
+            "ETH_CHAIN_ID \"sepolia\" is not a chain id",
+            1,
+        ),
+        (
+            {
+                let mut v = request(&nft, &wallet);
+                v.extend([
+                    "--requests-contract".to_string(),
+                    env.dev.requests.to_string(),
+                ]);
+                v
+            },
+            vec![],
+            "--broker-pubkey",
+            2,
+        ),
+        (
+            {
+                let mut v = request(&nft, &wallet);
+                v.extend([
+                    "--requests-contract".to_string(),
+                    env.dev.requests.to_string(),
+                    "--broker-pubkey".into(),
+                    "04abcd".into(),
+                ]);
+                v
+            },
+            vec![],
+            "--broker-pubkey \"04abcd\" is not a secp256k1 public key",
             1,
         ),
         (
@@ -513,4 +578,149 @@ async fn bad_inputs_end_in_one_line_errors() {
     assert!(!env.config_dir().join("broker-allocation.json").exists());
     assert_eq!(env.current_request(env.dev.requests).await, 0);
     env.done("bad_inputs_end_in_one_line_errors");
+}
+
+/// Where the chain comes from: flag > BLOCKHOST_* > ETH_* > the default
+/// (the default is never contacted: a wrong higher one must win).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_flags_then_blockhost_then_eth_variables() {
+    let env = Env::start().await;
+    let good = env.dev.rpc_url.clone();
+    let good_id = env.dev.chain_id.to_string();
+    let bad = "http://127.0.0.1:9";
+    let registry = env.dev.registry.to_string();
+    // (arguments, environment ("" removes), expected: Ok or the error text)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, Result<(), &'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![],
+            vec![("BLOCKHOST_RPC_URL", ""), ("ETH_RPC_URL", &good)],
+            Ok(()),
+        ),
+        (vec![], vec![("ETH_RPC_URL", bad)], Ok(())),
+        (
+            vec!["--rpc-url", &good],
+            vec![("BLOCKHOST_RPC_URL", bad), ("ETH_RPC_URL", bad)],
+            Ok(()),
+        ),
+        (
+            vec![],
+            vec![("BLOCKHOST_RPC_URL", bad), ("ETH_RPC_URL", &good)],
+            Err("cannot reach the RPC endpoint http://127.0.0.1:9"),
+        ),
+        (
+            vec![],
+            vec![("BLOCKHOST_CHAIN_ID", ""), ("ETH_CHAIN_ID", &good_id)],
+            Ok(()),
+        ),
+        (vec![], vec![("ETH_CHAIN_ID", "1")], Ok(())),
+        (
+            vec!["--chain-id", &good_id],
+            vec![("BLOCKHOST_CHAIN_ID", "1"), ("ETH_CHAIN_ID", "1")],
+            Ok(()),
+        ),
+        (
+            vec![],
+            vec![("BLOCKHOST_CHAIN_ID", ""), ("ETH_CHAIN_ID", "1")],
+            Err("wrong chain"),
+        ),
+        // No chain id anywhere: Sepolia's, which this chain is not.
+        (vec![], vec![("BLOCKHOST_CHAIN_ID", "")], Err("11155111")),
+        // The field client's name for the registry.
+        (
+            vec![],
+            vec![
+                ("BLOCKHOST_REGISTRY_CONTRACT", ""),
+                ("BROKER_REGISTRY_CONTRACT", &registry),
+            ],
+            Ok(()),
+        ),
+        (
+            vec![],
+            vec![(
+                "BROKER_REGISTRY_CONTRACT",
+                "0x00000000000000000000000000000000000000aa",
+            )],
+            Ok(()),
+        ),
+    ];
+    for (extra, vars, expect) in cases {
+        let mut args = vec!["list-brokers", "--json"];
+        args.extend(extra);
+        let mut cmd = env.command(&args);
+        for (k, v) in &vars {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let run = support::run(cmd).await;
+        match expect {
+            Ok(()) => {
+                let brokers = run.ok().json();
+                assert_eq!(brokers[0]["id"], 1, "{args:?} {vars:?}");
+            }
+            Err(text) => {
+                let line = run.one_line_error();
+                assert!(line.contains(text), "{args:?} {vars:?}: {line}");
+            }
+        }
+    }
+    env.done("settings_come_from_flags_then_blockhost_then_eth_variables");
+}
+
+/// The registry file: read once, remembered, a changed one refused, a
+/// local one preferred (served here from a file: URL-less, by the local
+/// path; the HTTP path is the lab's drop-in test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_registry_file_is_refused_unless_accepted() {
+    let env = Env::start().await;
+    let file = |address: &str, chain: u64| {
+        format!(
+            "{{\"registry_contract\": \"{address}\", \"chain_id\": {chain}, \"network\": \"dev\"}}"
+        )
+    };
+    let local = env.config_dir().join("registry.json");
+    let registry = env.dev.registry.to_string();
+    let list = |extra: &'static [&'static str]| {
+        let mut args = vec!["list-brokers", "--json"];
+        args.extend_from_slice(extra);
+        let mut cmd = env.command(&args);
+        cmd.env_remove("BLOCKHOST_REGISTRY_CONTRACT");
+        cmd
+    };
+    write_new(&local, &file(&registry, env.dev.chain_id), 0o644).unwrap();
+    let first = support::run(list(&[])).await;
+    assert_eq!(first.ok().json()[0]["id"], 1);
+    let known: Value = read_json(&env.config_dir().join("known-registry.json"));
+    let entry = &known[env.dev.chain_id.to_string()];
+    assert_eq!(entry["registry_contract"], registry);
+    assert_eq!(entry["source"], local.display().to_string());
+
+    // Another chain's file: refused whatever the address.
+    std::fs::write(&local, file(&registry, 1)).unwrap();
+    let line = support::run(list(&[])).await.one_line_error();
+    assert!(line.contains("is for chain 1 (dev), not chain"), "{line}");
+
+    let other = "0x00000000000000000000000000000000000000aa";
+    std::fs::write(&local, file(other, env.dev.chain_id)).unwrap();
+    let line = support::run(list(&[])).await.one_line_error();
+    assert!(line.contains("--accept-new-registry"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "names {}, not {registry} used before",
+            other.parse::<alloy::primitives::Address>().unwrap()
+        )),
+        "{line}"
+    );
+    // Accepted: the new address is used (and has no contract here).
+    let line = support::run(list(&["--accept-new-registry"]))
+        .await
+        .one_line_error();
+    assert!(line.contains("no contract at"), "{line}");
+    // Naming a registry needs no file and no acceptance.
+    let named = env.run(&["list-brokers", "--json"]).await;
+    assert_eq!(named.ok().json()[0]["id"], 1);
+    env.done("a_changed_registry_file_is_refused_unless_accepted");
 }

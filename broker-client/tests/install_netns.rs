@@ -111,11 +111,7 @@ async fn install_brings_the_tunnel_up_and_the_gateway_answers() {
     let _client_wg = WireguardGo::guard(&server_ns, &client_if);
 
     let mut cmd = server_ns.command(CLIENT_BIN);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("BLOCKHOST_") {
-            cmd.env_remove(k);
-        }
-    }
+    support::clean_env(&mut cmd);
     cmd.args(["install", "--interface", &client_if])
         .arg("--config-dir")
         .arg(&config_dir)

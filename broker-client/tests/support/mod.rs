@@ -215,16 +215,14 @@ impl Env {
     /// else of ours from the caller's).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(CLIENT_BIN);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("BLOCKHOST_") {
-                cmd.env_remove(k);
-            }
-        }
+        clean_env(&mut cmd);
         cmd.env("BLOCKHOST_RPC_URL", &self.dev.rpc_url)
             .env("BLOCKHOST_CHAIN_ID", self.dev.chain_id.to_string())
             .env("BLOCKHOST_REGISTRY_CONTRACT", self.dev.registry.to_string())
             .env("BLOCKHOST_CONFIG_DIR", self.config_dir())
             .env("BLOCKHOST_WG_CONFIG_DIR", self.wg_dir())
+            .env("BLOCKHOST_RUNTIME_DIR", self.dir.path().join("run"))
+            .env("BLOCKHOST_REGISTRY_URL", UNREACHABLE_REGISTRY_URL)
             .env("BLOCKHOST_POLL_INTERVAL", "0.2")
             .args(args);
         cmd
@@ -264,6 +262,22 @@ impl Env {
 
     pub fn done(&self, test: &str) {
         eprintln!("{test}: {:.1} s", self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Where no registry file is: tests never read the published one.
+pub const UNREACHABLE_REGISTRY_URL: &str = "http://127.0.0.1:9/registry.json";
+
+/// Takes every variable the client reads out of `cmd`'s environment: the
+/// BLOCKHOST_* ones and the field client's names.
+pub fn clean_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("BLOCKHOST_")
+            || ["ETH_RPC_URL", "ETH_CHAIN_ID", "BROKER_REGISTRY_CONTRACT"].contains(&k.as_str())
+        {
+            cmd.env_remove(k);
+        }
     }
 }
 
