@@ -383,6 +383,33 @@ fn image_test() -> anyhow::Result<()> {
     let to_active = vm.wait_active(ACTIVE_LIMIT)?;
     eprintln!("blockhost-broker active {to_active:.0?} later (setup ran from cloud-init)");
 
+    // The console said how to set the broker up: the banner is written
+    // before the login prompt, before cloud-init's setup has run.
+    let console = String::from_utf8_lossy(&fs::read(&vm.console)?).into_owned();
+    ensure!(
+        console.contains("blockhost-broker is not configured yet")
+            && console.contains("blockhost-broker setup"),
+        "the console never told the operator to run `blockhost-broker setup`:\n{}",
+        vm.console_tail()
+    );
+    // The ssh login message, now that it is set up, says its state.
+    let motd = vm.sh("/etc/update-motd.d/60-blockhost-broker")?;
+    ensure!(
+        motd.contains("blockhost-broker: active"),
+        "the login message after setup: {motd}"
+    );
+    // Debian's kernels have WireGuard: the image uses it, not wireguard-go.
+    let link = vm.sh("ip -d link show wg-broker")?;
+    ensure!(
+        link.contains("wireguard"),
+        "wg-broker is not a kernel WireGuard interface: {link}"
+    );
+    ensure!(
+        vm.sh("pgrep -x wireguard-go").is_err(),
+        "wireguard-go runs in the image"
+    );
+    eprintln!("console banner, login message, kernel WireGuard: as expected");
+
     // (a) the unit is what the package says: notify, with a watchdog.
     let show = vm.sh("systemctl show -p Type -p WatchdogUSec -p NRestarts blockhost-broker")?;
     eprintln!("{}", show.trim());

@@ -18,18 +18,29 @@ pub struct Args {
     /// The blockhost-broker .deb to install. Default: `cargo xtask deb`'s
     /// newest target/debian/blockhost-broker_*.deb, built first.
     #[arg(long)]
-    deb: Option<PathBuf>,
+    pub deb: Option<PathBuf>,
     /// The disk's size as the VPS sees it (GiB); cloud-init grows the root
     /// file system to the provider's disk at first boot.
     #[arg(long, default_value_t = 2)]
-    size_gib: u64,
+    pub size_gib: u64,
     /// Keep the unpacked tree (target/image/build/rootfs) for inspection.
     #[arg(long)]
-    keep_tree: bool,
+    pub keep_tree: bool,
     /// Make the disk from the tree a previous `--keep-tree` build left,
     /// skipping mmdebstrap (for work on the disk stage).
     #[arg(long)]
-    from_kept_tree: bool,
+    pub from_kept_tree: bool,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            deb: None,
+            size_gib: 2,
+            keep_tree: false,
+            from_kept_tree: false,
+        }
+    }
 }
 
 /// What the image holds beyond mmdebstrap's `apt` variant (essential + apt).
@@ -69,7 +80,8 @@ pub fn mirror() -> String {
     std::env::var("BLOCKHOST_IMAGE_MIRROR").unwrap_or_else(|_| "http://deb.debian.org".into())
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Builds the image; its path.
+pub fn run(args: Args) -> anyhow::Result<PathBuf> {
     if !cmd::is_root() {
         bail!("`cargo xtask image` needs root (mmdebstrap's root mode, loop devices, mounts)");
     }
@@ -130,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         size as f64 / (1024.0 * 1024.0),
         args.size_gib
     );
-    Ok(())
+    Ok(qcow2)
 }
 
 /// The Debian 13 tree with the package and the image's files, by mmdebstrap.
@@ -184,7 +196,7 @@ fn tree(root: &Path, deb: &Path, rootfs: &Path, epoch: &str) -> anyhow::Result<(
     Ok(())
 }
 
-fn newest_deb(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn newest_deb(dir: &Path) -> anyhow::Result<PathBuf> {
     let mut debs: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("{} (run `cargo xtask deb`)", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -348,7 +360,7 @@ pub struct TestArgs {
     /// The image to boot. Default: the newest target/image/*.qcow2, built
     /// first by `cargo xtask image` when there is none.
     #[arg(long)]
-    image: Option<PathBuf>,
+    pub image: Option<PathBuf>,
 }
 
 /// `cargo xtask image-test`: boots the image under qemu (TCG) and checks it
@@ -362,15 +374,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
         Some(i) => i,
         None => match newest_image(&root.join("target/image")) {
             Some(i) => i,
-            None => {
-                run(Args {
-                    deb: None,
-                    size_gib: 2,
-                    keep_tree: false,
-                    from_kept_tree: false,
-                })?;
-                newest_image(&root.join("target/image")).context("the build made no image")?
-            }
+            None => run(Args::default())?,
         },
     };
     let image = fs::canonicalize(&image).with_context(|| format!("{}", image.display()))?;

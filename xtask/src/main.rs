@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         Command::Chain(args) => setup::run().and_then(|()| chain::run(args)),
         Command::Deb(args) => setup::run().and_then(|()| deb::run(args)),
         Command::DebTest(args) => setup::run().and_then(|()| deb::test(args)),
-        Command::Image(args) => setup::run().and_then(|()| image::run(args)),
+        Command::Image(args) => setup::run().and_then(|()| image::run(args).map(drop)),
         Command::ImageTest(args) => setup::run().and_then(|()| image::test(args)),
     };
     match result {

@@ -22,10 +22,11 @@ pub struct Args {
     /// qemu (`cargo xtask kernel-test`, a few minutes per kernel).
     #[arg(long)]
     no_kernels: bool,
-    /// Also build the Debian packages and run `deb-test` (a release build:
-    /// minutes when warm, much longer from a cold target/).
+    /// Skip the packages and the image: `deb-test` (install, upgrade,
+    /// remove, purge in a Debian 13 chroot), then `image` and `image-test`
+    /// (the VPS image booted under qemu). They need a release build.
     #[arg(long)]
-    deb: bool,
+    no_image: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -72,8 +73,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ..crate::kernel_test::Args::default()
         })?;
     }
-    if args.deb {
+    if !args.no_image {
+        eprintln!("test: the Debian packages (deb-test), then the VPS image built and booted");
         crate::deb::test(crate::deb::Args::default())?;
+        // The image of this very build: the package deb-test just made.
+        let image = crate::image::run(crate::image::Args {
+            deb: Some(crate::image::newest_deb(&root.join("target/debian"))?),
+            ..crate::image::Args::default()
+        })?;
+        crate::image::test(crate::image::TestArgs { image: Some(image) })?;
     }
     Ok(())
 }
