@@ -36,7 +36,7 @@ use crate::{
     api::{ApiError, ApiState, allocations, status},
     config::Config,
     operator::Released,
-    store::now,
+    store::{audit, now},
 };
 use login::{Expected, Logins, NONCE_SECS};
 use session::{KeyFileError, Session, SessionError, Sessions};
@@ -117,6 +117,7 @@ pub fn routes(state: &ApiState) -> Router<ApiState> {
         .route("/manager/api/logout", post(logout))
         .route("/manager/api/status", get(status::status))
         .route("/manager/api/allocations", get(allocations::list))
+        .route("/manager/api/requests", get(recent_requests))
         .route("/manager/api/allocations/{prefix}", delete(release))
         .route(
             "/manager/api/allocations/{addr}/{len}",
@@ -383,6 +384,14 @@ async fn logout(State(state): State<ApiState>, Extension(session): Extension<Ses
         set_cookie(&state, SESSION_COOKIE, "", 0),
     );
     response
+}
+
+/// `GET /manager/api/requests`: the audit log's last entries, newest
+/// first (what the daemon did with the recent requests, and why).
+async fn recent_requests(State(state): State<ApiState>) -> Json<Vec<audit::Entry>> {
+    let mut recent = state.handle.snapshot().recent.clone();
+    recent.reverse();
+    Json(recent)
 }
 
 /// `DELETE /manager/api/allocations/{prefix}`: the API's release, with what
