@@ -72,7 +72,10 @@ impl Message {
         let address: Address = address
             .parse()
             .map_err(|_| bad(&format!("{address:?} is not an address")))?;
-        if next("blank")? != "" || next("statement")? != STATEMENT || next("blank")? != "" {
+        if !next("blank")?.is_empty()
+            || next("statement")? != STATEMENT
+            || !next("blank")?.is_empty()
+        {
             return Err(bad("the statement is not this manager's"));
         }
         let mut field = |name: &str| -> Result<String, SiweError> {
