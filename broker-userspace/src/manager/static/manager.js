@@ -52,7 +52,11 @@ async function api(path, options = {}) {
   try { body = text ? JSON.parse(text) : null; } catch { body = text; }
   if (!response.ok) {
     const message = (body && body.error) || `${response.status} ${response.statusText}`;
-    if (response.status === 401 && session) signedOut(message);
+    // The browser drops the cookie when the session ends, so the server
+    // then sees none: say what happened rather than "not signed in".
+    if (response.status === 401 && session) {
+      signedOut(message === "not signed in" ? "Your session ended: sign in again." : message);
+    }
     throw new ApiError(response.status, message);
   }
   return body;
