@@ -165,7 +165,7 @@ const browser = await chromium.launch({
     "--no-first-run",
     "--no-pings",
     "--dns-prefetch-disable",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
   ],
 });
 

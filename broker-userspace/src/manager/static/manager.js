@@ -276,7 +276,7 @@ function showRecent(entries) {
     cell(row, EVENT_NAMES[e.event] || e.event);
     cell(row, e.request_id != null ? `#${e.request_id}` : "–", "mono");
     const detail = e.reason || e.prefix || e.transaction || "";
-    cell(row, detail, e.reason ? "" : "mono");
+    cell(row, detail, e.reason ? "" : "mono hash");
   }
 }
 
