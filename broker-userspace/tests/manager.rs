@@ -10,8 +10,9 @@ use alloy::{
     primitives::Address,
     signers::{SignerSync as _, local::PrivateKeySigner},
 };
-use broker_lab::{Lab, lab_test};
+use broker_lab::{Lab, lab_test, topology::BROKER_V4};
 use broker_userspace::{
+    config,
     ipam::Pool,
     manager::{CSRF_HEADER, LOGIN_BURST},
 };
@@ -24,12 +25,13 @@ const BASE: &str = "http://127.0.0.1:8080";
 const ADMIN_KEY: &str = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba";
 const STRANGER_KEY: &str = "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e";
 
-/// An answer: status, body (JSON or text), and the cookies set
-/// (`name=value`).
+/// An answer: status, body (JSON or text), the cookies set (`name=value`)
+/// and their whole `Set-Cookie` lines.
 struct Answer {
     status: StatusCode,
     body: Value,
     cookies: Vec<String>,
+    set_cookie: Vec<String>,
 }
 
 /// A request as a browser on the manager's page would make it.
@@ -79,20 +81,26 @@ impl<'a> Call<'a> {
 struct Browser {
     runtime: Option<tokio::runtime::Runtime>,
     client: reqwest::Client,
+    base: String,
 }
 
 impl Browser {
     fn new(lab: &Lab) -> anyhow::Result<Browser> {
+        Browser::at(lab, BASE, reqwest::Client::new())
+    }
+
+    fn at(lab: &Lab, base: &str, client: reqwest::Client) -> anyhow::Result<Browser> {
         Ok(Browser {
             runtime: Some(lab.net.broker.runtime()?),
-            client: reqwest::Client::new(),
+            client,
+            base: base.to_string(),
         })
     }
 
     async fn send(&self, call: Call<'_>) -> Answer {
         let mut request = self
             .client
-            .request(call.method, format!("{BASE}{}", call.path));
+            .request(call.method, format!("{}{}", self.base, call.path));
         if !call.cookies.is_empty() {
             request = request.header(header::COOKIE, call.cookies.join("; "));
         }
@@ -111,14 +119,15 @@ impl Browser {
                     .await
                     .unwrap_or_else(|e| panic!("{path}: {e}"));
                 let status = response.status();
-                let cookies = response
+                let set_cookie: Vec<String> = response
                     .headers()
                     .get_all(header::SET_COOKIE)
                     .iter()
-                    .map(|v| {
-                        let v = v.to_str().unwrap();
-                        v.split(';').next().unwrap().to_string()
-                    })
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .collect();
+                let cookies = set_cookie
+                    .iter()
+                    .map(|v| v.split(';').next().unwrap().to_string())
                     .collect();
                 let text = response.text().await.unwrap();
                 let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -126,6 +135,7 @@ impl Browser {
                     status,
                     body,
                     cookies,
+                    set_cookie,
                 }
             })
             .await
@@ -422,6 +432,70 @@ fn admins_sign_in_with_their_wallet_and_release_through_the_daemon() {
             .send(Call::get("/manager/api/session").cookie(&session))
             .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        Ok(())
+    });
+}
+
+#[test]
+fn over_tls_the_message_names_https_and_the_cookies_are_secure() {
+    let certs = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec![BROKER_V4.to_string()]).unwrap();
+    let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
+    let listen = format!("{BROKER_V4}:8443");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    lab_test("mgt", async |lab: &mut Lab| {
+        let admin: PrivateKeySigner = ADMIN_KEY.parse()?;
+        lab.config.manager.admins = vec![admin.address()];
+        lab.config.api = Some(config::Api {
+            listen: listen.parse()?,
+            tls_cert: Some(cert_file),
+            tls_key: Some(key_file),
+            insecure_plaintext: false,
+        });
+        lab.start_broker_serving(None)?;
+        let b = Browser::at(lab, &format!("https://{listen}"), client)?;
+        let a = b
+            .send(Call::get(&format!(
+                "/manager/api/login?address={}",
+                admin.address()
+            )))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let message = a.body["message"].as_str().unwrap().to_string();
+        assert!(
+            message.starts_with(&format!("{listen} wants you")),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("\nURI: https://{listen}/manager/\n")),
+            "{message}"
+        );
+        let line = &a.set_cookie[0];
+        for attribute in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Secure",
+            "Path=/manager/",
+            "Max-Age=300",
+        ] {
+            assert!(line.contains(attribute), "{attribute} not in {line}");
+        }
+        let a = b.login(&admin, &message, Some(&a.cookies[0])).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let session = a
+            .set_cookie
+            .iter()
+            .find(|c| c.starts_with("bhb_session="))
+            .unwrap();
+        for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Max-Age=3600"] {
+            assert!(session.contains(attribute), "{attribute} not in {session}");
+        }
         Ok(())
     });
 }

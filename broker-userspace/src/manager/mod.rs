@@ -24,7 +24,7 @@ use alloy::primitives::Address;
 use axum::{
     Extension, Json, Router,
     extract::{Path, Query, Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     middleware::Next,
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -133,8 +133,9 @@ pub fn routes(state: &ApiState) -> Router<ApiState> {
         .merge(signed_in)
 }
 
-/// The host the browser asked for (`Host`, or HTTP/2's authority).
-fn host(headers: &HeaderMap, request_uri: Option<&axum::http::Uri>) -> Option<String> {
+/// The host the browser asked for (`Host`, or HTTP/2's `:authority`, which
+/// arrives in the request's URI: browsers speak HTTP/2 over TLS).
+fn host(headers: &HeaderMap, request_uri: Option<&Uri>) -> Option<String> {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -188,6 +189,7 @@ struct Challenge {
 async fn begin_login(
     State(state): State<ApiState>,
     Query(query): Query<BeginQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let manager = &state.manager;
@@ -203,7 +205,7 @@ async fn begin_login(
     let address: Address = text
         .parse()
         .map_err(|_| bad_request(format!("{text:?} is not an Ethereum address")))?;
-    let host = host(&headers, None).ok_or_else(|| bad_request("no Host header"))?;
+    let host = host(&headers, Some(&uri)).ok_or_else(|| bad_request("no Host header"))?;
     let now = now();
     let nonce = manager.logins.issue(now);
     let message = siwe::Message {
@@ -259,10 +261,11 @@ impl SessionBody {
 /// `POST /manager/api/login` with the signed message: the session.
 async fn finish_login(
     State(state): State<ApiState>,
+    uri: Uri,
     headers: HeaderMap,
     Json(signed): Json<Signed>,
 ) -> Result<Response, ApiError> {
-    let host = host(&headers, None).ok_or_else(|| bad_request("no Host header"))?;
+    let host = host(&headers, Some(&uri)).ok_or_else(|| bad_request("no Host header"))?;
     let origin = origin_of(&state, &host);
     check_origin(&headers, &origin)?;
     let manager = &state.manager;
