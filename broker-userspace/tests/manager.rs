@@ -397,6 +397,19 @@ fn admins_sign_in_with_their_wallet_and_release_through_the_daemon() {
             "{}",
             a.body
         );
+        // And after a restart of the daemon (the same key: other sessions
+        // would hold).
+        lab.stop_broker()?;
+        lab.start_broker_serving(None)?;
+        let a = b
+            .send(Call::get("/manager/api/status").cookie(&session))
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.body);
+        assert!(
+            a.body["error"].as_str().unwrap().contains("logged out"),
+            "{}",
+            a.body
+        );
         let forged = session.replace("bhb_session=", "bhb_session=0");
         let a = b
             .send(Call::get("/manager/api/status").cookie(&forged))

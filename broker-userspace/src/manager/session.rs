@@ -1,6 +1,8 @@
 //! Sessions: a cookie the server signs (HMAC-SHA256) with a key kept 0600
 //! in the state directory, so a session outlives a restart of the daemon
-//! and nothing about it is held in memory but the logouts.
+//! and nothing about it lives only in memory. A logout is kept beside the
+//! key ([`LOGOUTS_FILE`]) until the session would have ended, so that it
+//! holds across a restart too.
 //!
 //! The cookie is `ID.ADDRESS.EXPIRES.MAC`: a random id, the admin's
 //! address, the end of the session (seconds since the epoch), and the MAC
@@ -24,6 +26,9 @@ use thiserror::Error;
 
 /// The key file's name in the state directory.
 pub const KEY_FILE: &str = "manager-session.key";
+/// The logged-out sessions (`ID EXPIRES` a line), so that a logout holds
+/// across a restart of the daemon.
+pub const LOGOUTS_FILE: &str = "manager-logouts";
 
 #[derive(Debug, Error)]
 pub enum KeyFileError {
@@ -62,6 +67,8 @@ pub struct Sessions {
     key: [u8; 32],
     /// Logged-out ids until they would have expired.
     ended: Mutex<HashMap<String, u64>>,
+    /// Where they are kept (None: in memory only, for tests).
+    logouts: Option<PathBuf>,
 }
 
 impl Sessions {
@@ -90,13 +97,43 @@ impl Sessions {
         }
         keys::check_private(&path)?;
         let key = keys::read_secret(&path)?;
-        Ok(Sessions::with_key(key))
+        let logouts = dir.join(LOGOUTS_FILE);
+        let now = crate::store::now();
+        let ended = match std::fs::read_to_string(&logouts) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| {
+                    let (id, until) = l.split_once(' ')?;
+                    Some((id.to_string(), until.parse::<u64>().ok()?))
+                })
+                .filter(|(_, until)| *until > now)
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
+            Err(source) => {
+                return Err(KeyFileError::Io {
+                    path: logouts,
+                    source,
+                });
+            }
+        };
+        // Rewritten without the expired ones.
+        write_logouts(&logouts, &ended).map_err(|source| KeyFileError::Io {
+            path: logouts.clone(),
+            source,
+        })?;
+        Ok(Sessions {
+            key,
+            ended: Mutex::new(ended),
+            logouts: Some(logouts),
+        })
     }
 
+    /// Sessions signed with `key`, their logouts in memory only.
     pub fn with_key(key: [u8; 32]) -> Sessions {
         Sessions {
             key,
             ended: Mutex::new(HashMap::new()),
+            logouts: None,
         }
     }
 
@@ -168,13 +205,36 @@ impl Sessions {
         presented.is_some_and(|p| bool::from(expected.as_bytes().ct_eq(p.as_bytes())))
     }
 
-    /// Ends `session`: its cookie is refused from now on.
+    /// Ends `session`: its cookie is refused from now on, after a restart
+    /// too.
     pub fn end(&self, session: &Session) {
-        self.ended
-            .lock()
-            .expect("not poisoned")
-            .insert(session.id.clone(), session.expires);
+        let mut ended = self.ended.lock().expect("not poisoned");
+        ended.insert(session.id.clone(), session.expires);
+        if let Some(path) = &self.logouts {
+            // Refused from now on either way; only a restart could forget it.
+            if let Err(e) = write_logouts(path, &ended) {
+                tracing::warn!("the manager's logouts {}: {e}", path.display());
+            }
+        }
     }
+}
+
+/// Replaces the logouts file (0600, atomically: a temporary file renamed).
+fn write_logouts(path: &Path, ended: &HashMap<String, u64>) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    for (id, until) in ended {
+        writeln!(file, "{id} {until}")?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
 }
 
 #[cfg(test)]
