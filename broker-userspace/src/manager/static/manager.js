@@ -245,7 +245,9 @@ function showAllocations(list) {
     row.insertCell().append(state);
     cell(row, a.prefix, "mono");
     cell(row, a.nft_contract, "mono");
-    cell(row, `#${a.request_id}`, "mono").title = `requests contract ${a.contract}`;
+    // Which watched contract the request came from: the primary or a legacy one.
+    const watched = ((lastStatus && lastStatus.contracts) || []).find((c) => c.address.toLowerCase() === a.contract.toLowerCase());
+    cell(row, `#${a.request_id} (${watched ? watched.role : "contract"})`, "mono").title = `requests contract ${a.contract}`;
     cell(row, when(a.last_seen_at));
     const button = document.createElement("button");
     button.type = "button";
