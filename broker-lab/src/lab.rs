@@ -511,6 +511,7 @@ fn broker_files(
             tls_key: None,
             insecure_plaintext: false,
         }),
+        manager: config::Manager::default(),
         database_path: dir.join("state/broker.redb"),
         onchain: config::Onchain {
             rpc_url: rpc_url.into(),

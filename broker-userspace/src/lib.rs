@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod host_ipv4;
 pub mod host_ipv6;
 pub mod ipam;
+pub mod manager;
 pub mod ndp;
 pub mod numbers;
 pub mod operator;

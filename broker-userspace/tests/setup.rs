@@ -28,6 +28,9 @@ use rexpect::session::{PtySession, spawn_command};
 /// The pool and size the operator picks (the lab's router routes the /48).
 const POOL: &str = "2001:db8:100::/48";
 const SIZE: &str = "120";
+/// The wallet the wizard is told to let into the manager.
+const MANAGER_ADMIN: alloy::primitives::Address =
+    alloy::primitives::address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
 
 /// Each expectation waits this long at most (a deployment is mined at once
 /// on anvil; the slowest step is the funds wait, which the test ends).
@@ -253,6 +256,9 @@ fn at_a_terminal_setup_goes_from_nothing_to_a_broker_that_answers() {
         answer(&mut p, "(host:port) [198.51.100.2:51820]: ", "")?;
         answer(&mut p, "bearer tokens) [y/N]: ", "y")?;
         answer(&mut p, "API address [127.0.0.1:8080]: ", "")?;
+        answer(&mut p, "(none: closed) [none]: ", "0x12")?;
+        expect(&mut p, "is not a wallet address")?;
+        answer(&mut p, "[none]: ", &MANAGER_ADMIN.to_string())?;
 
         // The new wallet is empty: setup waits until it is funded.
         expect(&mut p, "Waiting for the funds")?;
@@ -293,6 +299,12 @@ fn at_a_terminal_setup_goes_from_nothing_to_a_broker_that_answers() {
             registration.capacity
         );
         let id = registration.register(lab).await?;
+        let written = Config::load(&target.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            written.manager.admins == [MANAGER_ADMIN],
+            "[manager] admins: {:?}",
+            written.manager.admins
+        );
         serve_a_request(lab, &target.config, 1, id)?;
         // The token setup printed is the API's.
         let tokens = lab.cli(&["token", "list"])?;

@@ -70,6 +70,19 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the Debian 13 chroot of cargo xtask deb-test, the VPS image's tree",
     ),
     ("util-linux", "setpriv and unshare in tests/systemd.rs"),
+    (
+        "chromium",
+        "the headless browser of the manager's tests (tests/manager_browser.rs)",
+    ),
+];
+
+/// Folders whose npm packages `npm ci` installs, and what for.
+const NPM_FOLDERS: &[(&str, &str)] = &[
+    ("contracts", "the contracts' toolchain"),
+    (
+        "broker-userspace/tests/browser",
+        "playwright-core, which drives chromium in the manager's tests",
+    ),
 ];
 
 const CARGO_DEB_VERSION: &str = "3.8.0";
@@ -286,26 +299,37 @@ fn install_cargo_deb() -> anyhow::Result<()> {
 /// The contracts' toolchain (forge, anvil, cast, solc, OpenZeppelin) lives in
 /// contracts/node_modules, as contracts/package-lock.json pins it. A copy of
 /// the lockfile that was installed tells whether it is current.
+/// Every npm folder installed from its current lockfile.
 fn contracts_toolchain_ok() -> bool {
-    let dir = cmd::workspace_root().join("contracts");
+    NPM_FOLDERS.iter().all(|(dir, _)| npm_folder_ok(dir))
+}
+
+fn npm_folder_ok(dir: &str) -> bool {
+    let dir = cmd::workspace_root().join(dir);
     let lock = std::fs::read(dir.join("package-lock.json")).ok();
     let installed = std::fs::read(dir.join("node_modules/.blockhost-installed-lock")).ok();
     lock.is_some() && lock == installed
 }
 
+/// `npm ci` in each npm folder not installed from its current lockfile.
 fn install_contracts_toolchain() -> anyhow::Result<()> {
-    let dir = cmd::workspace_root().join("contracts");
-    eprintln!("setup: installing the contracts' toolchain (npm ci in contracts/)");
-    cmd::run(Command::new("npm").current_dir(&dir).args([
-        "ci",
-        "--no-audit",
-        "--no-fund",
-        "--loglevel=error",
-    ]))?;
-    std::fs::copy(
-        dir.join("package-lock.json"),
-        dir.join("node_modules/.blockhost-installed-lock"),
-    )
-    .context("recording the installed lockfile")?;
+    for (folder, what) in NPM_FOLDERS {
+        if npm_folder_ok(folder) {
+            continue;
+        }
+        let dir = cmd::workspace_root().join(folder);
+        eprintln!("setup: installing {what} (npm ci in {folder}/)");
+        cmd::run(Command::new("npm").current_dir(&dir).args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ]))?;
+        std::fs::copy(
+            dir.join("package-lock.json"),
+            dir.join("node_modules/.blockhost-installed-lock"),
+        )
+        .context("recording the installed lockfile")?;
+    }
     Ok(())
 }

@@ -16,7 +16,7 @@ use ipnet::Ipv6Net;
 use serde::Serialize;
 
 use super::{ApiError, ApiState};
-use crate::operator::{AllocationView, PeerState, control, release::slot_of};
+use crate::operator::{AllocationView, PeerState, Released, control, release::slot_of};
 
 /// One allocation under the names tools already use. Times are seconds
 /// since the epoch.
@@ -70,7 +70,8 @@ pub fn routes() -> Router<ApiState> {
         )
 }
 
-async fn list(State(state): State<ApiState>) -> Json<Vec<AllocationBody>> {
+/// Also the manager's (`/manager/api/allocations`).
+pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<AllocationBody>> {
     let snapshot = state.handle.snapshot();
     Json(snapshot.allocations.iter().map(Into::into).collect())
 }
@@ -105,12 +106,19 @@ async fn release(
     State(state): State<ApiState>,
     Path(text): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let prefix = prefix(&state, &text)?;
+    release_prefix(&state, &text).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The daemon's release of the allocation `text` names, and what it did;
+/// the manager's release too.
+pub(crate) async fn release_prefix(state: &ApiState, text: &str) -> Result<Released, ApiError> {
+    let prefix = prefix(state, text)?;
     if state.handle.snapshot().allocation(prefix).is_none() {
         return Err(not_found(prefix));
     }
     match state.handle.release(prefix).await {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Ok(released) => Ok(released),
         // Released meanwhile (by another asker).
         Err(e) if e == control::unknown(prefix) => Err(not_found(prefix)),
         Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)),

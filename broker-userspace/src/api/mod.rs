@@ -38,7 +38,7 @@ use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
 use tracing::{info, warn};
 
-use crate::{config, ipam::Pool, operator::Handle};
+use crate::{config, ipam::Pool, manager, operator::Handle};
 
 /// The largest request body (no endpoint takes one yet).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -54,6 +54,10 @@ pub struct ApiState {
     pub pool: Pool,
     /// The API listens on loopback: `/metrics` needs no token.
     pub loopback: bool,
+    /// Served over TLS (the manager's cookies are then Secure).
+    pub tls: bool,
+    /// The web manager under `/manager/` ([`crate::manager`]).
+    pub manager: Arc<manager::Manager>,
 }
 
 /// An error answer: its status and `{"error": message}`.
@@ -96,6 +100,8 @@ pub enum BindError {
         #[source]
         source: std::io::Error,
     },
+    #[error("HTTP API: the web manager")]
+    Manager(#[from] manager::session::KeyFileError),
     #[error("HTTP API: TLS certificate {cert} and key {key}")]
     Tls {
         cert: PathBuf,
@@ -126,6 +132,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(health::routes())
         .merge(v1)
         .merge(metrics)
+        .merge(manager::routes(&state))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
@@ -143,12 +150,15 @@ pub struct ApiServer {
     listener: std::net::TcpListener,
     /// None: plain HTTP.
     tls: Option<RustlsConfig>,
+    manager: manager::Manager,
 }
 
 impl ApiServer {
-    /// Loads the TLS certificate and binds the address: before the daemon
-    /// touches anything, so a bad `[api]` stops it at once.
-    pub async fn bind(api: &config::Api) -> Result<ApiServer, BindError> {
+    /// Loads the TLS certificate and the manager's session key and binds
+    /// the address: before the daemon touches anything, so a bad `[api]`
+    /// stops it at once.
+    pub async fn bind(api: &config::Api, config: &config::Config) -> Result<ApiServer, BindError> {
+        let manager = manager::Manager::open(config)?;
         let tls = match (&api.tls_cert, &api.tls_key) {
             (Some(cert), Some(key)) => Some(RustlsConfig::from_pem_file(cert, key).await.map_err(
                 |source| BindError::Tls {
@@ -165,7 +175,11 @@ impl ApiServer {
         };
         let listener = std::net::TcpListener::bind(api.listen).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
-        Ok(ApiServer { listener, tls })
+        Ok(ApiServer {
+            listener,
+            tls,
+            manager,
+        })
     }
 
     /// Serves the daemon behind `handle` until the task running this is
@@ -176,6 +190,8 @@ impl ApiServer {
             handle,
             pool,
             loopback: address.is_some_and(|a| a.ip().is_loopback()),
+            tls: self.tls.is_some(),
+            manager: Arc::new(self.manager),
         };
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         info!(listen = ?address, scheme, "HTTP API ready");

@@ -27,7 +27,8 @@ pub fn routes() -> Router<ApiState> {
     Router::new().route("/v1/status", get(status))
 }
 
-async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
+/// Also the manager's (`/manager/api/status`).
+pub(crate) async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
     let snapshot = state.handle.snapshot();
     let status = snapshot.status.clone();
     let pool = status.pool;

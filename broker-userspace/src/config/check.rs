@@ -15,7 +15,7 @@ use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
 
-use super::{Api, Broker, Config, Onchain, Wireguard, file};
+use super::{Api, Broker, Config, Manager, Onchain, Wireguard, file};
 use crate::ipam::Pool;
 
 /// Whether the key files' contents are checked (their mode always is).
@@ -109,14 +109,59 @@ pub(super) fn config(file: file::File, p: &mut Problems) -> Option<Config> {
     let upstream_interface = file.broker.upstream_interface.clone();
     let broker = broker(file.broker, p);
     let wireguard = wireguard(file.wireguard, &upstream_interface, p);
+    let manager = manager(file.manager, file.api.is_some(), p);
     let api = file.api.map(|a| api(a, p));
     let onchain = onchain(file.onchain, p);
     Some(Config {
         broker: broker?,
         wireguard: wireguard?,
         api: api.map_or(Some(None), |a| a.map(Some))?,
+        manager: manager?,
         database_path: file.database.path,
         onchain: onchain?,
+    })
+}
+
+/// The longest `[manager] session_secs`: a day.
+const MAX_SESSION_SECS: u64 = 24 * 3600;
+
+fn manager(m: file::Manager, has_api: bool, p: &mut Problems) -> Option<Manager> {
+    let mut admins = Vec::new();
+    let mut ok = true;
+    for text in &m.admins {
+        match p.parse::<Address>(
+            "[manager] admins",
+            text,
+            "an Ethereum address (0x and 40 hex digits)",
+        ) {
+            Some(a) if admins.contains(&a) => {
+                p.add(format!("[manager] admins lists {a} twice"));
+                ok = false;
+            }
+            Some(a) => admins.push(a),
+            None => ok = false,
+        }
+    }
+    if admins.contains(&Address::ZERO) {
+        p.add("[manager] admins: the zero address signs nothing; name a wallet".into());
+        ok = false;
+    }
+    // Served on the API's listener: admins without it would be a manager
+    // that silently never opens.
+    if !m.admins.is_empty() && !has_api {
+        p.add("[manager] admins are given but there is no [api] section: the manager is served on the API's listener".into());
+        ok = false;
+    }
+    let session_secs = m.session_secs.unwrap_or(super::DEFAULT_SESSION_SECS);
+    if !(1..=MAX_SESSION_SECS).contains(&session_secs) {
+        p.add(format!(
+            "[manager] session_secs {session_secs} is not between 1 and {MAX_SESSION_SECS} (a day)"
+        ));
+        ok = false;
+    }
+    ok.then_some(Manager {
+        admins,
+        session_secs,
     })
 }
 

@@ -13,6 +13,8 @@ pub(super) struct File {
     pub wireguard: Wireguard,
     /// `None`: no API.
     pub api: Option<Api>,
+    #[serde(default)]
+    pub manager: Manager,
     pub database: Database,
     pub onchain: Onchain,
 }
@@ -58,6 +60,15 @@ pub(super) struct Api {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub insecure_plaintext: bool,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Manager {
+    /// Addresses, as written.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    pub session_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -80,6 +80,10 @@ pub struct Config {
     /// `[api]`: the HTTP API, served when the section is present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<Api>,
+    /// `[manager]`: who may log in to the web manager (served on the
+    /// `[api]` listener under `/manager/`).
+    #[serde(skip_serializing_if = "Manager::is_default")]
+    pub manager: Manager,
     /// `[database] path`.
     #[serde(rename = "database", serialize_with = "database_table")]
     pub database_path: PathBuf,
@@ -127,6 +131,34 @@ pub struct Api {
     /// Serve plain HTTP on a non-loopback address: the operator's explicit
     /// choice (the tokens then cross the network in clear).
     pub insecure_plaintext: bool,
+}
+
+/// The web manager (`crate::manager`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Manager {
+    /// The wallets that may log in. Empty (the default): nobody, the
+    /// manager is closed.
+    pub admins: Vec<Address>,
+    /// How long a login lasts. Default [`DEFAULT_SESSION_SECS`].
+    pub session_secs: u64,
+}
+
+/// `[manager] session_secs` when the file does not give it: an hour.
+pub const DEFAULT_SESSION_SECS: u64 = 3600;
+
+impl Default for Manager {
+    fn default() -> Self {
+        Manager {
+            admins: Vec::new(),
+            session_secs: DEFAULT_SESSION_SECS,
+        }
+    }
+}
+
+impl Manager {
+    fn is_default(&self) -> bool {
+        *self == Manager::default()
+    }
 }
 
 /// `[onchain] log_range_blocks` when the file does not give it.

@@ -117,6 +117,10 @@ fn a_serialised_config_loads_as_itself() {
             "listen = \"[::1]:8080\"\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"",
         ),
         (
+            "manager",
+            "admins = [\"0x70997970C51812dc3A010C7d01b50e0d17dc79C8\"]\nsession_secs = 600",
+        ),
+        (
             "onchain",
             "registry_contract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n\
              poll_interval_secs = 2\nconfirmations = 3\nstart_request_id = 7\n\
@@ -140,6 +144,8 @@ fn a_serialised_config_loads_as_itself() {
     );
     assert_eq!(c.api.unwrap().listen, "[::1]:8080".parse().unwrap());
     assert!(c.onchain.registry_contract.is_some());
+    assert_eq!(c.manager.admins.len(), 1);
+    assert_eq!(c.manager.session_secs, 600);
     assert_eq!(c.onchain.max_requests_per_poll, 9);
     assert_eq!(
         c.broker.control_socket.as_deref(),
@@ -370,4 +376,45 @@ fn the_api_listens_on_loopback_by_default_and_elsewhere_only_when_told() {
         )]))
         .unwrap();
     assert!(c.api.unwrap().insecure_plaintext);
+}
+
+#[test]
+fn the_manager_is_closed_by_default_and_its_admins_are_checked() {
+    let f = Fixture::new();
+    let c = f.load(&f.text()).unwrap();
+    assert_eq!(c.manager, Manager::default());
+    assert!(c.manager.admins.is_empty());
+    assert!(!toml::to_string(&c).unwrap().contains("[manager]"));
+    let admin = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+    let c = f
+        .load(&f.text_with(&[("api", ""), ("manager", &format!("admins = [\"{admin}\"]"))]))
+        .unwrap();
+    assert_eq!(c.manager.admins, [admin.parse::<Address>().unwrap()]);
+    assert_eq!(c.manager.session_secs, DEFAULT_SESSION_SECS);
+    let p = f.problems(&f.text_with(&[
+        ("api", ""),
+        (
+            "manager",
+            &format!(
+                "admins = [\"0x12\", \"{admin}\", \"{}\", \"0x0000000000000000000000000000000000000000\"]\nsession_secs = 0",
+                admin.to_lowercase()
+            ),
+        ),
+    ]));
+    assert_eq!(
+        p,
+        [
+            "[manager] admins \"0x12\" is not an Ethereum address (0x and 40 hex digits)",
+            &format!("[manager] admins lists {admin} twice"),
+            "[manager] admins: the zero address signs nothing; name a wallet",
+            "[manager] session_secs 0 is not between 1 and 86400 (a day)",
+        ]
+    );
+    let p = f.problems(&f.text_with(&[("manager", &format!("admins = [\"{admin}\"]"))]));
+    assert_eq!(
+        p,
+        [
+            "[manager] admins are given but there is no [api] section: the manager is served on the API's listener"
+        ]
+    );
 }

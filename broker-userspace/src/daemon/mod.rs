@@ -82,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_watch(stop.clone())?;
     let api = match &config.api {
-        Some(api) => Some(ApiServer::bind(api).await?),
+        Some(api) => Some(ApiServer::bind(api, &config).await?),
         None => None,
     };
     let Some(mut daemon) = Daemon::start(config, stop.clone(), systemd).await? else {

@@ -460,6 +460,7 @@ mod tests {
                 counters: None,
             },
             allocations: vec![],
+            recent: vec![],
         }
     }
 

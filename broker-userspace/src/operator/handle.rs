@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    store::{Store, StoreError, tokens::Token},
+    store::{Store, StoreError, audit, tokens::Token},
     tunnel::Peer,
 };
 
@@ -25,7 +25,14 @@ pub struct Snapshot {
     pub status: Status,
     /// In prefix order.
     pub allocations: Vec<AllocationView>,
+    /// The audit log's last [`RECENT`] entries (allocations, answers,
+    /// rejections and why, releases), oldest first: the manager's "recent
+    /// requests".
+    pub recent: Vec<audit::Entry>,
 }
+
+/// Audit entries a snapshot carries.
+pub const RECENT: usize = 20;
 
 impl Snapshot {
     /// The database's figures, with the handshakes of `peers` when known
@@ -43,6 +50,7 @@ impl Snapshot {
         Ok(Snapshot {
             status,
             allocations,
+            recent: store.audit_tail(RECENT)?,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The operator API: whether to serve it, and its first token.
 
-use std::net::SocketAddr;
+use std::{fmt, net::SocketAddr};
 
+use alloy::primitives::Address;
 use anyhow::bail;
 use broker_userspace::config::{self, Config};
 
@@ -53,6 +54,47 @@ impl Setup<'_> {
         }))
     }
 
+    /// `[manager] admins`: one wallet, or none (closed). Asked only when
+    /// the API is served, as the manager is served on its listener.
+    pub(super) fn manager(&mut self, api: bool) -> anyhow::Result<config::Manager> {
+        if !api {
+            if self
+                .args
+                .manager_admin
+                .as_deref()
+                .is_some_and(|a| a != "none")
+            {
+                bail!(
+                    "--manager-admin needs the API (--api): the manager is served on its listener"
+                );
+            }
+            return Ok(config::Manager::default());
+        }
+        let admin = self.ask.value(
+            Question {
+                text: "Wallet allowed into the web manager (none: closed)",
+                flag: "--manager-admin",
+                given: self.args.manager_admin.clone(),
+                default: Some("none".into()),
+            },
+            |text| match text {
+                "none" => Ok(Admin(None)),
+                _ => text
+                    .parse::<Address>()
+                    .ok()
+                    .filter(|a| !a.is_zero())
+                    .map(|a| Admin(Some(a)))
+                    .ok_or_else(|| {
+                        format!("{text:?} is not a wallet address (0x and 40 hex digits) or none")
+                    }),
+            },
+        )?;
+        Ok(config::Manager {
+            admins: admin.0.into_iter().collect(),
+            ..config::Manager::default()
+        })
+    }
+
     /// Makes the API's first token when the API is on and the token does
     /// not exist yet; its secret.
     pub(super) fn api_token(
@@ -76,5 +118,17 @@ impl Setup<'_> {
         };
         files::give(&config.database_path, owner)?;
         Ok(Some(secret))
+    }
+}
+
+/// The manager's admin as the wizard shows it.
+struct Admin(Option<Address>);
+
+impl fmt::Display for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("none"),
+        }
     }
 }

@@ -172,6 +172,10 @@ pub struct SetupArgs {
     /// The name of the API token setup makes (shown once).
     #[arg(long, value_name = "NAME", default_value = "setup")]
     api_token_name: String,
+    /// The wallet allowed into the web manager (`[manager] admins`; served
+    /// with the API under /manager/), or `none` (the default: closed).
+    #[arg(long, value_name = "ADDRESS|none")]
+    manager_admin: Option<String>,
 
     /// Start (or restart) the broker's systemd service at the end. Default:
     /// interactively asked when the unit is installed; otherwise not.
@@ -317,6 +321,7 @@ impl Setup<'_> {
 
         self.heading("The HTTP API");
         let api = self.api()?;
+        let manager = self.manager(api.is_some())?;
 
         self.heading("Funds");
         let requests =
@@ -341,6 +346,7 @@ impl Setup<'_> {
             },
             wireguard,
             api,
+            manager,
             database_path: state_dir.join("broker.redb"),
             onchain: config::Onchain {
                 rpc_url: chain.rpc_url.clone(),
@@ -436,6 +442,11 @@ impl Setup<'_> {
         }
         if let Some(api) = &c.api {
             self.ask.say(&format!("  api            {}", api.listen));
+        }
+        for admin in &c.manager.admins {
+            self.ask.say(&format!(
+                "  manager        /manager/ on the API, for {admin}"
+            ));
         }
         if let Some(token) = s.token {
             self.ask.say(&format!(
