@@ -61,8 +61,8 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 ///      call to it do nothing). Their addresses are not stored: they follow from this
 ///      contract's CREATE nonce (EIP-161: starts at 1, +1 per data contract, and a failed CREATE
 ///      reverts the whole call), which the record keeps in 40 bits. Everything else a request
-///      needs is one packed word (`_records`), and the counters, queue ends, next nonce and
-///      expiration time one more (`_header`), so a submission writes three new slots
+///      needs is one packed word (`_records`), and the counters, queue ends, number of data
+///      contracts and expiration time one more (`_header`), so a submission writes three new slots
 ///      (record, current-request mapping, the requester's id list) and a response none.
 ///      The public getters of the old layout (`requests`, `requesterToRequestIds`,
 ///      `requestExpirationTime`, `_activeCount`, `_pendingCount`) are functions with the same
@@ -154,30 +154,31 @@ contract BrokerRequests is Ownable {
     uint256 private constant PANIC_OVERFLOW = 0x11;
     uint256 private constant PANIC_OUT_OF_BOUNDS = 0x32;
 
-    /// @dev Revert reasons: `offset * 256 + length` into `REVERT_REASONS`. The strings are the
+    /// @dev Revert reasons: `offset * 256 + length` into `REVERT_REASONS` (internal only so that
+    ///      a test harness can check every entry). The strings are the
     ///      deployed contract's (clients and tests match them); kept once in one table because
     ///      a `require` with its own string literal at each site made the code 0.6 kB larger,
     ///      which priced the deployment above the deployed V2's.
     string private constant REVERT_REASONS =
         "Invalid NFT contract addressEmpty payloadPayload too largeNFT contract does not existNot an ERC721 contractSender does not own NFT contractInvalid request IDRequest not pendingRequest expiredResponse requires payloadRequest supersededExpiration time too shortExpiration time too longNo capacity availableNo allocation for this NFT contract";
-    uint256 private constant ERR_INVALID_NFT_CONTRACT = 0 * 256 + 28; // "Invalid NFT contract address"
-    uint256 private constant ERR_EMPTY_PAYLOAD = 28 * 256 + 13; // "Empty payload"
-    uint256 private constant ERR_PAYLOAD_TOO_LARGE = 41 * 256 + 17; // "Payload too large"
-    uint256 private constant ERR_NFT_CONTRACT_MISSING = 58 * 256 + 27; // "NFT contract does not exist"
-    uint256 private constant ERR_NOT_ERC721 = 85 * 256 + 22; // "Not an ERC721 contract"
-    uint256 private constant ERR_NOT_NFT_OWNER = 107 * 256 + 32; // "Sender does not own NFT contract"
-    uint256 private constant ERR_INVALID_REQUEST_ID = 139 * 256 + 18; // "Invalid request ID"
-    uint256 private constant ERR_NOT_PENDING = 157 * 256 + 19; // "Request not pending"
-    uint256 private constant ERR_EXPIRED = 176 * 256 + 15; // "Request expired"
-    uint256 private constant ERR_EMPTY_RESPONSE = 191 * 256 + 25; // "Response requires payload"
-    uint256 private constant ERR_SUPERSEDED = 216 * 256 + 18; // "Request superseded"
-    uint256 private constant ERR_EXPIRATION_TOO_SHORT = 234 * 256 + 25; // "Expiration time too short"
-    uint256 private constant ERR_EXPIRATION_TOO_LONG = 259 * 256 + 24; // "Expiration time too long"
-    uint256 private constant ERR_NO_CAPACITY = 283 * 256 + 21; // "No capacity available"
-    uint256 private constant ERR_NO_ALLOCATION = 304 * 256 + 35; // "No allocation for this NFT contract"
+    uint256 internal constant ERR_INVALID_NFT_CONTRACT = 0 * 256 + 28; // "Invalid NFT contract address"
+    uint256 internal constant ERR_EMPTY_PAYLOAD = 28 * 256 + 13; // "Empty payload"
+    uint256 internal constant ERR_PAYLOAD_TOO_LARGE = 41 * 256 + 17; // "Payload too large"
+    uint256 internal constant ERR_NFT_CONTRACT_MISSING = 58 * 256 + 27; // "NFT contract does not exist"
+    uint256 internal constant ERR_NOT_ERC721 = 85 * 256 + 22; // "Not an ERC721 contract"
+    uint256 internal constant ERR_NOT_NFT_OWNER = 107 * 256 + 32; // "Sender does not own NFT contract"
+    uint256 internal constant ERR_INVALID_REQUEST_ID = 139 * 256 + 18; // "Invalid request ID"
+    uint256 internal constant ERR_NOT_PENDING = 157 * 256 + 19; // "Request not pending"
+    uint256 internal constant ERR_EXPIRED = 176 * 256 + 15; // "Request expired"
+    uint256 internal constant ERR_EMPTY_RESPONSE = 191 * 256 + 25; // "Response requires payload"
+    uint256 internal constant ERR_SUPERSEDED = 216 * 256 + 18; // "Request superseded"
+    uint256 internal constant ERR_EXPIRATION_TOO_SHORT = 234 * 256 + 25; // "Expiration time too short"
+    uint256 internal constant ERR_EXPIRATION_TOO_LONG = 259 * 256 + 24; // "Expiration time too long"
+    uint256 internal constant ERR_NO_CAPACITY = 283 * 256 + 21; // "No capacity available"
+    uint256 internal constant ERR_NO_ALLOCATION = 304 * 256 + 35; // "No allocation for this NFT contract"
 
-    /// @dev Request count, pending/active counters, queue head and tail, next CREATE nonce and
-    ///      expiration time: read by every call, written once per call.
+    /// @dev Request count, pending/active counters, queue head and tail, data contracts created
+    ///      and expiration time: read by every call, written once per call.
     uint256 private _header;
 
     /// @notice Maximum number of concurrent allocations plus pending requests (0 = unlimited).
@@ -581,7 +582,7 @@ contract BrokerRequests is Ownable {
 
     /// @dev Reverts with `Error(string)`, the reason taken from `REVERT_REASONS`: the same
     ///      bytes as `require(false, reason)`.
-    function _fail(uint256 reason) private pure {
+    function _fail(uint256 reason) internal pure {
         bytes memory table = bytes(REVERT_REASONS);
         assembly ("memory-safe") {
             let length := and(reason, 0xff)

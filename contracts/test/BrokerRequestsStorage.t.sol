@@ -6,10 +6,34 @@ import {BrokerRequests} from "../src/BrokerRequests.sol";
 import {TestNFT} from "../src/testing/TestNFT.sol";
 import {BrokerRequestsFixture} from "./BrokerRequests.t.sol";
 
-/// @dev Exposes the address derivation of the payload data contracts.
+/// @dev Exposes the address derivation of the payload data contracts and the revert table.
 contract DataAddressHarness is BrokerRequests {
     function dataAddress(uint256 nonce) external view returns (address) {
         return _dataAddress(nonce);
+    }
+
+    function reasons() external pure returns (uint256[15] memory) {
+        return [
+            ERR_INVALID_NFT_CONTRACT,
+            ERR_EMPTY_PAYLOAD,
+            ERR_PAYLOAD_TOO_LARGE,
+            ERR_NFT_CONTRACT_MISSING,
+            ERR_NOT_ERC721,
+            ERR_NOT_NFT_OWNER,
+            ERR_INVALID_REQUEST_ID,
+            ERR_NOT_PENDING,
+            ERR_EXPIRED,
+            ERR_EMPTY_RESPONSE,
+            ERR_SUPERSEDED,
+            ERR_EXPIRATION_TOO_SHORT,
+            ERR_EXPIRATION_TOO_LONG,
+            ERR_NO_CAPACITY,
+            ERR_NO_ALLOCATION
+        ];
+    }
+
+    function fail(uint256 reason) external pure {
+        _fail(reason);
     }
 }
 
@@ -116,6 +140,38 @@ contract BrokerRequestsStorageTest is BrokerRequestsFixture {
         (,,, bytes memory fromArray,, bytes memory responseFromArray,,) = requests.requests(0);
         assertEq(fromArray, request);
         assertEq(responseFromArray, response);
+    }
+
+    // ------------------------------------------------------------------ revert reasons
+
+    /// Every entry of the revert table gives exactly the revert data of `require(false, text)`,
+    /// with the deployed contract's texts (some cannot be reached by a call: the supersession
+    /// guard is implied by invariant I2).
+    function test_revertReasons_areTheDeployedTextsAsErrorString() public {
+        DataAddressHarness h = new DataAddressHarness();
+        string[15] memory texts = [
+            "Invalid NFT contract address",
+            "Empty payload",
+            "Payload too large",
+            "NFT contract does not exist",
+            "Not an ERC721 contract",
+            "Sender does not own NFT contract",
+            "Invalid request ID",
+            "Request not pending",
+            "Request expired",
+            "Response requires payload",
+            "Request superseded",
+            "Expiration time too short",
+            "Expiration time too long",
+            "No capacity available",
+            "No allocation for this NFT contract"
+        ];
+        uint256[15] memory reasons = h.reasons();
+        for (uint256 i = 0; i < texts.length; ++i) {
+            (bool ok, bytes memory data) = address(h).call(abi.encodeCall(h.fail, (reasons[i])));
+            assertFalse(ok);
+            assertEq(data, abi.encodeWithSignature("Error(string)", texts[i]), texts[i]);
+        }
     }
 
     // ------------------------------------------------------------------ size limit (EIP-170)
