@@ -210,7 +210,7 @@ fn allocation_size_must_be_longer_than_the_upstream_prefix() {
         ("48", false),
         ("40", false),
         ("49", true),
-        ("128", true),
+        ("126", true),
         ("129", false),
     ] {
         let text = f.text().replace(
@@ -221,6 +221,27 @@ fn allocation_size_must_be_longer_than_the_upstream_prefix() {
     }
     let text = f.text().replace("2001:db8:100::/48", "2001:db8:100::1/48");
     assert!(f.problems(&text)[0].contains("did you mean 2001:db8:100::/48?"));
+}
+
+/// With /127 or /128 the broker's slot 0 no longer holds the router's ::1
+/// and the gateway ::2: clients would be given them.
+#[test]
+fn allocation_sizes_127_and_128_are_refused_with_the_reason() {
+    let f = Fixture::new();
+    for size in [127, 128] {
+        let text = f.text().replace(
+            "allocation_size = 120",
+            &format!("allocation_size = {size}"),
+        );
+        let p = f.problems(&text);
+        assert_eq!(
+            p,
+            [format!(
+                "[broker] allocation_size: allocation size /{size} is too long: /126 at most, since the broker's own prefix (the pool's first) must hold the router's ::1 and the gateway ::2, which a /{size} would give to clients"
+            )],
+            "/{size}"
+        );
+    }
 }
 
 #[test]
