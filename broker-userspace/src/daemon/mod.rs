@@ -72,6 +72,10 @@ pub struct Daemon {
     /// Failed polls by kind, and the last success: for the metrics.
     counters: DaemonCounters,
     systemd: Systemd,
+    /// When this run put the peers on the interface (seconds since the
+    /// epoch): no handshake deadline falls before it plus the handshake
+    /// timeout (see `upkeep::handshake_overdue`).
+    peers_installed_at: u64,
 }
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
@@ -228,6 +232,7 @@ impl Daemon {
             ndp,
         };
         let summary = kernel.reconcile(&store.allocations()?).await?;
+        let peers_installed_at = crate::store::now();
         info!("kernel reconciled with the database: {summary}");
 
         systemd.status("connecting to the chain");
@@ -263,6 +268,7 @@ impl Daemon {
             last_poll: None,
             counters: DaemonCounters::default(),
             systemd,
+            peers_installed_at,
         };
         daemon.sync_capacity().await;
         Ok(Some(daemon))

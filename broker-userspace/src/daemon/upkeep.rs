@@ -47,6 +47,7 @@ impl Daemon {
     /// Answered allocations whose peer has not completed a handshake by
     /// their deadline are released; a handshake clears the deadline.
     async fn check_handshakes(&mut self) -> anyhow::Result<()> {
+        let timeout = self.config.wireguard.handshake_timeout_secs;
         let due: Vec<Allocation> = self
             .store
             .allocations()?
@@ -68,8 +69,10 @@ impl Daemon {
             if handshake.is_some_and(|h| h >= since) {
                 self.store.tunnel_up(a.slot)?;
                 info!(prefix = %a.prefix, "tunnel up");
-            } else if a.handshake_deadline.is_some_and(|d| now() >= d) {
-                let timeout = self.config.wireguard.handshake_timeout_secs;
+            } else if a
+                .handshake_deadline
+                .is_some_and(|d| handshake_overdue(d, self.peers_installed_at, timeout, now()))
+            {
                 self.release(&a, &format!("no handshake within {timeout} s"), true)
                     .await?;
             }
@@ -189,5 +192,46 @@ impl Daemon {
         if let Err(e) = self.store.chain_release_done(contract, nft) {
             warn!("recording the on-chain release: {e}");
         }
+    }
+}
+
+/// Whether a peer's handshake deadline has passed for good. A deadline that
+/// passed while the broker was down (a reboot, a crash, an upgrade) does not
+/// count at once: the peers were only just put back on an interface with no
+/// handshakes yet, and a client's WireGuard retries on its own schedule. So
+/// every peer gets the handshake timeout again from `peers_installed_at`,
+/// the same window a new peer gets; the configured timeout rather than a
+/// constant of its own, as the operator's choice of how long a client may
+/// take holds for both.
+fn handshake_overdue(deadline: u64, peers_installed_at: u64, timeout: u64, now: u64) -> bool {
+    now >= deadline.max(peers_installed_at.saturating_add(timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handshake_overdue;
+
+    #[test]
+    fn a_deadline_that_passed_while_down_waits_for_the_grace_period() {
+        let (timeout, started) = (120, 10_000);
+        // Due long before this start: not before start + timeout.
+        assert!(!handshake_overdue(5_000, started, timeout, started));
+        assert!(!handshake_overdue(5_000, started, timeout, started + 119));
+        assert!(handshake_overdue(5_000, started, timeout, started + 120));
+        // Due after the grace period: its own deadline.
+        assert!(!handshake_overdue(
+            started + 300,
+            started,
+            timeout,
+            started + 200
+        ));
+        assert!(handshake_overdue(
+            started + 300,
+            started,
+            timeout,
+            started + 300
+        ));
+        // No overflow at the ends of the clock.
+        assert!(!handshake_overdue(0, u64::MAX, timeout, u64::MAX - 1));
     }
 }
