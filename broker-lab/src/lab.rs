@@ -511,7 +511,7 @@ fn broker_files(
             tls_key: None,
             insecure_plaintext: false,
         }),
-        database_path: dir.join("state/broker.redb"),
+        database: config::Database::at(dir.join("state/broker.redb")),
         onchain: config::Onchain {
             rpc_url: rpc_url.into(),
             chain_id: chain.chain_id,

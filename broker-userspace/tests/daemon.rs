@@ -88,7 +88,7 @@ fn log_time(line: &str) -> f64 {
 fn database(lab: &mut Lab) -> anyhow::Result<Store> {
     assert!(!lab.broker_running(), "the daemon still holds the database");
     Ok(Store::open(
-        &lab.config.database_path,
+        &lab.config.database.path,
         lab.config.broker.pool,
     )?)
 }

@@ -15,7 +15,7 @@ use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
 
-use super::{Api, Broker, Config, Onchain, Wireguard, file};
+use super::{Api, Broker, Config, Database, MAX_RETENTION_DAYS, Onchain, Wireguard, file};
 use crate::ipam::Pool;
 
 /// Whether the key files' contents are checked (their mode always is).
@@ -111,12 +111,26 @@ pub(super) fn config(file: file::File, p: &mut Problems) -> Option<Config> {
     let wireguard = wireguard(file.wireguard, &upstream_interface, p);
     let api = file.api.map(|a| api(a, p));
     let onchain = onchain(file.onchain, p);
+    let database = database(file.database, p);
     Some(Config {
         broker: broker?,
         wireguard: wireguard?,
         api: api.map_or(Some(None), |a| a.map(Some))?,
-        database_path: file.database.path,
+        database: database?,
         onchain: onchain?,
+    })
+}
+
+fn database(d: file::Database, p: &mut Problems) -> Option<Database> {
+    if !(1..=MAX_RETENTION_DAYS).contains(&d.retention_days) {
+        p.add(format!(
+            "[database] retention_days must be 1 to {MAX_RETENTION_DAYS} (finished requests and audit entries are kept that long, then pruned)"
+        ));
+        return None;
+    }
+    Some(Database {
+        path: d.path,
+        retention_days: d.retention_days,
     })
 }
 

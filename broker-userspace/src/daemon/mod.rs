@@ -76,6 +76,8 @@ pub struct Daemon {
     /// epoch): no handshake deadline falls before it plus the handshake
     /// timeout (see `upkeep::handshake_overdue`).
     peers_installed_at: u64,
+    /// When old records were last pruned (see `upkeep::prune_old_records`).
+    last_pruned: Option<std::time::Instant>,
 }
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
@@ -196,7 +198,7 @@ impl Daemon {
             )
         })?;
 
-        let store = Store::open(&config.database_path, config.broker.pool)?;
+        let store = Store::open(&config.database.path, config.broker.pool)?;
         systemd.status(&format!(
             "bringing up the WireGuard interface {}",
             config.wireguard.interface
@@ -269,6 +271,7 @@ impl Daemon {
             counters: DaemonCounters::default(),
             systemd,
             peers_installed_at,
+            last_pruned: None,
         };
         daemon.sync_capacity().await;
         Ok(Some(daemon))

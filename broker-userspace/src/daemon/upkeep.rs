@@ -1,7 +1,7 @@
 //! What each poll does besides new requests: tunnels that never came up,
 //! allocations their owners released on chain, on-chain releases still owed.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use alloy::primitives::Address;
 use tracing::{info, warn};
@@ -10,8 +10,11 @@ use super::{Daemon, crash_point, kernel::Removed};
 use crate::{
     chain::BlockRef,
     operator::OnChainRelease,
-    store::{allocations::Allocation, chain_releases::OwedRelease, now},
+    store::{Pruned, allocations::Allocation, chain_releases::OwedRelease, now},
 };
+
+/// How often old records are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Daemon {
     /// Each step on its own: one failing (a provider refusing the event
@@ -25,6 +28,33 @@ impl Daemon {
             warn!("checking tunnel handshakes (again next poll): {e:#}");
         }
         self.send_owed_releases().await;
+        if let Err(e) = self.prune_old_records() {
+            warn!("pruning old records (again next poll): {e:#}");
+        }
+    }
+
+    /// Finished requests' records and audit entries older than the
+    /// retention go, at start and then hourly: a scan of the requests
+    /// table is not a thing to do every poll.
+    fn prune_old_records(&mut self) -> anyhow::Result<()> {
+        if self
+            .last_pruned
+            .is_some_and(|at| at.elapsed() < PRUNE_INTERVAL)
+        {
+            return Ok(());
+        }
+        let retention = self.config.database.retention_days.saturating_mul(86_400);
+        let pruned = self.store.prune(now().saturating_sub(retention))?;
+        self.last_pruned = Some(std::time::Instant::now());
+        if pruned != Pruned::default() {
+            info!(
+                requests = pruned.requests,
+                audit = pruned.audit,
+                "pruned records older than {} days",
+                self.config.database.retention_days
+            );
+        }
+        Ok(())
     }
 
     /// Frees `allocation` locally (database first, then the kernel); owes

@@ -208,6 +208,25 @@ pub(super) fn set(
     Ok(())
 }
 
+/// Removes the finished records last changed before `cutoff` (seconds since
+/// the epoch); says how many. Unfinished ones stay whatever their age: a
+/// request is only ever examined again from its record while unfinished
+/// (finished ones lie behind the contract's cursor), and an on-chain
+/// request that waits long enough expires, which finishes its record.
+pub(super) fn prune(txn: &WriteTransaction, cutoff: u64) -> Result<u64, StoreError> {
+    let mut table = txn.open_table(REQUESTS)?;
+    let old = collect(table.iter()?, |k, v| {
+        let record: Record = decode("requests", hex::encode(k), v)?;
+        Ok((record.stage.is_finished() && record.updated_at < cutoff).then(|| k.to_vec()))
+    })?;
+    let mut removed = 0;
+    for k in old.into_iter().flatten() {
+        table.remove(k.as_slice())?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// The next retry after a transient failure: attempts count up from the
 /// `previous` stage's, the wait doubles (from 20 s to at most an hour).
 fn retry_after(previous: Option<&Stage>, error: String) -> Decision {
@@ -258,7 +277,8 @@ impl Store {
         self.read(|txn| get(txn, contract, id))
     }
 
-    /// `contract`'s requests counted by stage (reads each of its records).
+    /// `contract`'s requests counted by stage (reads each of its records):
+    /// those within the retention, as finished ones older are pruned.
     pub fn request_counts(&self, contract: Address) -> Result<RequestCounts, StoreError> {
         self.read(|txn| {
             let table = txn.table(REQUESTS)?;
