@@ -1,20 +1,21 @@
 //! The files other BlockHost components read (wire-protocol §7), written
-//! atomically: a temporary file of a random name in the same directory,
-//! given its mode (and the `blockhost` group, where it exists) before any
-//! content, synced, then renamed over the old one. A reader sees the old
-//! file or the new one, never a half-written one, and a private key is
-//! never readable by others for a moment.
+//! atomically by the shared [`atomic_file`]: a temporary file in the same
+//! directory, given its mode (and the `blockhost` group, where it exists)
+//! before any content, synced, then renamed over the old one. A reader sees
+//! the old file or the new one, never a half-written one, and a private key
+//! is never readable by others for a moment.
 
 use std::{
-    io::Write as _,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use alloy::primitives::Address;
 use anyhow::Context as _;
-use broker_contracts::error_text::one_line;
+use broker_contracts::{
+    atomic_file::{self, FileSpec},
+    error_text::one_line,
+};
 use serde::{Deserialize, Serialize};
 
 pub const ALLOCATION_FILE: &str = "broker-allocation.json";
@@ -111,39 +112,15 @@ fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> anyhow::Result
 }
 
 /// Replaces `path` with `content`, mode `mode`, atomically (see the module
-/// comment).
+/// comment), making its directory if missing.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("a file name")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let what = || format!("writing {}", path.display());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(mode & 0o600))
-        .tempfile_in(dir)
-        .with_context(what)?;
-    let file = tmp.as_file();
-    // The umask may have taken bits away at creation: set the exact mode,
-    // and the group, while the file is still empty.
-    if let Some(gid) = group_id(READER_GROUP) {
-        std::os::unix::fs::fchown(file, None, Some(gid)).with_context(what)?;
-    }
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .with_context(what)?;
-    tmp.write_all(content).with_context(what)?;
-    tmp.as_file().sync_all().with_context(what)?;
-    tmp.persist(path).map_err(|e| e.error).with_context(what)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    let spec = FileSpec::mode(mode).group(group_id(READER_GROUP));
+    atomic_file::write(path, content, spec).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Removes `path`; true when it was there.
@@ -220,6 +197,7 @@ mod tests {
 
     #[test]
     fn atomic_write_sets_the_mode_and_leaves_no_temporary_file() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.json");
         std::fs::write(&path, "old").unwrap();

@@ -5,9 +5,14 @@ use std::{fmt, path::Path};
 
 use alloy::primitives::Address;
 
+use crate::chain::redact::Endpoint;
+
 /// The `[onchain]` lines for a deployment; optional keys are left out when
 /// unknown (a broker deployed on a real network learns its registry from
-/// the BlockHost project, not from its own deployment).
+/// the BlockHost project, not from its own deployment). The RPC URL is
+/// shown as errors show it (scheme, host and port): a printout ends up in
+/// terminals' scrollback and logs, and a hosted endpoint's path or query
+/// holds its API key, so the operator completes that line.
 #[derive(Clone, Copy, Debug)]
 pub struct OnchainSnippet<'a> {
     pub rpc_url: &'a str,
@@ -21,7 +26,14 @@ pub struct OnchainSnippet<'a> {
 impl fmt::Display for OnchainSnippet<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "[onchain]")?;
-        writeln!(f, "rpc_url = {}", toml_string(self.rpc_url))?;
+        match Endpoint::parse(self.rpc_url) {
+            Ok((endpoint, _)) if endpoint.hides_something() => writeln!(
+                f,
+                "rpc_url = {}  # complete it: the URL's path and query (they may hold an API key) are not printed",
+                toml_string(endpoint.shown())
+            )?,
+            _ => writeln!(f, "rpc_url = {}", toml_string(self.rpc_url))?,
+        }
         writeln!(f, "chain_id = {}", self.chain_id)?;
         if let Some(registry) = self.registry_contract {
             writeln!(f, "registry_contract = \"{registry}\"")?;
@@ -87,6 +99,30 @@ mod tests {
              operator_key_file = \"/etc/a \\\"b\\\"\\\\c/operator.key\"\n\
              ecies_key_file = \"/etc/x/ecies.key\"\n"
         );
+    }
+
+    #[test]
+    fn the_rpc_url_is_shown_without_path_query_or_credentials() {
+        for url in [
+            "https://rpc.example/v3/SECRET",
+            "https://rpc.example/?apikey=SECRET",
+            "https://user:SECRET@rpc.example",
+        ] {
+            let text = OnchainSnippet {
+                rpc_url: url,
+                chain_id: 1,
+                registry_contract: None,
+                requests_contract: Address::ZERO,
+                operator_key_file: Path::new("k"),
+                ecies_key_file: None,
+            }
+            .to_string();
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(
+                text.contains("rpc_url = \"https://rpc.example\"  # complete it"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

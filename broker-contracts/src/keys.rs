@@ -3,15 +3,15 @@
 //! errors name the file, never its content.
 
 use std::{
-    fs, io,
-    io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    io,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use alloy::signers::local::PrivateKeySigner;
 use thiserror::Error;
+
+use crate::atomic_file::{self, FileSpec};
 
 #[derive(Debug, Error)]
 pub enum KeyError {
@@ -97,55 +97,21 @@ fn looks_like_a_key(arg: &Path) -> bool {
 
 /// Writes `secret` as 64 lowercase hex digits and a newline, mode 0600 from
 /// the start (never briefly readable by others), replacing `path`
-/// atomically: a reader, or the file after a crash, holds the old key or
-/// the new one, never a part of either.
+/// atomically ([`atomic_file`]): a reader, or the file after a crash, holds
+/// the old key or the new one, never a part of either.
 pub fn write_secret(path: &Path, secret: &[u8; 32]) -> io::Result<()> {
-    write_atomically(path, secret, true)
+    atomic_file::write(path, &secret_text(secret), FileSpec::private())
 }
 
 /// Like [`write_secret`], but never replaces a file: an existing `path`
 /// fails with [`io::ErrorKind::AlreadyExists`], decided by the kernel when
 /// the name is made (no window between a check and the write).
 pub fn create_secret(path: &Path, secret: &[u8; 32]) -> io::Result<()> {
-    write_atomically(path, secret, false)
+    atomic_file::write(path, &secret_text(secret), FileSpec::private().create_new())
 }
 
-/// Writes a temporary file beside `path`, syncs it, then gives it its name:
-/// rename(2) replaces, link(2) refuses an existing name.
-fn write_atomically(path: &Path, secret: &[u8; 32], replace: bool) -> io::Result<()> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let temp = dir.join(format!(
-        ".{}.{}-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        writeln!(file, "{}", hex::encode(secret))?;
-        file.sync_all()?;
-        if replace {
-            fs::rename(&temp, path)
-        } else {
-            fs::hard_link(&temp, path)
-        }
-    })();
-    // Gone already after a rename; the spare name after a link or a failure.
-    let _ = fs::remove_file(&temp);
-    written?;
-    // The new directory entry itself survives a crash.
-    fs::File::open(dir)?.sync_all()
+fn secret_text(secret: &[u8; 32]) -> Vec<u8> {
+    format!("{}\n", hex::encode(secret)).into_bytes()
 }
 
 #[cfg(test)]
@@ -215,7 +181,7 @@ mod tests {
         assert_eq!(read_secret(&p).unwrap(), [0x22; 32]);
         write_secret(&p, &[0x33; 32]).unwrap();
         assert_eq!(read_secret(&p).unwrap(), [0x33; 32]);
-        let names: Vec<_> = fs::read_dir(dir.path())
+        let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();

@@ -4,6 +4,7 @@
 //! the chain-access layer every binary uses ([`chain`]), deployment with
 //! pre-flight checks, and a local development chain.
 
+pub mod atomic_file;
 pub mod bindings;
 pub mod chain;
 pub mod config_snippet;

@@ -512,7 +512,7 @@ fn broker_files(
             insecure_plaintext: false,
         }),
         manager: config::Manager::default(),
-        database_path: dir.join("state/broker.redb"),
+        database: config::Database::at(dir.join("state/broker.redb")),
         onchain: config::Onchain {
             rpc_url: rpc_url.into(),
             chain_id: chain.chain_id,

@@ -45,9 +45,7 @@ use crate::{
     tunnel::{ROUTE_PROTOCOL, netlink},
 };
 
-/// The longest allocation that leaves a client a usable prefix: a /127 or
-/// /128 has no address for the client's hosts besides the link's ends.
-pub const LONGEST_ALLOCATION: u8 = 126;
+pub use crate::ipam::LONGEST_ALLOCATION;
 
 #[derive(Debug, Error)]
 pub enum HostIpv6Error {

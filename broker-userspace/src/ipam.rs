@@ -28,12 +28,20 @@ const META_UPSTREAM_LEN: &str = "upstream_len";
 const META_SIZE: &str = "allocation_size";
 const META_FREE: &str = "free_slots";
 
+/// The longest allocation the pool gives. Slot 0 is the broker's, and must
+/// hold the upstream router's `::1` and the broker's own `::2` (the
+/// gateway): with /127 slot 0 ends at `::1` and with /128 at `::0`, so the
+/// router's or the gateway's address would be handed to a client.
+pub const LONGEST_ALLOCATION: u8 = 126;
+
 #[derive(Debug, Error)]
 pub enum IpamError {
     #[error("allocation size /{size} must be longer than the upstream prefix {upstream}")]
     SizeNotLonger { upstream: Ipv6Net, size: u8 },
-    #[error("upstream prefix {upstream} cut into /{size}s has more than 2^127 slots")]
-    TooManySlots { upstream: Ipv6Net, size: u8 },
+    #[error(
+        "allocation size /{size} is too long: /{LONGEST_ALLOCATION} at most, since the broker's own prefix (the pool's first) must hold the router's ::1 and the gateway ::2, which a /{size} would give to clients"
+    )]
+    SizeTooLong { size: u8 },
     #[error(
         "the database holds allocations of {stored}, but the configuration says {configured}; the pool cannot change under existing allocations"
     )]
@@ -68,11 +76,12 @@ pub struct Pool {
 impl Pool {
     pub fn new(upstream: Ipv6Net, size: u8) -> Result<Self, IpamError> {
         let upstream = upstream.trunc();
-        if size <= upstream.prefix_len() || size > 128 {
+        if size <= upstream.prefix_len() {
             return Err(IpamError::SizeNotLonger { upstream, size });
         }
-        if size - upstream.prefix_len() > 127 {
-            return Err(IpamError::TooManySlots { upstream, size });
+        // Also keeps the slot count (2^(size - upstream length)) within u128.
+        if size > LONGEST_ALLOCATION {
+            return Err(IpamError::SizeTooLong { size });
         }
         Ok(Pool { upstream, size })
     }
@@ -301,8 +310,8 @@ mod tests {
         assert_eq!(wide.slot(&"2001:db9::/120".parse().unwrap()), None);
         assert_eq!(wide.slot(&"2001:db8::/64".parse().unwrap()), None);
         assert!(Pool::new("2001:db8::/64".parse().unwrap(), 64).is_err());
-        assert!(Pool::new("::/0".parse().unwrap(), 128).is_err());
-        assert_eq!(pool("2001:db8::/120", 128).slots(), 256);
+        assert_eq!(pool("2001:db8::/120", 126).slots(), 64);
+        assert_eq!(pool("::/0", 126).slots(), 1 << 126);
     }
 
     #[test]

@@ -68,9 +68,9 @@ fn check_config_reports_ok_or_every_problem() {
         "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n",
         0o600,
     );
-    let config = |prefix: &str| {
+    let sized = |prefix: &str, size: u8| {
         format!(
-            "[broker]\nupstream_interface = \"eth0\"\nupstream_prefix = \"{prefix}\"\nallocation_size = 120\n\n\
+            "[broker]\nupstream_interface = \"eth0\"\nupstream_prefix = \"{prefix}\"\nallocation_size = {size}\n\n\
              [wireguard]\nendpoint = \"broker.example:51820\"\nprivate_key_file = \"{d}/wg.key\"\n\n\
              [database]\npath = \"{d}/broker.redb\"\n\n\
              [onchain]\nrpc_url = \"https://rpc.example\"\nchain_id = 11155111\n\
@@ -79,6 +79,7 @@ fn check_config_reports_ok_or_every_problem() {
             d = d.display()
         )
     };
+    let config = |prefix: &str| sized(prefix, 120);
     let path = d.join("config.toml");
     write(&path, &config("2001:db8:100::/48"), 0o644);
     let (code, out, err) = broker(&["check-config", "-c", path.to_str().unwrap()]);
@@ -87,6 +88,20 @@ fn check_config_reports_ok_or_every_problem() {
         out.contains("ok — /120s of 2001:db8:100::/48 on eth0"),
         "{out}"
     );
+
+    // The router's ::1 and the gateway ::2 would be clients' slots.
+    for size in [127, 128] {
+        write(&path, &sized("2001:db8:100::/120", size), 0o644);
+        let (code, _, err) = broker(&["check-config", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "/{size}: {err}");
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "error: {}: [broker] allocation_size: allocation size /{size} is too long: /126 at most, since the broker's own prefix (the pool's first) must hold the router's ::1 and the gateway ::2, which a /{size} would give to clients",
+                path.display()
+            )
+        );
+    }
 
     write(&path, &config("2001:db8:100::/130"), 0o644);
     std::fs::set_permissions(&ecies, std::fs::Permissions::from_mode(0o640)).unwrap();

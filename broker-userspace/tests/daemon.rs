@@ -88,7 +88,7 @@ fn log_time(line: &str) -> f64 {
 fn database(lab: &mut Lab) -> anyhow::Result<Store> {
     assert!(!lab.broker_running(), "the daemon still holds the database");
     Ok(Store::open(
-        &lab.config.database_path,
+        &lab.config.database.path,
         lab.config.broker.pool,
     )?)
 }
@@ -558,6 +558,67 @@ fn a_tunnel_that_never_comes_up_is_released() {
             1,
             "{calls:?}"
         );
+        Ok(())
+    });
+}
+
+/// A handshake deadline that passed while the broker was down does not
+/// fire at its restart: the peer was only just put back, and gets the
+/// handshake timeout again from there (a client that never comes up is
+/// still released, after that grace period).
+#[test]
+fn a_deadline_that_passed_while_the_broker_was_down_gets_a_grace_period() {
+    daemon_test("grace", async |lab: &mut Lab| {
+        lab.config.wireguard.handshake_timeout_secs = SHORT_HANDSHAKE_TIMEOUT;
+        lab.start_broker()?;
+        let Served {
+            nft, id, prefix, ..
+        } = lab.serve(CLIENT).await?;
+        lab.stop_broker()?;
+        // Past the deadline while the daemon is down.
+        tokio::time::sleep(secs(SHORT_HANDSHAKE_TIMEOUT + 3)).await;
+
+        let restarted = Instant::now();
+        lab.start_broker()?;
+        // Several polls inside the grace period: the allocation stays.
+        while restarted.elapsed() < secs(SHORT_HANDSHAKE_TIMEOUT - 3) {
+            assert_eq!(
+                lab.released_events().await?,
+                [],
+                "released {:.1} s after the restart: {}",
+                restarted.elapsed().as_secs_f64(),
+                lab.broker_log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(lab.routes()?, [prefix]);
+        assert_eq!(lab.peers()?.len(), 1);
+        assert_eq!(lab.status(id).await?, APPROVED);
+
+        // After it, the client that never came up is released as ever.
+        let deadline = restarted + secs(SHORT_HANDSHAKE_TIMEOUT + 20);
+        let operator = lab.chain.operator.address();
+        let released = loop {
+            let events = lab.released_events().await?;
+            if !events.is_empty() {
+                break events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no release after the grace period"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(released, [(id, nft, operator)]);
+        // The daemon's clock is whole seconds.
+        assert!(
+            restarted.elapsed() >= secs(SHORT_HANDSHAKE_TIMEOUT - 1),
+            "released {:.1} s after the restart",
+            restarted.elapsed().as_secs_f64()
+        );
+        assert_eq!(lab.routes()?, []);
+        lab.stop_broker()?;
+        assert_eq!(assert_consistent(lab)?, []);
         Ok(())
     });
 }

@@ -210,6 +210,55 @@ async fn deploys_owned_by_the_operator_and_prints_the_config() {
     }
 }
 
+/// A hosted endpoint's API key (in its path or query) never reaches the
+/// output, neither in the progress lines nor in the configuration printed,
+/// whether the deployment succeeds or the endpoint cannot be reached.
+#[tokio::test]
+async fn the_rpc_url_is_printed_without_its_api_key() {
+    const API_KEY: &str = "SECRET-api-key-0123456789";
+    let anvil = Anvil::start().await.expect("anvil starts");
+    let dir = TempDir::new("redacted");
+    let (operator, key, _) = dir.key("operator.key");
+    anvil
+        .set_balance(operator.address(), U256::from(10u64).pow(U256::from(18)))
+        .await
+        .unwrap();
+    // anvil answers on `/` whatever the query.
+    let url = format!("{}/?apikey={API_KEY}", anvil.url);
+    let out = deploy(&url, "31337", &key);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains(API_KEY) && !stderr.contains(API_KEY),
+        "the API key is in the output:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "connecting to {} (expecting chain 31337)",
+            anvil.url
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "rpc_url = \"{}\"  # complete it: the URL's path and query (they may hold an API key) are not printed\n",
+            anvil.url
+        )),
+        "{stdout}"
+    );
+
+    let url = format!("{}/v3/{API_KEY}", dead_url());
+    let out = deploy(&url, "31337", &key);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains(API_KEY), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the RPC endpoint http://127.0.0.1:"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn unreachable_rpc() {
     let dir = TempDir::new("unreachable");

@@ -257,7 +257,7 @@ fn a_release_killed_midway_finishes_once_after_a_restart() {
         {
             // The release committed, with the on-chain release owed; the
             // kernel still has the tunnel.
-            let db = Store::open(&lab.config.database_path, lab.config.broker.pool)?;
+            let db = Store::open(&lab.config.database.path, lab.config.broker.pool)?;
             assert_eq!(db.allocations()?, []);
             assert_eq!(db.owed_releases()?.len(), 1);
         }

@@ -238,13 +238,14 @@ fn at_a_terminal_setup_goes_from_nothing_to_a_broker_that_answers() {
             "",
         )?;
         answer(&mut p, "Pool (a prefix, or a number from the list)", POOL)?;
-        // A /128 leaves a client nothing: refused, asked again.
+        // A /128 would give clients the router's and the gateway's
+        // addresses: refused with the reason, asked again.
         answer(
             &mut p,
             "Allocation size: the prefix length each client gets [64]: ",
             "128",
         )?;
-        expect(&mut p, "leaves a client no usable prefix")?;
+        expect(&mut p, "allocation size /128 is too long: /126 at most")?;
         answer(&mut p, "[64]: ", SIZE)?;
         answer(
             &mut p,
@@ -394,7 +395,7 @@ fn non_interactive_setup_takes_flags_and_names_what_is_missing() {
         ensure!(
             out.status.code() == Some(1)
                 && stderr(&out)
-                    .contains("--allocation-size: /127 leaves a client no usable prefix"),
+                    .contains("--allocation-size: allocation size /127 is too long: /126 at most, since the broker's own prefix (the pool's first) must hold the router's ::1 and the gateway ::2"),
             "{}",
             stderr(&out)
         );

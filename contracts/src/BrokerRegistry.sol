@@ -17,7 +17,7 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 contract BrokerRegistry is Ownable {
     /// @notice One broker. The field order is the ABI tuple order that clients decode.
     struct Broker {
-        /// @dev Operator wallet; also the owner of `requestsContract`.
+        /// @dev Operator wallet; also the owner of `requestsContract`. Zero once removed.
         address operator;
         /// @dev The broker's BrokerRequests contract.
         address requestsContract;
@@ -76,7 +76,7 @@ contract BrokerRegistry is Ownable {
     ) external onlyOwner returns (uint256 brokerId) {
         require(operator != address(0), "Invalid operator address");
         require(requestsContract != address(0), "Invalid requests contract");
-        require(encryptionPubkey.length == PUBKEY_LENGTH, "Pubkey must be 65 bytes");
+        require(encryptionPubkey.length == PUBKEY_LENGTH, "Pubkey must be 65 bytes (uncompressed secp256k1)");
 
         uint256 oldId = operatorToBrokerId[operator];
         if (oldId != 0) {
@@ -118,9 +118,11 @@ contract BrokerRegistry is Ownable {
         emit BrokerUpdated(brokerId, msg.sender);
     }
 
-    /// @notice Replaces the caller's region hint.
+    /// @notice Replaces the caller's region hint; an empty one is refused (as the V2 registry
+    ///         that deployed tools know does).
     function updateRegion(string calldata region) external {
         uint256 brokerId = _callerBrokerId();
+        require(bytes(region).length > 0, "Region cannot be empty");
         brokers[brokerId - 1].region = region;
         emit BrokerUpdated(brokerId, msg.sender);
     }
@@ -157,20 +159,25 @@ contract BrokerRegistry is Ownable {
         emit BrokerActivated(brokerId, msg.sender);
     }
 
-    /// @notice Removes a broker (owner only): deactivates the entry and clears the mappings
-    ///         that still point at it. The entry itself stays, for history.
-    /// @dev Idempotent; emits `BrokerDeactivated` with the entry's operator every time.
+    /// @notice Removes a broker (owner only): deactivates the entry, clears the mappings
+    ///         that still point at it and sets its `operator` to the zero address (as the V2
+    ///         registry does: tools in the field read a zero operator as "removed"). The entry
+    ///         itself stays, so ids keep their meaning.
+    /// @dev Idempotent; emits `BrokerDeactivated` with the operator the entry had before this
+    ///      call (the zero address when it was removed already).
     function removeBroker(uint256 brokerId) external onlyOwner {
         require(brokerId > 0 && brokerId <= brokers.length, "Invalid broker ID");
         Broker storage broker = brokers[brokerId - 1];
+        address operator = broker.operator;
         broker.active = false;
-        if (operatorToBrokerId[broker.operator] == brokerId) {
-            delete operatorToBrokerId[broker.operator];
+        broker.operator = address(0);
+        if (operatorToBrokerId[operator] == brokerId) {
+            delete operatorToBrokerId[operator];
         }
         if (requestsContractToBrokerId[broker.requestsContract] == brokerId) {
             delete requestsContractToBrokerId[broker.requestsContract];
         }
-        emit BrokerDeactivated(brokerId, broker.operator);
+        emit BrokerDeactivated(brokerId, operator);
     }
 
     /// @notice Returns entry `brokerId` (1-based); reverts outside 1..getBrokerCount().

@@ -176,19 +176,19 @@ contract BrokerRegistryTest is Test {
 
     function test_registerBroker_revertsForPubkeyOf64Bytes() public {
         vm.prank(admin);
-        vm.expectRevert("Pubkey must be 65 bytes");
+        vm.expectRevert("Pubkey must be 65 bytes (uncompressed secp256k1)");
         registry.registerBroker(operator, requestsA, new bytes(64), "eu-west", 0);
     }
 
     function test_registerBroker_revertsForPubkeyOf66Bytes() public {
         vm.prank(admin);
-        vm.expectRevert("Pubkey must be 65 bytes");
+        vm.expectRevert("Pubkey must be 65 bytes (uncompressed secp256k1)");
         registry.registerBroker(operator, requestsA, new bytes(66), "eu-west", 0);
     }
 
     function test_registerBroker_revertsForEmptyPubkey() public {
         vm.prank(admin);
-        vm.expectRevert("Pubkey must be 65 bytes");
+        vm.expectRevert("Pubkey must be 65 bytes (uncompressed secp256k1)");
         registry.registerBroker(operator, requestsA, "", "eu-west", 0);
     }
 
@@ -290,6 +290,14 @@ contract BrokerRegistryTest is Test {
         vm.prank(operator);
         registry.updateRegion("us-west");
         assertEq(registry.getBroker(1).region, "us-west");
+    }
+
+    function test_updateRegion_revertsForEmptyRegionAndKeepsTheOldOne() public {
+        _register(operator, requestsA);
+        vm.prank(operator);
+        vm.expectRevert("Region cannot be empty");
+        registry.updateRegion("");
+        assertEq(registry.getBroker(1).region, "eu-west");
     }
 
     function test_updateRegion_revertsForNonOperator() public {
@@ -403,7 +411,11 @@ contract BrokerRegistryTest is Test {
         vm.prank(admin);
         registry.removeBroker(1);
 
-        assertFalse(registry.getBroker(1).active);
+        BrokerRegistry.Broker memory removed = registry.getBroker(1);
+        assertFalse(removed.active);
+        assertEq(removed.operator, address(0), "the removed entry names no operator");
+        assertEq(removed.requestsContract, requestsA, "the rest of the entry is kept");
+        assertEq(removed.encryptionPubkey, pubkey);
         assertEq(registry.operatorToBrokerId(operator), 0);
         assertEq(registry.requestsContractToBrokerId(requestsA), 0);
         assertFalse(registry.isOperator(operator));
@@ -423,15 +435,21 @@ contract BrokerRegistryTest is Test {
         assertEq(registry.operatorToBrokerId(operator), 2);
         assertEq(registry.requestsContractToBrokerId(requestsB), 2);
         assertTrue(registry.getBroker(2).active);
+        assertEq(registry.getBroker(1).operator, address(0));
+        assertEq(registry.getBroker(2).operator, operator, "the replacing entry keeps its operator");
     }
 
     function test_removeBroker_isIdempotent() public {
         _register(operator, requestsA);
         vm.startPrank(admin);
         registry.removeBroker(1);
+        vm.expectEmit(address(registry));
+        emit BrokerRegistry.BrokerDeactivated(1, address(0));
         registry.removeBroker(1);
         vm.stopPrank();
         assertFalse(registry.getBroker(1).active);
+        assertEq(registry.getBroker(1).operator, address(0));
+        assertEq(registry.getBrokerCount(), 1);
     }
 
     function test_removeBroker_operatorCanBeRegisteredAgain() public {
@@ -482,7 +500,7 @@ contract BrokerRegistryTest is Test {
     function testFuzz_registerBroker_onlyAccepts65BytePubkeys(uint16 rawLength) public {
         uint256 length = bound(rawLength, 0, 200);
         vm.prank(admin);
-        if (length != 65) vm.expectRevert("Pubkey must be 65 bytes");
+        if (length != 65) vm.expectRevert("Pubkey must be 65 bytes (uncompressed secp256k1)");
         registry.registerBroker(operator, requestsA, new bytes(length), "r", 0);
     }
 

@@ -31,6 +31,9 @@ pub struct Endpoint {
     /// Spellings of the full URL (as given, as parsed), longest first so a
     /// shorter spelling never breaks a longer one.
     hidden: Vec<String>,
+    /// Whether the URL has more than `shown` says (a path, a query, a
+    /// fragment or credentials): what a printout must then leave out.
+    hides_something: bool,
 }
 
 impl Endpoint {
@@ -45,12 +48,30 @@ impl Endpoint {
             .collect();
         hidden.sort_by_key(|u| std::cmp::Reverse(u.len()));
         hidden.dedup();
-        Ok((Endpoint { shown, hidden }, url))
+        let hides_something = url.path() != "/"
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some();
+        Ok((
+            Endpoint {
+                shown,
+                hidden,
+                hides_something,
+            },
+            url,
+        ))
     }
 
     /// `scheme://host:port`.
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// Whether [`Self::shown`] leaves part of the URL out (its path, query,
+    /// fragment or credentials, where API keys live).
+    pub fn hides_something(&self) -> bool {
+        self.hides_something
     }
 
     /// `text` with every spelling of the full URL replaced by [`Self::shown`].
@@ -99,8 +120,26 @@ mod tests {
             assert!(redacted.contains("https://rpc.example:8443"), "{redacted}");
         }
         // The default port is not shown; a bare origin has nothing to hide.
+        assert!(endpoint.hides_something());
         let (endpoint, _) = Endpoint::parse("http://127.0.0.1:8545/").unwrap();
         assert_eq!(endpoint.shown(), "http://127.0.0.1:8545");
+        assert!(!endpoint.hides_something());
+        for url in [
+            "https://RPC.example",
+            "https://rpc.example:443/",
+            "http://127.0.0.1:8545",
+        ] {
+            assert!(!Endpoint::parse(url).unwrap().0.hides_something(), "{url}");
+        }
+        for url in [
+            "https://rpc.example/k",
+            "https://rpc.example/?k=1",
+            "https://rpc.example/#k",
+            "https://user:pass@rpc.example",
+            "https://user@rpc.example",
+        ] {
+            assert!(Endpoint::parse(url).unwrap().0.hides_something(), "{url}");
+        }
         assert_eq!(
             endpoint.redact("x http://127.0.0.1:8545/ y".into()),
             "x http://127.0.0.1:8545/ y"

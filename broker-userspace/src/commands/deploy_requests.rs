@@ -41,7 +41,9 @@ pub struct DeployRequestsArgs {
 
 pub fn run(args: DeployRequestsArgs) -> anyhow::Result<ExitCode> {
     // Everything local first: nothing goes on the wire with a bad argument.
-    chain::parse_rpc_url(&args.rpc_url)?;
+    // Shown as the daemon shows it: a hosted endpoint's path or query holds
+    // its API key.
+    let (endpoint, _) = chain::redact::Endpoint::parse(&args.rpc_url)?;
     let operator = keys::read_private_signer(&args.operator_key).context("--operator-key")?;
     let key_file = std::path::absolute(&args.operator_key)
         .with_context(|| format!("resolving {}", args.operator_key.display()))?;
@@ -53,7 +55,8 @@ pub fn run(args: DeployRequestsArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     eprintln!(
         "connecting to {} (expecting chain {})…",
-        args.rpc_url, args.chain_id
+        endpoint.shown(),
+        args.chain_id
     );
     let deployment = runtime.block_on(deploy::deploy_requests_with_progress(
         &args.rpc_url,

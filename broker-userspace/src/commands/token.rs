@@ -74,7 +74,7 @@ fn ask_or_open<T: serde::de::DeserializeOwned>(
     let timeout = if write { CHANGE_TIMEOUT } else { READ_TIMEOUT };
     match control::ask(&socket, request, timeout) {
         Err(AskError::NoDaemon { .. }) => {
-            let (path, pool) = (&config.database_path, config.broker.pool);
+            let (path, pool) = (&config.database.path, config.broker.pool);
             let store = if write {
                 Store::open(path, pool)
             } else {

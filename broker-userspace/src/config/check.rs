@@ -15,7 +15,9 @@ use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
 
-use super::{Api, Broker, Config, Manager, Onchain, Wireguard, file};
+use super::{
+    Api, Broker, Config, Database, MAX_RETENTION_DAYS, Manager, Onchain, Wireguard, file,
+};
 use crate::ipam::Pool;
 
 /// Whether the key files' contents are checked (their mode always is).
@@ -112,12 +114,13 @@ pub(super) fn config(file: file::File, p: &mut Problems) -> Option<Config> {
     let manager = manager(file.manager, file.api.is_some(), p);
     let api = file.api.map(|a| api(a, p));
     let onchain = onchain(file.onchain, p);
+    let database = database(file.database, p);
     Some(Config {
         broker: broker?,
         wireguard: wireguard?,
         api: api.map_or(Some(None), |a| a.map(Some))?,
         manager: manager?,
-        database_path: file.database.path,
+        database: database?,
         onchain: onchain?,
     })
 }
@@ -162,6 +165,19 @@ fn manager(m: file::Manager, has_api: bool, p: &mut Problems) -> Option<Manager>
     ok.then_some(Manager {
         admins,
         session_secs,
+    })
+}
+
+fn database(d: file::Database, p: &mut Problems) -> Option<Database> {
+    if !(1..=MAX_RETENTION_DAYS).contains(&d.retention_days) {
+        p.add(format!(
+            "[database] retention_days must be 1 to {MAX_RETENTION_DAYS} (finished requests and audit entries are kept that long, then pruned)"
+        ));
+        return None;
+    }
+    Some(Database {
+        path: d.path,
+        retention_days: d.retention_days,
     })
 }
 

@@ -75,6 +75,8 @@ pub(super) struct Manager {
 #[serde(deny_unknown_fields)]
 pub(super) struct Database {
     pub path: PathBuf,
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +119,9 @@ fn default_wg_interface() -> String {
 }
 fn default_wg_port() -> u16 {
     51820
+}
+fn default_retention_days() -> u64 {
+    super::DEFAULT_RETENTION_DAYS
 }
 fn default_handshake_timeout() -> u64 {
     120

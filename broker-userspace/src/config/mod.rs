@@ -84,10 +84,32 @@ pub struct Config {
     /// `[api]` listener under `/manager/`).
     #[serde(skip_serializing_if = "Manager::is_default")]
     pub manager: Manager,
-    /// `[database] path`.
-    #[serde(rename = "database", serialize_with = "database_table")]
-    pub database_path: PathBuf,
+    pub database: Database,
     pub onchain: Onchain,
+}
+
+/// `[database] retention_days` when the file does not give it.
+pub const DEFAULT_RETENTION_DAYS: u64 = 90;
+/// The longest retention the configuration accepts: ten years.
+pub const MAX_RETENTION_DAYS: u64 = 3650;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Database {
+    pub path: PathBuf,
+    /// Days a finished request's record and an audit entry are kept: both
+    /// grow with what anyone sends the contract, so they are pruned (see
+    /// `Store::prune`).
+    pub retention_days: u64,
+}
+
+impl Database {
+    /// `path` with the default retention.
+    pub fn at(path: PathBuf) -> Database {
+        Database {
+            path,
+            retention_days: DEFAULT_RETENTION_DAYS,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -193,14 +215,6 @@ pub struct Onchain {
 }
 
 // The keys of the file that `Config` holds in other shapes.
-
-fn database_table<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Database<'a> {
-        path: &'a Path,
-    }
-    Database { path }.serialize(s)
-}
 
 fn ether<S: Serializer>(wei: &U256, s: S) -> Result<S::Ok, S::Error> {
     broker_contracts::chain::ether(*wei).serialize(s)

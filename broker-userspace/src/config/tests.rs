@@ -216,7 +216,7 @@ fn allocation_size_must_be_longer_than_the_upstream_prefix() {
         ("48", false),
         ("40", false),
         ("49", true),
-        ("128", true),
+        ("126", true),
         ("129", false),
     ] {
         let text = f.text().replace(
@@ -227,6 +227,50 @@ fn allocation_size_must_be_longer_than_the_upstream_prefix() {
     }
     let text = f.text().replace("2001:db8:100::/48", "2001:db8:100::1/48");
     assert!(f.problems(&text)[0].contains("did you mean 2001:db8:100::/48?"));
+}
+
+#[test]
+fn retention_days_defaults_to_90_and_is_bounded() {
+    let f = Fixture::new();
+    let c = f.load(&f.text()).unwrap();
+    assert_eq!(c.database.retention_days, 90);
+    let with = |days: &str| {
+        f.text().replace(
+            "[database]\n",
+            &format!("[database]\nretention_days = {days}\n"),
+        )
+    };
+    assert_eq!(f.load(&with("7")).unwrap().database.retention_days, 7);
+    for bad in ["0", "3651"] {
+        assert_eq!(
+            f.problems(&with(bad)),
+            [
+                "[database] retention_days must be 1 to 3650 (finished requests and audit entries are kept that long, then pruned)"
+            ],
+            "{bad}"
+        );
+    }
+}
+
+/// With /127 or /128 the broker's slot 0 no longer holds the router's ::1
+/// and the gateway ::2: clients would be given them.
+#[test]
+fn allocation_sizes_127_and_128_are_refused_with_the_reason() {
+    let f = Fixture::new();
+    for size in [127, 128] {
+        let text = f.text().replace(
+            "allocation_size = 120",
+            &format!("allocation_size = {size}"),
+        );
+        let p = f.problems(&text);
+        assert_eq!(
+            p,
+            [format!(
+                "[broker] allocation_size: allocation size /{size} is too long: /126 at most, since the broker's own prefix (the pool's first) must hold the router's ::1 and the gateway ::2, which a /{size} would give to clients"
+            )],
+            "/{size}"
+        );
+    }
 }
 
 #[test]

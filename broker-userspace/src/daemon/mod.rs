@@ -72,6 +72,12 @@ pub struct Daemon {
     /// Failed polls by kind, and the last success: for the metrics.
     counters: DaemonCounters,
     systemd: Systemd,
+    /// When this run put the peers on the interface (seconds since the
+    /// epoch): no handshake deadline falls before it plus the handshake
+    /// timeout (see `upkeep::handshake_overdue`).
+    peers_installed_at: u64,
+    /// When old records were last pruned (see `upkeep::prune_old_records`).
+    last_pruned: Option<std::time::Instant>,
 }
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
@@ -192,7 +198,7 @@ impl Daemon {
             )
         })?;
 
-        let store = Store::open(&config.database_path, config.broker.pool)?;
+        let store = Store::open(&config.database.path, config.broker.pool)?;
         systemd.status(&format!(
             "bringing up the WireGuard interface {}",
             config.wireguard.interface
@@ -228,6 +234,7 @@ impl Daemon {
             ndp,
         };
         let summary = kernel.reconcile(&store.allocations()?).await?;
+        let peers_installed_at = crate::store::now();
         info!("kernel reconciled with the database: {summary}");
 
         systemd.status("connecting to the chain");
@@ -263,6 +270,8 @@ impl Daemon {
             last_poll: None,
             counters: DaemonCounters::default(),
             systemd,
+            peers_installed_at,
+            last_pruned: None,
         };
         daemon.sync_capacity().await;
         Ok(Some(daemon))

@@ -1,7 +1,7 @@
 //! What each poll does besides new requests: tunnels that never came up,
 //! allocations their owners released on chain, on-chain releases still owed.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use alloy::primitives::Address;
 use tracing::{info, warn};
@@ -10,8 +10,11 @@ use super::{Daemon, crash_point, kernel::Removed};
 use crate::{
     chain::BlockRef,
     operator::OnChainRelease,
-    store::{allocations::Allocation, chain_releases::OwedRelease, now},
+    store::{Pruned, allocations::Allocation, chain_releases::OwedRelease, now},
 };
+
+/// How often old records are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Daemon {
     /// Each step on its own: one failing (a provider refusing the event
@@ -27,6 +30,33 @@ impl Daemon {
             self.count_chain_error(e.as_ref());
         }
         self.send_owed_releases().await;
+        if let Err(e) = self.prune_old_records() {
+            warn!("pruning old records (again next poll): {e:#}");
+        }
+    }
+
+    /// Finished requests' records and audit entries older than the
+    /// retention go, at start and then hourly: a scan of the requests
+    /// table is not a thing to do every poll.
+    fn prune_old_records(&mut self) -> anyhow::Result<()> {
+        if self
+            .last_pruned
+            .is_some_and(|at| at.elapsed() < PRUNE_INTERVAL)
+        {
+            return Ok(());
+        }
+        let retention = self.config.database.retention_days.saturating_mul(86_400);
+        let pruned = self.store.prune(now().saturating_sub(retention))?;
+        self.last_pruned = Some(std::time::Instant::now());
+        if pruned != Pruned::default() {
+            info!(
+                requests = pruned.requests,
+                audit = pruned.audit,
+                "pruned records older than {} days",
+                self.config.database.retention_days
+            );
+        }
+        Ok(())
     }
 
     /// Frees `allocation` locally (database first, then the kernel); owes
@@ -49,6 +79,7 @@ impl Daemon {
     /// Answered allocations whose peer has not completed a handshake by
     /// their deadline are released; a handshake clears the deadline.
     async fn check_handshakes(&mut self) -> anyhow::Result<()> {
+        let timeout = self.config.wireguard.handshake_timeout_secs;
         let due: Vec<Allocation> = self
             .store
             .allocations()?
@@ -70,8 +101,10 @@ impl Daemon {
             if handshake.is_some_and(|h| h >= since) {
                 self.store.tunnel_up(a.slot)?;
                 info!(prefix = %a.prefix, "tunnel up");
-            } else if a.handshake_deadline.is_some_and(|d| now() >= d) {
-                let timeout = self.config.wireguard.handshake_timeout_secs;
+            } else if a
+                .handshake_deadline
+                .is_some_and(|d| handshake_overdue(d, self.peers_installed_at, timeout, now()))
+            {
                 self.release(&a, &format!("no handshake within {timeout} s"), true)
                     .await?;
             }
@@ -193,5 +226,46 @@ impl Daemon {
         if let Err(e) = self.store.chain_release_done(contract, nft) {
             warn!("recording the on-chain release: {e}");
         }
+    }
+}
+
+/// Whether a peer's handshake deadline has passed for good. A deadline that
+/// passed while the broker was down (a reboot, a crash, an upgrade) does not
+/// count at once: the peers were only just put back on an interface with no
+/// handshakes yet, and a client's WireGuard retries on its own schedule. So
+/// every peer gets the handshake timeout again from `peers_installed_at`,
+/// the same window a new peer gets; the configured timeout rather than a
+/// constant of its own, as the operator's choice of how long a client may
+/// take holds for both.
+fn handshake_overdue(deadline: u64, peers_installed_at: u64, timeout: u64, now: u64) -> bool {
+    now >= deadline.max(peers_installed_at.saturating_add(timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handshake_overdue;
+
+    #[test]
+    fn a_deadline_that_passed_while_down_waits_for_the_grace_period() {
+        let (timeout, started) = (120, 10_000);
+        // Due long before this start: not before start + timeout.
+        assert!(!handshake_overdue(5_000, started, timeout, started));
+        assert!(!handshake_overdue(5_000, started, timeout, started + 119));
+        assert!(handshake_overdue(5_000, started, timeout, started + 120));
+        // Due after the grace period: its own deadline.
+        assert!(!handshake_overdue(
+            started + 300,
+            started,
+            timeout,
+            started + 200
+        ));
+        assert!(handshake_overdue(
+            started + 300,
+            started,
+            timeout,
+            started + 300
+        ));
+        // No overflow at the ends of the clock.
+        assert!(!handshake_overdue(0, u64::MAX, timeout, u64::MAX - 1));
     }
 }

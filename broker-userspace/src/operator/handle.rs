@@ -58,7 +58,7 @@ impl Snapshot {
     /// second process open the file while it runs): read-only, without
     /// the chain, the wallet and the peers.
     pub fn read_offline(config: &Config) -> Result<Snapshot, StoreError> {
-        let store = Store::open_read_only(&config.database_path, config.broker.pool)?;
+        let store = Store::open_read_only(&config.database.path, config.broker.pool)?;
         Snapshot::from_store(config, &store, None, crate::store::now())
     }
 

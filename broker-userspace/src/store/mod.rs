@@ -149,6 +149,24 @@ impl Store {
         self.pool
     }
 
+    /// Removes finished requests' records and audit entries from before
+    /// `cutoff` (seconds since the epoch), in one transaction.
+    ///
+    /// What else anyone on chain can make the database hold is bounded
+    /// already: allocations (and the releases owed for them) by the pool
+    /// and the advertised capacity, unfinished requests by the on-chain
+    /// expiry that finishes them, cursors by the configured contracts;
+    /// tokens are the operator's. Requests' records and audit entries grow
+    /// with every request anyone submits, hence this.
+    pub fn prune(&self, cutoff: u64) -> Result<Pruned, StoreError> {
+        self.transition(|txn| {
+            Ok(Pruned {
+                requests: requests::prune(txn, cutoff)?,
+                audit: audit::prune(txn, cutoff)?,
+            })
+        })
+    }
+
     /// Runs `change` in one write transaction and commits it; an error
     /// drops the transaction, which aborts it: nothing of it is stored.
     fn transition<T>(
@@ -175,6 +193,13 @@ impl Store {
         };
         read(&txn)
     }
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub requests: u64,
+    pub audit: u64,
 }
 
 /// Either kind of transaction, to read from: the entity files' lookups serve
@@ -286,6 +311,76 @@ pub(crate) mod tests {
     /// A store in a fresh file under `dir` (a directory it creates).
     pub fn open(dir: &tempfile::TempDir) -> Store {
         Store::open(&dir.path().join("state/broker.redb"), pool()).unwrap()
+    }
+
+    /// Finished requests' records and audit entries from before the cutoff
+    /// go; unfinished requests, allocations and everything newer stay, in
+    /// the file itself (checked after reopening it).
+    #[test]
+    fn prune_removes_old_finished_records_and_audit_entries_only() {
+        use requests::{Verdict, tests::grant};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        // Old: answered, rejected, skipped, and one waiting for a retry.
+        let a = grant(&store, 1, 1, 1).allocation;
+        store.answered(CONTRACT, 1, a.slot, None, 120).unwrap();
+        let reject = |id| Verdict::Reject(format!("bad {id}"));
+        store.decide(CONTRACT, 2, reject(2), true).unwrap();
+        let skip = Verdict::Skip("gone".into());
+        store.decide(CONTRACT, 3, skip, true).unwrap();
+        let unknown = Verdict::Unknown("rpc".into());
+        store.decide(CONTRACT, 4, unknown, true).unwrap();
+        let old_audit = store.audit_tail(100).unwrap().len();
+        assert_eq!(old_audit, 3, "allocated 1, answered 1, rejected 2");
+        // Times are whole seconds: the cutoff is the next one.
+        let started = now();
+        while now() == started {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let cutoff = now();
+        // New: a rejection and a grant.
+        store.decide(CONTRACT, 5, reject(5), true).unwrap();
+        grant(&store, 6, 2, 2);
+
+        let pruned = store.prune(cutoff).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                requests: 3,
+                audit: 3
+            }
+        );
+        assert_eq!(store.prune(cutoff).unwrap(), Pruned::default());
+        drop(store);
+
+        let store = open(&dir);
+        let kept = |id| store.request(CONTRACT, id).unwrap().is_some();
+        assert_eq!(
+            (1..=6).map(kept).collect::<Vec<_>>(),
+            [false, false, false, true, true, true]
+        );
+        let ids: Vec<u64> = store.unfinished().unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(ids, [4, 6]);
+        // The allocation of a pruned request is the NFT's still.
+        let held: Vec<u64> = store
+            .allocations()
+            .unwrap()
+            .iter()
+            .map(|a| a.request_id)
+            .collect();
+        assert_eq!(held, [1, 6]);
+        // The log keeps its order and its newest entries, counted from its
+        // end (its first key is no longer 0).
+        let tail = store.audit_tail(100).unwrap();
+        assert_eq!(tail.len(), 2, "{tail:?}");
+        assert!(tail.iter().all(|e| e.at >= cutoff), "{tail:?}");
+        let last = store.audit_tail(1).unwrap();
+        assert_eq!(last.len(), 1, "{last:?}");
+        assert_eq!(last[0], tail[1]);
+        assert!(
+            matches!(&tail[0].event, audit::Event::Rejected { request_id: 5, .. }),
+            "{tail:?}"
+        );
     }
 
     #[test]

@@ -30,6 +30,24 @@ use super::{
 const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
 const UNFINISHED: TableDefinition<&[u8], ()> = TableDefinition::new("requests_unfinished");
 
+/// The longest reason or error a record keeps, in bytes: they can quote what
+/// a request's submitter chose (a payload's parse error, an NFT contract's
+/// answer), and a record must not grow with it.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// `text` cut to [`MAX_REASON_BYTES`] at a character boundary, marked so.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// What [`Stage::Answered`] records when the answer was found on chain
 /// rather than sent by this run (an earlier run sent it).
 pub const FOUND_ON_CHAIN: &str = "found on chain";
@@ -208,6 +226,25 @@ pub(super) fn set(
     Ok(())
 }
 
+/// Removes the finished records last changed before `cutoff` (seconds since
+/// the epoch); says how many. Unfinished ones stay whatever their age: a
+/// request is only ever examined again from its record while unfinished
+/// (finished ones lie behind the contract's cursor), and an on-chain
+/// request that waits long enough expires, which finishes its record.
+pub(super) fn prune(txn: &WriteTransaction, cutoff: u64) -> Result<u64, StoreError> {
+    let mut table = txn.open_table(REQUESTS)?;
+    let old = collect(table.iter()?, |k, v| {
+        let record: Record = decode("requests", hex::encode(k), v)?;
+        Ok((record.stage.is_finished() && record.updated_at < cutoff).then(|| k.to_vec()))
+    })?;
+    let mut removed = 0;
+    for k in old.into_iter().flatten() {
+        table.remove(k.as_slice())?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// The next retry after a transient failure: attempts count up from the
 /// `previous` stage's, the wait doubles (from 20 s to at most an hour).
 fn retry_after(previous: Option<&Stage>, error: String) -> Decision {
@@ -258,7 +295,8 @@ impl Store {
         self.read(|txn| get(txn, contract, id))
     }
 
-    /// `contract`'s requests counted by stage (reads each of its records).
+    /// `contract`'s requests counted by stage (reads each of its records):
+    /// those within the retention, as finished ones older are pruned.
     pub fn request_counts(&self, contract: Address) -> Result<RequestCounts, StoreError> {
         self.read(|txn| {
             let table = txn.table(REQUESTS)?;
@@ -316,9 +354,9 @@ impl Store {
                 return Ok(Decision::AlreadyFinished);
             }
             let decision = match verdict {
-                Verdict::Unknown(error) => retry_after(previous.as_ref(), error),
-                Verdict::Skip(reason) => Decision::Skipped(reason),
-                Verdict::Reject(reason) => reject(txn, contract, id, reason)?,
+                Verdict::Unknown(error) => retry_after(previous.as_ref(), bounded(error)),
+                Verdict::Skip(reason) => Decision::Skipped(bounded(reason)),
+                Verdict::Reject(reason) => reject(txn, contract, id, bounded(reason))?,
                 Verdict::Valid {
                     nft,
                     wg_key,
@@ -442,6 +480,45 @@ pub(crate) mod tests {
 
     fn unfinished_ids(store: &Store) -> Vec<u64> {
         store.unfinished().unwrap().iter().map(|r| r.id).collect()
+    }
+
+    /// A reason quoting a submitter's input is kept to
+    /// [`MAX_REASON_BYTES`], in the record and in the audit log alike.
+    #[test]
+    fn reasons_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let long = "é".repeat(100_000);
+        let verdicts = [
+            Verdict::Reject(long.clone()),
+            Verdict::Skip(long.clone()),
+            Verdict::Unknown(long.clone()),
+        ];
+        for (id, verdict) in (1..).zip(verdicts) {
+            store.decide(CONTRACT, id, verdict, true).unwrap();
+            let text = match stage(&store, id) {
+                Stage::Rejected { reason } | Stage::Skipped { reason } => reason,
+                Stage::Retry { last_error, .. } => last_error,
+                other => panic!("{other:?}"),
+            };
+            assert!(text.len() <= MAX_REASON_BYTES, "{}", text.len());
+            assert!(text.len() > MAX_REASON_BYTES - 8, "{}", text.len());
+            assert!(text.starts_with("éé") && text.ends_with('…'));
+        }
+        let audit::Event::Rejected { reason, .. } = &store.audit_tail(1).unwrap()[0].event else {
+            panic!("not a rejection");
+        };
+        assert!(reason.len() <= MAX_REASON_BYTES);
+        // Short ones are kept as they are.
+        store
+            .decide(CONTRACT, 9, Verdict::Reject("bad".into()), true)
+            .unwrap();
+        assert_eq!(
+            stage(&store, 9),
+            Stage::Rejected {
+                reason: "bad".into()
+            }
+        );
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Setup<'_> {
             }
             Err(e) => return Err(e.context("making the API token")),
         };
-        files::give(&config.database_path, owner)?;
+        files::give(&config.database.path, owner)?;
         Ok(Some(secret))
     }
 }

@@ -3,15 +3,13 @@
 //! group, the state directory 0750 its own. Every file is written whole or
 //! not at all (a temporary file renamed into place).
 
-use std::{
-    fs,
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
-    path::Path,
-};
+use std::{fs, os::unix::fs::DirBuilderExt as _, path::Path};
 
 use anyhow::Context as _;
-use broker_contracts::{keys, protocol};
+use broker_contracts::{
+    atomic_file::{self, FileSpec},
+    keys, protocol,
+};
 use broker_userspace::config::Config;
 use nix::unistd::{Gid, Uid, chown};
 use wireguard_control::Key;
@@ -103,7 +101,12 @@ pub fn wireguard_key(path: &Path, owner: Option<&User>) -> anyhow::Result<Key> {
         })?
     } else {
         let key = Key::generate_private();
-        write_whole(path, format!("{}\n", key.to_base64()).as_bytes(), 0o600)?;
+        // Never replaces a key made meanwhile (its public key may be out).
+        write_whole(
+            path,
+            format!("{}\n", key.to_base64()).as_bytes(),
+            FileSpec::private().create_new(),
+        )?;
         key
     };
     give(path, owner)?;
@@ -116,30 +119,17 @@ pub fn write_config(path: &Path, config: &Config, owner: Option<&User>) -> anyho
         "# Written by `blockhost-broker setup`; `blockhost-broker check-config` checks it.\n{}",
         toml::to_string(config).context("serialising the configuration")?
     );
-    write_whole(path, text.as_bytes(), 0o640)?;
-    if let Some(user) = owner {
-        chown(path, None, Some(user.gid))
-            .with_context(|| format!("giving {} to the group of {}", path.display(), user.name))?;
-    }
-    Ok(())
+    // The group is given before the file has its name: the daemon can read
+    // whatever configuration is there, even after a crash.
+    write_whole(
+        path,
+        text.as_bytes(),
+        FileSpec::mode(0o640).group(owner.map(|u| u.gid.as_raw())),
+    )
 }
 
-/// Writes `bytes` to a temporary file beside `path` with `mode` from the
-/// start, syncs it and renames it into place.
-fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let name = path.file_name().context("the path names no file")?;
-    let temp = path.with_file_name(format!(".{}.setup.tmp", name.to_string_lossy()));
-    let _ = fs::remove_file(&temp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temp)
-        .with_context(|| format!("creating {}", temp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", temp.display()))?;
-    // The umask may have narrowed the mode; the group must read a config.
-    fs::set_permissions(&temp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))
+/// Writes `bytes` to `path` as `spec` says, its mode set before any byte,
+/// whole or not at all (the shared [`atomic_file`]).
+fn write_whole(path: &Path, bytes: &[u8], spec: FileSpec) -> anyhow::Result<()> {
+    atomic_file::write(path, bytes, spec).with_context(|| format!("writing {}", path.display()))
 }

@@ -347,7 +347,7 @@ impl Setup<'_> {
             wireguard,
             api,
             manager,
-            database_path: state_dir.join("broker.redb"),
+            database: config::Database::at(state_dir.join("broker.redb")),
             onchain: config::Onchain {
                 rpc_url: chain.rpc_url.clone(),
                 chain_id: chain.chain_id,

@@ -115,12 +115,8 @@ impl Setup<'_> {
                     .trim_start_matches('/')
                     .parse()
                     .map_err(|_| format!("{text:?} is not a prefix length (e.g. 64)"))?;
-                if len > host_ipv6::LONGEST_ALLOCATION {
-                    return Err(format!(
-                        "/{len} leaves a client no usable prefix (/{} at most)",
-                        host_ipv6::LONGEST_ALLOCATION
-                    ));
-                }
+                // The daemon's own rule (`check-config` applies the same).
+                Pool::new(upstream_prefix, len).map_err(|e| e.to_string())?;
                 match sizes.iter().find(|s| s.prefix_len == len) {
                     Some(s) => Ok(Allocations(len, s.allocations)),
                     None => Err(format!(
