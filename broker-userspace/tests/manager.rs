@@ -219,7 +219,8 @@ fn admins_sign_in_with_their_wallet_and_release_through_the_daemon() {
         );
         let key = std::fs::read_to_string(
             lab.config
-                .database_path
+                .database
+                .path
                 .parent()
                 .unwrap()
                 .join("manager-session.key"),

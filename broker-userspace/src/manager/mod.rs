@@ -69,7 +69,8 @@ impl Manager {
     /// The manager of `config`, its session key in the state directory.
     pub fn open(config: &Config) -> Result<Manager, KeyFileError> {
         let dir = config
-            .database_path
+            .database
+            .path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
