@@ -29,6 +29,7 @@ use std::{
 
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
 use thiserror::Error;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -74,10 +75,13 @@ pub enum Request {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The answer's value travels as JSON text, not a `serde_json::Value`:
+/// a pool's counts are u128 (a /48 in /120s has 2^72 slots), which a
+/// `Value` cannot hold.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Ok(serde_json::Value),
+    Ok(Box<RawValue>),
     Error(String),
 }
 
@@ -274,26 +278,23 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
 }
 
 async fn answer(request: Request, handle: &Handle, pool: &Pool) -> Response {
-    let ok = |value: serde_json::Result<serde_json::Value>| {
-        Response::Ok(value.expect("snapshots serialize"))
-    };
     match request {
-        Request::Status => ok(serde_json::to_value(&handle.snapshot().status)),
-        Request::Allocations => ok(serde_json::to_value(&handle.snapshot().allocations)),
+        Request::Status => ok(&handle.snapshot().status),
+        Request::Allocations => ok(&handle.snapshot().allocations),
         Request::Allocation { prefix } => {
             if let Err(e) = release::slot_of(pool, prefix) {
                 return Response::Error(e.to_string());
             }
             match handle.snapshot().allocation(prefix) {
-                Some(view) => ok(serde_json::to_value(view)),
+                Some(view) => ok(view),
                 None => Response::Error(unknown(prefix)),
             }
         }
         Request::Release { prefix } => match handle.release(prefix).await {
-            Ok(released) => ok(serde_json::to_value(released)),
+            Ok(released) => ok(&released),
             Err(e) => Response::Error(e),
         },
-        Request::Tokens => ok(serde_json::to_value(&*handle.tokens())),
+        Request::Tokens => ok(&*handle.tokens()),
         Request::CreateToken { token } => token_change(handle, TokenChange::Create(token)).await,
         Request::RevokeToken { name } => token_change(handle, TokenChange::Revoke { name }).await,
     }
@@ -301,8 +302,15 @@ async fn answer(request: Request, handle: &Handle, pool: &Pool) -> Response {
 
 async fn token_change(handle: &Handle, change: TokenChange) -> Response {
     match handle.change_tokens(change).await {
-        Ok(()) => Response::Ok(serde_json::Value::Null),
+        Ok(()) => ok(&()),
         Err(e) => Response::Error(e),
+    }
+}
+
+fn ok(value: &impl Serialize) -> Response {
+    match serde_json::value::to_raw_value(value) {
+        Ok(raw) => Response::Ok(raw),
+        Err(e) => Response::Error(format!("the daemon could not write its answer: {e}")),
     }
 }
 
@@ -376,7 +384,9 @@ pub fn ask<T: DeserializeOwned>(
         reason,
     };
     match serde_json::from_str(&answer).map_err(|e| protocol(e.to_string()))? {
-        Response::Ok(value) => serde_json::from_value(value).map_err(|e| protocol(e.to_string())),
+        Response::Ok(value) => {
+            serde_json::from_str(value.get()).map_err(|e| protocol(e.to_string()))
+        }
         Response::Error(message) => Err(AskError::Refused(message)),
     }
 }
@@ -444,11 +454,11 @@ mod tests {
                 taken_at: 1,
                 daemon: true,
                 pool: PoolStatus {
-                    upstream_prefix: "2001:db8::/64".parse().unwrap(),
+                    upstream_prefix: "2001:db8::/48".parse().unwrap(),
                     allocation_size: 120,
-                    total: 255,
+                    total: 1 << 72,
                     used: 0,
-                    free: 255,
+                    free: 1 << 72,
                 },
                 contracts: vec![],
                 owed_releases: 0,
@@ -488,12 +498,12 @@ mod tests {
         let blocking = move |request: Request| {
             let path = ask_path.clone();
             tokio::task::spawn_blocking(move || {
-                ask::<serde_json::Value>(&path, &request, Duration::from_secs(5))
+                ask::<Status>(&path, &request, Duration::from_secs(5))
             })
         };
+        // Counts beyond u64 (a /48 in /120s) arrive whole.
         let status = blocking(Request::Status).await.unwrap().unwrap();
-        let status: Status = serde_json::from_value(status).unwrap();
-        assert_eq!(status.pool.total, 255);
+        assert_eq!(status.pool.total, 1 << 72);
         let prefix = "2001:db8::100/120".parse().unwrap();
         let e = blocking(Request::Allocation { prefix })
             .await
