@@ -393,7 +393,9 @@ fn image_test() -> anyhow::Result<()> {
         vm.console_tail()
     );
     // The ssh login message, now that it is set up, says its state.
-    let motd = vm.sh("/etc/update-motd.d/60-blockhost-broker")?;
+    // pam_motd runs the scripts as root (the configuration is not
+    // readable by others).
+    let motd = vm.sh("sudo /etc/update-motd.d/60-blockhost-broker")?;
     ensure!(
         motd.contains("blockhost-broker: active"),
         "the login message after setup: {motd}"
