@@ -15,9 +15,7 @@ use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
 
-use super::{
-    Api, Broker, Config, Database, MAX_RETENTION_DAYS, Manager, Onchain, Wireguard, file,
-};
+use super::{Api, Broker, Config, Database, MAX_RETENTION_DAYS, Manager, Onchain, Wireguard, file};
 use crate::ipam::Pool;
 
 /// Whether the key files' contents are checked (their mode always is).
