@@ -448,7 +448,10 @@ fn image_test() -> anyhow::Result<()> {
         .lines()
         .find_map(|l| l.strip_prefix("mode:"))
         .context("ndp status names no mode")?
-        .trim()
+        // "driver (XDP link)": the mode, then how it is attached.
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
         .to_string();
     ensure!(
         mode == "driver" || mode == "generic",
