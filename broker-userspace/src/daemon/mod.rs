@@ -45,7 +45,7 @@ use crate::{
     },
     store::{
         Store,
-        requests::{Decision, Stage},
+        requests::{Decision, SentTx, Stage},
     },
     tunnel::{Routes, Tunnel},
 };
@@ -350,6 +350,29 @@ impl Daemon {
                         .await
                     {
                         warn!(contract = %record.contract, id = record.id, "answer deferred: {e:#}");
+                    }
+                }
+                Stage::Sent {
+                    slot,
+                    server_pubkey,
+                    tx,
+                    nonce,
+                    max_fee_per_gas,
+                    max_priority_fee_per_gas,
+                } => {
+                    let sent = answer::SentAnswer {
+                        slot,
+                        server_pubkey,
+                        tx: SentTx {
+                            tx,
+                            nonce,
+                            max_fee_per_gas,
+                            max_priority_fee_per_gas,
+                        },
+                        since: record.updated_at,
+                    };
+                    if let Err(e) = self.resume_sent(record.contract, record.id, sent).await {
+                        warn!(contract = %record.contract, id = record.id, "answer not followed up: {e:#}");
                     }
                 }
                 Stage::Retry { next_at, .. } if next_at <= crate::store::now() => {
