@@ -740,10 +740,11 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
         let operator = lab.chain.operator.address();
         assert_eq!(lab.released_events().await?, [(id, nft, operator)]);
 
-        // The next start finds nothing left to release and drops the debt.
+        // The next start finds the recorded transaction mined and drops
+        // the debt.
         lab.start_broker()?;
         lab.broker()?
-            .wait_log(&["already released on chain; dropped"], 1, secs(15))?;
+            .wait_log(&["released on chain (sent earlier)"], 1, secs(15))?;
         lab.stop_broker()?;
         assert_eq!(assert_consistent(lab)?, []);
         assert_eq!(lab.released_events().await?, [(id, nft, operator)]);
@@ -1235,6 +1236,64 @@ fn a_daemon_killed_right_after_sending_an_answer_never_sends_a_second_one() {
             "{calls:?}"
         );
         assert_eq!(calls.len(), 3, "{calls:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_daemon_killed_right_after_sending_a_release_never_sends_a_second_one() {
+    daemon_test("relsent", async |lab: &mut Lab| {
+        lab.config.wireguard.handshake_timeout_secs = SHORT_HANDSHAKE_TIMEOUT;
+        let nft = lab.nft(CLIENT).await?;
+        let client = Client::new(CLIENT);
+        let id = lab.request_tunnel(&client, nft).await?;
+        // Answered (mined at once); the tunnel never comes up, so the
+        // release follows, and is sent while nothing is mined.
+        lab.spawn_crashing("after-release-send=return")?;
+        let answer = lab.wait_answer(id, &client, secs(30)).await?;
+        lab.check_answer(&answer)?;
+        lab.anvil("evm_setAutomine", json!([false])).await?;
+        let crashing = lab.broker()?;
+        let status = crashing.wait_exit(secs(SHORT_HANDSHAKE_TIMEOUT + 30))?;
+        assert!(killed_by_sigkill(status), "{status}:\n{}", crashing.log());
+        assert!(
+            crashing
+                .log()
+                .contains("crash point after-release-send: SIGKILL"),
+            "{}",
+            crashing.log()
+        );
+        assert_eq!(
+            pending_transactions(lab).await?,
+            1,
+            "the release is pending"
+        );
+
+        lab.start_broker()?;
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        tokio::time::sleep(secs(2)).await;
+        assert_eq!(
+            pending_transactions(lab).await?,
+            1,
+            "a second release was sent:\n{}",
+            lab.broker()?.log()
+        );
+        let log = lab.broker()?.log();
+        assert!(!log.contains("on-chain release refused"), "{log}");
+        lab.anvil("evm_mine", json!([])).await?;
+        lab.anvil("evm_setAutomine", json!([true])).await?;
+        lab.broker()?
+            .wait_log(&["released on chain (sent earlier)"], 1, secs(30))?;
+        lab.stop_broker()?;
+        assert_eq!(assert_consistent(lab)?, []);
+        let operator = lab.chain.operator.address();
+        assert_eq!(lab.released_events().await?, [(id, nft, operator)]);
+        let calls = lab.operator_calls().await?;
+        assert_eq!(
+            count(&calls, &format!("releaseAllocation({nft})")),
+            1,
+            "{calls:?}"
+        );
         Ok(())
     });
 }

@@ -16,6 +16,21 @@ use broker_contracts::chain::{Prepared, Signed, TxState};
 
 use super::{Chain, ChainError};
 
+/// How `releaseAllocation(nft)` on `contract` is named in errors and logs.
+pub fn release_call(contract: Address, nft: Address) -> String {
+    format!("releaseAllocation({nft}) on {contract}")
+}
+
+/// At the pending block, or at the latest for a replacement (the pending
+/// transaction it replaces would make the simulation revert).
+fn simulated_at(replacement: bool) -> BlockId {
+    if replacement {
+        BlockId::latest()
+    } else {
+        BlockId::pending()
+    }
+}
+
 /// How `submitResponse(id)` on `contract` is named in errors and logs.
 pub fn response_call(contract: Address, id: u64) -> String {
     format!("submitResponse({id}) on {contract}")
@@ -57,13 +72,25 @@ impl Chain {
             .requests(contract)
             .submitResponse(U256::from(id), framed.into())
             .into_transaction_request();
-        let block = if replacement {
-            BlockId::latest()
-        } else {
-            BlockId::pending()
-        };
         self.conn
-            .prepare_at(&response_call(contract, id), tx, block)
+            .prepare_at(&response_call(contract, id), tx, simulated_at(replacement))
+            .await
+    }
+
+    /// `releaseAllocation(nft)` simulated and priced, not sent (see
+    /// [`Chain::prepare_response`]).
+    pub async fn prepare_release(
+        &self,
+        contract: Address,
+        nft: Address,
+        replacement: bool,
+    ) -> Result<Prepared, ChainError> {
+        let tx = self
+            .requests(contract)
+            .releaseAllocation(nft)
+            .into_transaction_request();
+        self.conn
+            .prepare_at(&release_call(contract, nft), tx, simulated_at(replacement))
             .await
     }
 
@@ -138,7 +165,7 @@ impl Chain {
         contract: Address,
         nft: Address,
     ) -> Result<TxHash, ChainError> {
-        let call = format!("releaseAllocation({nft}) on {contract}");
+        let call = release_call(contract, nft);
         let tx = self
             .requests(contract)
             .releaseAllocation(nft)

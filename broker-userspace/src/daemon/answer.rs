@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::{Daemon, crash_point};
 use crate::{
-    chain::{ChainError, Fees, TxState, response_call},
+    chain::{ChainError, TxState, response_call},
     store::{
         allocations::Allocation,
         requests::{Grant, SentTx},
@@ -24,7 +24,7 @@ use crate::{
 /// How long a poll waits for the receipt of an answer it just sent; after
 /// that the next polls look it up without waiting (a slow chain must not
 /// stall the requests behind it).
-const RECEIPT_WAIT: Duration = Duration::from_secs(20);
+pub(super) const RECEIPT_WAIT: Duration = Duration::from_secs(20);
 
 /// A request's answer recorded as sent (its stage `Sent`).
 pub(super) struct SentAnswer {
@@ -156,13 +156,14 @@ impl Daemon {
             let reason = "its allocation changed before the answer".into();
             return Ok(self.store.skip(contract, id, reason)?);
         };
-        let fees = Fees::Eip1559 {
-            max_fee_per_gas: sent.tx.max_fee_per_gas,
-            max_priority_fee_per_gas: sent.tx.max_priority_fee_per_gas,
-        };
-        let replacing = Some((sent.tx.nonce, fees));
-        self.send_answer(contract, id, &allocation, &sent.server_pubkey, replacing)
-            .await
+        self.send_answer(
+            contract,
+            id,
+            &allocation,
+            &sent.server_pubkey,
+            Some(sent.tx),
+        )
+        .await
     }
 
     async fn answer(
@@ -184,15 +185,15 @@ impl Daemon {
 
     /// Sends request `id`'s answer: simulated, signed, recorded as `Sent`,
     /// broadcast, then its receipt awaited for at most [`RECEIPT_WAIT`].
-    /// `replacing`: the nonce and fees of an earlier transaction of the
-    /// same answer, replaced at that nonce with higher fees.
+    /// `replacing`: an earlier transaction of the same answer, replaced at
+    /// its nonce with higher fees.
     async fn send_answer(
         &mut self,
         contract: Address,
         id: u64,
         allocation: &Allocation,
         server_pubkey: &[u8; 65],
-        replacing: Option<(u64, Fees)>,
+        replacing: Option<SentTx>,
     ) -> anyhow::Result<()> {
         let call = response_call(contract, id);
         let slot = allocation.slot;
@@ -219,32 +220,11 @@ impl Daemon {
             }
             Err(e) => return Err(e.into()),
         };
-        let signed = {
-            let _sending = self.chain.lock_sends().await;
-            let (nonce, prepared) = match replacing {
-                Some((nonce, old)) => {
-                    let fees = old.replacing(prepared.cost.fees);
-                    (nonce, prepared.with_fees(fees))
-                }
-                None => (self.chain.pending_nonce(&call).await?, prepared),
-            };
-            let signed = self.chain.sign(&call, &prepared, nonce).await?;
-            let fees = signed.cost.fees;
-            let record = SentTx {
-                tx: signed.hash,
-                nonce,
-                max_fee_per_gas: fees.max_fee_per_gas(),
-                max_priority_fee_per_gas: fees.priority_fee_per_gas(),
-            };
-            // Before any node sees it: whatever happens next, later polls
-            // follow this transaction up instead of sending another.
-            self.store
-                .sent(contract, id, slot, *server_pubkey, record)?;
-            // A failed broadcast leaves it recorded: the next poll finds it
-            // dropped and sends it again at the same nonce.
-            self.chain.broadcast(&call, &signed).await?;
-            signed
-        };
+        let store = &self.store;
+        let record = |tx| store.sent(contract, id, slot, *server_pubkey, tx);
+        let signed = self
+            .sign_record_send(&call, prepared, replacing.as_ref(), record)
+            .await?;
         crash_point!("after-send");
         let tx = signed.hash;
         info!(%contract, id, %tx, nonce = signed.nonce, "answer sent");

@@ -15,6 +15,8 @@
 //!   as sent, not as answered;
 //! - `after-release`: a release has committed; the kernel still holds the
 //!   allocation and the on-chain release is still owed;
+//! - `after-release-send`: the on-chain release's transaction is recorded
+//!   and was broadcast; its receipt is not awaited yet;
 //! - `before-release-recorded`: `releaseAllocation` was mined; the database
 //!   still owes it.
 

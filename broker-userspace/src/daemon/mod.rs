@@ -17,6 +17,7 @@ pub(crate) mod crash_points;
 mod examine;
 mod kernel;
 mod operator;
+mod send;
 mod systemd;
 mod upkeep;
 

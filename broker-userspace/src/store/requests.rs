@@ -168,12 +168,15 @@ impl Decision {
     }
 }
 
-/// An answer's transaction as [`Stage::Sent`] records it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A transaction recorded before it was broadcast: an answer's (as
+/// [`Stage::Sent`] records it) or an on-chain release's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentTx {
     pub tx: TxHash,
     pub nonce: u64,
+    #[serde(with = "super::slot_string")]
     pub max_fee_per_gas: u128,
+    #[serde(with = "super::slot_string")]
     pub max_priority_fee_per_gas: u128,
 }
 
