@@ -21,7 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy::{primitives::U256, sol_types::SolEvent as _};
+use alloy::{
+    primitives::{Address, U256},
+    sol_types::SolEvent as _,
+};
 use anyhow::Context as _;
 use broker_contracts::{
     BrokerRequests, TestNFT, bindings::legacy_fixture::BrokerRequestsV1, devchain::anvil_signer,
@@ -1294,6 +1297,86 @@ fn a_daemon_killed_right_after_sending_a_release_never_sends_a_second_one() {
             1,
             "{calls:?}"
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn hostile_nft_contracts_are_rejected_silently_and_never_delay_honest_requests() {
+    use broker_contracts::bindings::hostile_fixture::{HostileNFT, SelfDestructingRequester};
+    daemon_test("hostile", async |lab: &mut Lab| {
+        // Every request is on chain before the broker starts: the hostile
+        // ones first, then the honest one, all in its first poll.
+        let client = Client::new(CLIENT);
+        let owner = anvil_signer(CLIENT).address();
+        let mut hostile = Vec::new();
+        // HostileNFT.Mode: GasLoop, HugeReturn, RevertsForFreeCalls.
+        for (mode, name) in [
+            (0u8, "GasLoop"),
+            (1, "HugeReturn"),
+            (2, "RevertsForFreeCalls"),
+        ] {
+            let nft = *HostileNFT::deploy(lab.wallet(CLIENT)?, owner, mode)
+                .await
+                .context("deploying a HostileNFT")?
+                .address();
+            // It passes the contract's own checks.
+            hostile.push((lab.request_tunnel(&client, nft).await?, name.to_string()));
+        }
+        let payload = lab.encrypt(&client.payload(Address::ZERO).to_json())?;
+        let requester = SelfDestructingRequester::deploy(
+            lab.wallet(CLIENT)?,
+            lab.chain.requests,
+            payload.into(),
+        )
+        .await
+        .context("deploying a SelfDestructingRequester")?;
+        let id = requester.requestId().call().await?.to::<u64>();
+        hostile.push((id, "SelfDestructs".into()));
+        let honest = Client::new(OTHER_CLIENT);
+        let nft = lab.nft(OTHER_CLIENT).await?;
+        let honest_id = lab.request_tunnel(&honest, nft).await?;
+
+        let started = Instant::now();
+        lab.start_broker()?;
+        let answer = lab.wait_answer(honest_id, &honest, secs(30)).await?;
+        lab.check_answer(&answer)?;
+        let took = started.elapsed();
+        eprintln!("hostile NFTs: the honest request was answered {took:?} after the start");
+        // The lab polls every second: its first poll or the next.
+        lab.broker()?.wait_log(&["ready:"], 1, secs(10))?;
+        let log = lab.broker()?.log();
+        let polls_before_answer = log
+            .lines()
+            .take_while(|l| !(l.contains("answered") && l.contains(&format!(" id={honest_id}"))))
+            .filter(|l| l.contains("ready:") || l.contains("poll failed"))
+            .count();
+        assert!(polls_before_answer <= 1, "{log}");
+        assert!(took < secs(20), "{took:?}:\n{log}");
+        // Each hostile one was judged at once: silently rejected, no retry.
+        for (id, mode) in &hostile {
+            let rejected = lines_with(&log, &["rejected (silently)", &format!(" id={id}")]).count();
+            assert_eq!(rejected, 1, "{mode} (request {id}):\n{log}");
+            let retried = lines_with(&log, &["will retry", &format!(" id={id}")]).count();
+            assert_eq!(retried, 0, "{mode} (request {id}):\n{log}");
+            assert_eq!(lab.status(*id).await?, PENDING, "{mode} was answered");
+        }
+        lab.stop_broker()?;
+        assert_eq!(
+            lab.response_events().await?,
+            BTreeMap::from([(honest_id, 1)])
+        );
+        let db = database(lab)?;
+        for (id, mode) in &hostile {
+            let stage = db.request(lab.chain.requests, *id)?.map(|r| r.stage);
+            assert!(
+                matches!(
+                    stage,
+                    Some(broker_userspace::store::requests::Stage::Rejected { .. })
+                ),
+                "{mode}: {stage:?}"
+            );
+        }
         Ok(())
     });
 }

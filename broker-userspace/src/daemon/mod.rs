@@ -57,6 +57,11 @@ use systemd::Systemd;
 /// Longest pause after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// How long one poll may spend on requests: past it, the requests left wait
+/// for the next poll (after the upkeep), so contracts that make each check
+/// slow cannot hold everything else up for long.
+const POLL_BUDGET: Duration = Duration::from_secs(30);
+
 pub struct Daemon {
     config: Config,
     store: Store,
@@ -139,6 +144,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopping: state is on disk, tunnels and the NDP responder stay up");
     Ok(())
+}
+
+fn over_budget(budget: tokio::time::Instant) -> bool {
+    tokio::time::Instant::now() >= budget
 }
 
 fn pause_after(failures: u32, poll_interval: u64) -> Duration {
@@ -307,12 +316,13 @@ impl Daemon {
         self.systemd.ping_if_due();
         self.systemd
             .status(&format!("polling at block {}", at.number));
-        self.resume_unfinished(&at).await?;
+        let budget = tokio::time::Instant::now() + POLL_BUDGET;
+        self.resume_unfinished(&at, budget).await?;
         for contract in self.contracts.clone() {
             if self.stopping() {
                 return Ok(());
             }
-            self.take_new_requests(contract, &at).await?;
+            self.take_new_requests(contract, &at, budget).await?;
         }
         if !self.stopping() {
             self.upkeep(&at).await;
@@ -320,7 +330,12 @@ impl Daemon {
         Ok(())
     }
 
-    async fn take_new_requests(&mut self, contract: Address, at: &BlockRef) -> anyhow::Result<()> {
+    async fn take_new_requests(
+        &mut self,
+        contract: Address,
+        at: &BlockRef,
+        budget: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
         let count = self.chain.request_count(contract, at).await?;
         let start = self.config.onchain.start_request_id;
         let next = self.store.next_request(contract, start)?;
@@ -329,14 +344,26 @@ impl Daemon {
             if self.stopping() {
                 break;
             }
+            if over_budget(budget) {
+                info!(%contract, "the poll's time is spent: requests from {id} on wait for the next poll");
+                break;
+            }
             self.handle(contract, id, at, true).await?;
         }
         Ok(())
     }
 
-    async fn resume_unfinished(&mut self, at: &BlockRef) -> anyhow::Result<()> {
+    async fn resume_unfinished(
+        &mut self,
+        at: &BlockRef,
+        budget: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
         for record in self.store.unfinished()? {
             if self.stopping() {
+                break;
+            }
+            if over_budget(budget) {
+                info!("the poll's time is spent: unfinished requests wait for the next poll");
                 break;
             }
             match record.stage {
