@@ -345,14 +345,8 @@ impl Connection {
     pub async fn broadcast(&self, call: &str, signed: &Signed) -> Result<(), ChainError> {
         match self.provider().send_raw_transaction(&signed.raw).await {
             Ok(_) => Ok(()),
-            Err(RpcError::ErrorResp(payload))
-                if payload
-                    .message
-                    .to_ascii_lowercase()
-                    .contains("already known") =>
-            {
-                Ok(())
-            }
+            // geth says "already known", anvil "transaction already imported".
+            Err(RpcError::ErrorResp(payload)) if is_already_known(&payload.message) => Ok(()),
             Err(e @ RpcError::ErrorResp(_)) => Err(classify(self.endpoint(), call, e)),
             Err(e) => Err(ChainError::transient(
                 call,
@@ -477,6 +471,12 @@ impl Connection {
             pause = (pause * 2).min(receipt_poll_max);
         }
     }
+}
+
+/// A node's answer to a transaction it holds already.
+fn is_already_known(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("already known") || message.contains("already imported")
 }
 
 #[cfg(test)]
