@@ -51,3 +51,22 @@ alloy::sol!(
     FakeNFT,
     "../contracts/artifacts/FakeNFT.json"
 );
+
+/// NFT contracts that pass the contract's checks and attack the broker's
+/// (a gas loop, a huge answer, a revert only for free calls, self-destructed
+/// after its request), and the fixture that makes the last one.
+pub mod hostile_fixture {
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        HostileNFT,
+        "../contracts/artifacts/HostileNFT.json"
+    );
+
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        SelfDestructingRequester,
+        "../contracts/artifacts/SelfDestructingRequester.json"
+    );
+}

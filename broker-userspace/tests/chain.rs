@@ -1198,3 +1198,72 @@ async fn the_client_accounts_are_anvils_funded_ones() {
     }
     env.done("the_client_accounts_are_anvils_funded_ones");
 }
+
+#[tokio::test]
+async fn a_sent_transaction_is_followed_up_at_its_nonce() {
+    use broker_userspace::chain::{Fees, TxState, response_call};
+    let env = Env::start(0).await;
+    let contract = env.requests();
+    let nft = env.nft(CLIENT).await;
+    let (id, _) = env.submit(CLIENT, nft, b"payload").await;
+    let call = response_call(contract, id);
+    env.anvil("evm_setAutomine", json!([false])).await;
+
+    // Signed here: the hash is known before the node sees it.
+    let prepared = env
+        .chain
+        .prepare_response(contract, id, frame_response(id, b"first"), false)
+        .await
+        .unwrap();
+    let nonce = env.chain.pending_nonce(&call).await.unwrap();
+    let first = env.chain.sign(&call, &prepared, nonce).await.unwrap();
+    let state = env.chain.tx_state(&call, first.hash, nonce).await.unwrap();
+    assert!(matches!(state, TxState::Dropped), "not sent yet: {state:?}");
+    env.chain.broadcast(&call, &first).await.unwrap();
+    // A second broadcast of the same transaction is no error.
+    env.chain.broadcast(&call, &first).await.unwrap();
+    assert_eq!(pool_size(&env).await, 1);
+    let state = env.chain.tx_state(&call, first.hash, nonce).await.unwrap();
+    assert!(matches!(state, TxState::Pending), "{state:?}");
+
+    // Dropped by the node, and sent again; then, pending, replaced at the
+    // same nonce with higher fees (simulated at the latest block, where the
+    // request is unanswered: the pending block has it answered).
+    env.anvil("anvil_dropAllTransactions", json!([])).await;
+    let state = env.chain.tx_state(&call, first.hash, nonce).await.unwrap();
+    assert!(matches!(state, TxState::Dropped), "{state:?}");
+    env.chain.broadcast(&call, &first).await.unwrap();
+    let replacement = env
+        .chain
+        .prepare_response(contract, id, frame_response(id, b"second"), true)
+        .await
+        .unwrap();
+    let fees = first.cost.fees.replacing(replacement.cost.fees);
+    assert!(fees.max_fee_per_gas() > first.cost.fees.max_fee_per_gas());
+    let replacement = replacement.with_fees(fees);
+    let second = env.chain.sign(&call, &replacement, nonce).await.unwrap();
+    assert_ne!(second.hash, first.hash);
+    // The node takes it in place of the pending first one.
+    env.chain.broadcast(&call, &second).await.unwrap();
+    assert_eq!(pool_size(&env).await, 1);
+    env.anvil("evm_mine", json!([])).await;
+    env.anvil("evm_setAutomine", json!([true])).await;
+
+    let state = env.chain.tx_state(&call, second.hash, nonce).await.unwrap();
+    let TxState::Mined(receipt) = state else {
+        panic!("{state:?}")
+    };
+    assert!(receipt.status());
+    let state = env.chain.tx_state(&call, first.hash, nonce).await.unwrap();
+    assert!(matches!(state, TxState::NonceTaken), "{state:?}");
+    assert_eq!(
+        env.chain.response_on_chain(contract, id).await.unwrap(),
+        Some(frame_response(id, b"second"))
+    );
+    // Legacy fees are bumped the same way.
+    let legacy = Fees::Legacy { gas_price: 8 };
+    assert_eq!(
+        legacy.replacing(Fees::Legacy { gas_price: 1 }),
+        Fees::Legacy { gas_price: 10 }
+    );
+}

@@ -21,7 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy::{primitives::U256, sol_types::SolEvent as _};
+use alloy::{
+    primitives::{Address, U256},
+    sol_types::SolEvent as _,
+};
 use anyhow::Context as _;
 use broker_contracts::{
     BrokerRequests, TestNFT, bindings::legacy_fixture::BrokerRequestsV1, devchain::anvil_signer,
@@ -451,8 +454,13 @@ fn a_daemon_killed_anywhere_in_the_request_path_answers_exactly_once() {
             lab.stop_broker()?;
             // The restart sent the answer itself, or found it on chain.
             let log = lab.broker()?.log();
-            let found =
-                lines_with(&log, &["already answered on chain", &format!(" id={id}")]).next();
+            // (Since the answer's transaction is recorded before it is
+            // sent, the restart after `before-answered` finds it mined.)
+            let found = lines_with(
+                &log,
+                &["the answer sent earlier is mined", &format!(" id={id}")],
+            )
+            .next();
             let sent = lines_with(&log, &["answered", &format!(" id={id}"), "tx=0x"]).next();
             if point == "before-answered" {
                 assert!(found.is_some() && sent.is_none(), "{point}:\n{log}");
@@ -796,10 +804,11 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
         let operator = lab.chain.operator.address();
         assert_eq!(lab.released_events().await?, [(id, nft, operator)]);
 
-        // The next start finds nothing left to release and drops the debt.
+        // The next start finds the recorded transaction mined and drops
+        // the debt.
         lab.start_broker()?;
         lab.broker()?
-            .wait_log(&["already released on chain; dropped"], 1, secs(15))?;
+            .wait_log(&["released on chain (sent earlier)"], 1, secs(15))?;
         lab.stop_broker()?;
         assert_eq!(assert_consistent(lab)?, []);
         assert_eq!(lab.released_events().await?, [(id, nft, operator)]);
@@ -1132,7 +1141,7 @@ fn sigterm_while_an_answer_waits_to_be_mined_stops_promptly_and_a_restart_answer
             "exit status {status}:\n{}",
             lab.broker()?.log()
         );
-        // Without the stop the wait would last the receipt timeout (180 s).
+        // Without the stop the first wait for the receipt would last 20 s.
         assert!(took < secs(5), "SIGTERM took {took:?}");
         assert!(
             lab.broker()?
@@ -1154,7 +1163,7 @@ fn sigterm_while_an_answer_waits_to_be_mined_stops_promptly_and_a_restart_answer
         lab.check_answer(&answer)?;
         lab.start_broker()?;
         lab.broker()?
-            .wait_log(&["already answered on chain"], 1, secs(30))?;
+            .wait_log(&["the answer sent earlier is mined"], 1, secs(30))?;
         lab.stop_broker()?;
         let all = assert_consistent(lab)?;
         assert_eq!(all.len(), 1);
@@ -1162,6 +1171,273 @@ fn sigterm_while_an_answer_waits_to_be_mined_stops_promptly_and_a_restart_answer
         assert_eq!(lab.response_events().await?, BTreeMap::from([(id, 1)]));
         let calls = lab.operator_calls().await?;
         assert_eq!(count(&calls, "submitResponse(1)"), 1, "{calls:?}");
+        Ok(())
+    });
+}
+
+/// With automine off: a TestNFT of `account` and its request, each mined
+/// by hand; the request's client and id.
+async fn request_mined_by_hand(lab: &mut Lab, account: usize) -> anyhow::Result<(Client, u64)> {
+    let nft_tx = TestNFT::deploy_builder(lab.wallet(account)?, anvil_signer(account).address())
+        .send()
+        .await
+        .expect("TestNFT sent");
+    lab.anvil("evm_mine", json!([])).await?;
+    let nft = nft_tx
+        .get_receipt()
+        .await
+        .expect("TestNFT mined")
+        .contract_address
+        .expect("a contract address");
+    let client = Client::new(account);
+    let payload = lab.encrypt(&client.payload(nft).to_json())?;
+    let sent = BrokerRequests::new(lab.chain.requests, lab.wallet(account)?)
+        .submitRequest(nft, payload.into())
+        .gas(CLIENT_TX_GAS)
+        .send()
+        .await
+        .expect("submitRequest sent");
+    lab.anvil("evm_mine", json!([])).await?;
+    let receipt = sent.get_receipt().await?;
+    assert!(receipt.status());
+    Ok((client, request_id(&receipt)?))
+}
+
+/// Transactions in anvil's pool, not mined.
+async fn pending_transactions(lab: &mut Lab) -> anyhow::Result<u64> {
+    let pool = lab.anvil("txpool_status", json!([])).await?;
+    let pending = pool["pending"].as_str().context("txpool_status")?;
+    Ok(u64::from_str_radix(pending.trim_start_matches("0x"), 16)?)
+}
+
+#[test]
+fn a_daemon_killed_right_after_sending_an_answer_never_sends_a_second_one() {
+    daemon_test("sent", async |lab: &mut Lab| {
+        // The capacity transaction first, mined at once.
+        lab.start_broker()?;
+        lab.broker()?
+            .wait_log(&["set totalCapacity on chain"], 1, secs(10))?;
+        lab.stop_broker()?;
+        // From here on nothing is mined until the test says so.
+        lab.anvil("evm_setAutomine", json!([false])).await?;
+
+        // 1. Killed right after the broadcast: the restart waits for that
+        // transaction instead of answering again at the next nonce.
+        let (client, id) = request_mined_by_hand(lab, CLIENT).await?;
+        let crashing = lab.spawn_crashing("after-send=return")?;
+        let status = crashing.wait_exit(secs(30))?;
+        assert!(killed_by_sigkill(status), "{status}:\n{}", crashing.log());
+        assert!(
+            crashing.log().contains("crash point after-send: SIGKILL"),
+            "{}",
+            crashing.log()
+        );
+        assert_eq!(pending_transactions(lab).await?, 1, "the answer is pending");
+        lab.start_broker()?;
+        // "ready" follows the first poll, which saw the request as sent.
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        tokio::time::sleep(secs(2)).await;
+        assert_eq!(
+            pending_transactions(lab).await?,
+            1,
+            "a second answer was sent:\n{}",
+            lab.broker()?.log()
+        );
+        // (A node that simulates at its pending block, as anvil does, sees
+        // the request answered by the pending transaction: without the
+        // record of it, the answer would be taken as refused.)
+        let log = lab.broker()?.log();
+        assert!(!log.contains("answer was refused"), "{log}");
+        lab.anvil("evm_mine", json!([])).await?;
+        let answer = lab.wait_answer(id, &client, secs(5)).await?;
+        lab.check_answer(&answer)?;
+        lab.broker()?
+            .wait_log(&["the answer sent earlier is mined"], 1, secs(30))?;
+        lab.stop_broker()?;
+
+        // 2. Killed after the broadcast, and the node dropped the
+        // transaction meanwhile: the restart sends it again at its nonce.
+        let (other, id2) = request_mined_by_hand(lab, OTHER_CLIENT).await?;
+        let crashing = lab.spawn_crashing("after-send=return")?;
+        let status = crashing.wait_exit(secs(30))?;
+        assert!(killed_by_sigkill(status), "{status}:\n{}", crashing.log());
+        lab.anvil("anvil_dropAllTransactions", json!([])).await?;
+        assert_eq!(pending_transactions(lab).await?, 0);
+        lab.start_broker()?;
+        lab.broker()?.wait_log(
+            &["the answer's transaction was dropped: replacing it at its nonce"],
+            1,
+            secs(30),
+        )?;
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        assert_eq!(pending_transactions(lab).await?, 1);
+        lab.anvil("evm_mine", json!([])).await?;
+        lab.anvil("evm_setAutomine", json!([true])).await?;
+        let answer = lab.wait_answer(id2, &other, secs(5)).await?;
+        lab.check_answer(&answer)?;
+        lab.broker()?
+            .wait_log(&["the answer sent earlier is mined"], 1, secs(30))?;
+        lab.stop_broker()?;
+
+        let all = assert_consistent(lab)?;
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert!(all.iter().all(|a| a.answered_at.is_some()), "{all:?}");
+        assert_eq!(
+            lab.response_events().await?,
+            BTreeMap::from([(id, 1), (id2, 1)])
+        );
+        // Every transaction the operator ever had mined: the capacity and
+        // one answer each.
+        let calls = lab.operator_calls().await?;
+        assert_eq!(
+            count(&calls, &format!("submitResponse({id})")),
+            1,
+            "{calls:?}"
+        );
+        assert_eq!(
+            count(&calls, &format!("submitResponse({id2})")),
+            1,
+            "{calls:?}"
+        );
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_daemon_killed_right_after_sending_a_release_never_sends_a_second_one() {
+    daemon_test("relsent", async |lab: &mut Lab| {
+        lab.config.wireguard.handshake_timeout_secs = SHORT_HANDSHAKE_TIMEOUT;
+        let nft = lab.nft(CLIENT).await?;
+        let client = Client::new(CLIENT);
+        let id = lab.request_tunnel(&client, nft).await?;
+        // Answered (mined at once); the tunnel never comes up, so the
+        // release follows, and is sent while nothing is mined.
+        lab.spawn_crashing("after-release-send=return")?;
+        let answer = lab.wait_answer(id, &client, secs(30)).await?;
+        lab.check_answer(&answer)?;
+        lab.anvil("evm_setAutomine", json!([false])).await?;
+        let crashing = lab.broker()?;
+        let status = crashing.wait_exit(secs(SHORT_HANDSHAKE_TIMEOUT + 30))?;
+        assert!(killed_by_sigkill(status), "{status}:\n{}", crashing.log());
+        assert!(
+            crashing
+                .log()
+                .contains("crash point after-release-send: SIGKILL"),
+            "{}",
+            crashing.log()
+        );
+        assert_eq!(
+            pending_transactions(lab).await?,
+            1,
+            "the release is pending"
+        );
+
+        lab.start_broker()?;
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        tokio::time::sleep(secs(2)).await;
+        assert_eq!(
+            pending_transactions(lab).await?,
+            1,
+            "a second release was sent:\n{}",
+            lab.broker()?.log()
+        );
+        let log = lab.broker()?.log();
+        assert!(!log.contains("on-chain release refused"), "{log}");
+        lab.anvil("evm_mine", json!([])).await?;
+        lab.anvil("evm_setAutomine", json!([true])).await?;
+        lab.broker()?
+            .wait_log(&["released on chain (sent earlier)"], 1, secs(30))?;
+        lab.stop_broker()?;
+        assert_eq!(assert_consistent(lab)?, []);
+        let operator = lab.chain.operator.address();
+        assert_eq!(lab.released_events().await?, [(id, nft, operator)]);
+        let calls = lab.operator_calls().await?;
+        assert_eq!(
+            count(&calls, &format!("releaseAllocation({nft})")),
+            1,
+            "{calls:?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn hostile_nft_contracts_are_rejected_silently_and_never_delay_honest_requests() {
+    use broker_contracts::bindings::hostile_fixture::{HostileNFT, SelfDestructingRequester};
+    daemon_test("hostile", async |lab: &mut Lab| {
+        // Every request is on chain before the broker starts: the hostile
+        // ones first, then the honest one, all in its first poll.
+        let client = Client::new(CLIENT);
+        let owner = anvil_signer(CLIENT).address();
+        let mut hostile = Vec::new();
+        // HostileNFT.Mode: GasLoop, HugeReturn, RevertsForFreeCalls.
+        for (mode, name) in [
+            (0u8, "GasLoop"),
+            (1, "HugeReturn"),
+            (2, "RevertsForFreeCalls"),
+        ] {
+            let nft = *HostileNFT::deploy(lab.wallet(CLIENT)?, owner, mode)
+                .await
+                .context("deploying a HostileNFT")?
+                .address();
+            // It passes the contract's own checks.
+            hostile.push((lab.request_tunnel(&client, nft).await?, name.to_string()));
+        }
+        let payload = lab.encrypt(&client.payload(Address::ZERO).to_json())?;
+        let requester = SelfDestructingRequester::deploy(
+            lab.wallet(CLIENT)?,
+            lab.chain.requests,
+            payload.into(),
+        )
+        .await
+        .context("deploying a SelfDestructingRequester")?;
+        let id = requester.requestId().call().await?.to::<u64>();
+        hostile.push((id, "SelfDestructs".into()));
+        let honest = Client::new(OTHER_CLIENT);
+        let nft = lab.nft(OTHER_CLIENT).await?;
+        let honest_id = lab.request_tunnel(&honest, nft).await?;
+
+        let started = Instant::now();
+        lab.start_broker()?;
+        let answer = lab.wait_answer(honest_id, &honest, secs(30)).await?;
+        lab.check_answer(&answer)?;
+        let took = started.elapsed();
+        eprintln!("hostile NFTs: the honest request was answered {took:?} after the start");
+        // The lab polls every second: its first poll or the next.
+        lab.broker()?.wait_log(&["ready:"], 1, secs(10))?;
+        let log = lab.broker()?.log();
+        let polls_before_answer = log
+            .lines()
+            .take_while(|l| !(l.contains("answered") && l.contains(&format!(" id={honest_id}"))))
+            .filter(|l| l.contains("ready:") || l.contains("poll failed"))
+            .count();
+        assert!(polls_before_answer <= 1, "{log}");
+        assert!(took < secs(20), "{took:?}:\n{log}");
+        // Each hostile one was judged at once: silently rejected, no retry.
+        for (id, mode) in &hostile {
+            let rejected = lines_with(&log, &["rejected (silently)", &format!(" id={id}")]).count();
+            assert_eq!(rejected, 1, "{mode} (request {id}):\n{log}");
+            let retried = lines_with(&log, &["will retry", &format!(" id={id}")]).count();
+            assert_eq!(retried, 0, "{mode} (request {id}):\n{log}");
+            assert_eq!(lab.status(*id).await?, PENDING, "{mode} was answered");
+        }
+        lab.stop_broker()?;
+        assert_eq!(
+            lab.response_events().await?,
+            BTreeMap::from([(honest_id, 1)])
+        );
+        let db = database(lab)?;
+        for (id, mode) in &hostile {
+            let stage = db.request(lab.chain.requests, *id)?.map(|r| r.stage);
+            assert!(
+                matches!(
+                    stage,
+                    Some(broker_userspace::store::requests::Stage::Rejected { .. })
+                ),
+                "{mode}: {stage:?}"
+            );
+        }
         Ok(())
     });
 }

@@ -1,26 +1,31 @@
 //! The NFT checks of `submitRequest`, repeated by the broker at the latest
 //! block before it answers (ownership may have changed since submission).
-//! They follow the contract's own rules exactly: `supportsInterface` counts
-//! only when the call succeeds and its first answer word is exactly 1;
-//! `owner()` only when the call succeeds and its first word is exactly the
+//! They follow the contract's own rules: `supportsInterface` counts only
+//! when the call succeeds and its first answer word is exactly 1; `owner()`
+//! only when the call succeeds and its first word is exactly the
 //! requester's address (no dirty upper bytes).
 //!
-//! The NFT contracts are foreign (any contract a client names), so their
-//! answers are declared as raw words and judged here by those rules; a
-//! revert, any other failed execution or an answer too short to hold a word
-//! is an answer too ("no"), as it is for the contract's `staticcall`.
+//! The NFT contracts are foreign (any contract a client names), so each
+//! call is raw and bounded: at most [`NFT_CALL_GAS`] gas (a contract that
+//! loops fails fast, as it would in the contract's own `staticcall` short of
+//! gas) and an answer of at most [`NFT_MAX_RETURN`] bytes (an honest one is
+//! one word). Every failure the node reports for the call's execution (a
+//! revert, out of gas, an invalid opcode, whatever the node calls it) is
+//! an answer too: "no", a silent rejection, never retried. Only trouble
+//! reaching the node (transport, timeouts, rate limits, missing state) is
+//! an error.
 
 use alloy::{
     eips::BlockId,
-    primitives::{Address, FixedBytes, U256},
+    network::TransactionBuilder as _,
+    primitives::{Address, Bytes, U256},
     providers::Provider as _,
+    rpc::types::TransactionRequest,
+    sol_types::SolCall as _,
     transports::RpcError,
 };
 
-use super::{
-    ChainError, Connection,
-    error::{classify, is_revert},
-};
+use super::{ChainError, Connection, error::classify};
 
 alloy::sol! {
     /// ERC-165's `supportsInterface`, as ERC-721 contracts answer it; the
@@ -37,6 +42,15 @@ alloy::sol! {
         function owner() external view returns (uint256 word);
     }
 }
+
+/// The gas each NFT call may use. OpenZeppelin's `owner()` and
+/// `supportsInterface` need a few thousand; a contract needing more than
+/// this is answered "no".
+pub const NFT_CALL_GAS: u64 = 100_000;
+
+/// The longest answer read from an NFT call, in bytes; a longer one is
+/// answered "no".
+pub const NFT_MAX_RETURN: usize = 1024;
 
 /// ERC-165 interface id of ERC-721.
 pub const ERC721_INTERFACE_ID: [u8; 4] = [0x80, 0xac, 0x58, 0xcd];
@@ -73,64 +87,86 @@ impl Connection {
         }
 
         let call = format!("supportsInterface(0x80ac58cd) on {nft}");
-        let erc721 = IERC721::new(nft, self.provider());
-        let answer = erc721
-            .supportsInterface(FixedBytes(ERC721_INTERFACE_ID))
-            .block(BlockId::latest())
-            .call()
-            .await;
-        if self.word(&call, answer)? != Some(U256::from(1)) {
+        let input = IERC721::supportsInterfaceCall {
+            interfaceId: ERC721_INTERFACE_ID.into(),
+        }
+        .abi_encode();
+        if self.nft_word(&call, nft, input.into()).await? != Some(U256::from(1)) {
             return Ok(NftCheck::NotErc721);
         }
 
         let call = format!("owner() on {nft}");
-        let answer = Ownable::new(nft, self.provider())
-            .owner()
-            .block(BlockId::latest())
-            .call()
-            .await;
-        Ok(match self.word(&call, answer)?.and_then(as_address) {
-            None => NftCheck::NoOwner,
-            Some(owner) if owner == requester => NftCheck::Ok,
-            Some(owner) => NftCheck::NotOwner { owner },
-        })
+        let input = Ownable::ownerCall {}.abi_encode();
+        Ok(
+            match self
+                .nft_word(&call, nft, input.into())
+                .await?
+                .and_then(as_address)
+            {
+                None => NftCheck::NoOwner,
+                Some(owner) if owner == requester => NftCheck::Ok,
+                Some(owner) => NftCheck::NotOwner { owner },
+            },
+        )
     }
 
-    /// The first answer word, or None when the call failed in the contract
-    /// (a revert, or one the node names otherwise: out of gas, invalid
-    /// opcode) or answered less than a word.
-    fn word(
+    /// The first answer word of `input` called on `nft` with
+    /// [`NFT_CALL_GAS`], or None when the call failed in the contract or
+    /// answered less than a word or more than [`NFT_MAX_RETURN`] bytes.
+    async fn nft_word(
         &self,
         call: &str,
-        answer: Result<U256, alloy::contract::Error>,
+        nft: Address,
+        input: Bytes,
     ) -> Result<Option<U256>, ChainError> {
-        match answer {
-            Ok(word) => Ok(Some(word)),
-            Err(alloy::contract::Error::TransportError(RpcError::ErrorResp(payload)))
-                if is_revert(payload.code, &payload.message)
-                    || is_execution_failure(&payload.message) =>
+        let tx = TransactionRequest::default()
+            .with_to(nft)
+            .with_input(input)
+            .with_gas_limit(NFT_CALL_GAS);
+        match self.provider().call(tx).block(BlockId::latest()).await {
+            Ok(out) => Ok(first_word(&out)),
+            Err(RpcError::ErrorResp(payload))
+                if !is_node_trouble(payload.code, &payload.message) =>
             {
+                tracing::debug!(call, code = payload.code, message = %payload.message, "the NFT call failed: answered no");
                 Ok(None)
             }
-            Err(alloy::contract::Error::TransportError(e)) => {
-                Err(classify(self.endpoint(), call, e))
-            }
-            Err(_) => Ok(None),
+            Err(e) => Err(classify(self.endpoint(), call, e)),
         }
     }
 }
 
-fn is_execution_failure(message: &str) -> bool {
+/// The first word of an answer of one word up to [`NFT_MAX_RETURN`] bytes.
+fn first_word(out: &[u8]) -> Option<U256> {
+    (32..=NFT_MAX_RETURN)
+        .contains(&out.len())
+        .then(|| U256::from_be_slice(&out[..32]))
+}
+
+/// A node's error answer about itself rather than the call's execution:
+/// rate limits, missing state, overload. Retried later; every other error
+/// answer to an NFT call is the contract's failure.
+fn is_node_trouble(code: i64, message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    [
-        "out of gas",
-        "invalid opcode",
-        "stack underflow",
-        "stack overflow",
-        "invalid jump",
-    ]
-    .iter()
-    .any(|m| message.contains(m))
+    // -32005: "limit exceeded" (EIP-1474); 429: some gateways' own code.
+    code == -32005
+        || code == 429
+        || [
+            "rate limit",
+            "limit exceeded",
+            "too many requests",
+            "header not found",
+            "unknown block",
+            "missing trie node",
+            "state is not available",
+            "timeout",
+            "timed out",
+            "busy",
+            "unavailable",
+            "try again",
+        ]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 /// The word as an address when its upper 12 bytes are zero.
@@ -188,11 +224,33 @@ mod tests {
     }
 
     #[test]
-    fn execution_failures() {
-        assert!(is_execution_failure("out of gas"));
-        assert!(is_execution_failure(
+    fn answers_longer_than_the_cap_or_shorter_than_a_word_are_no() {
+        let mut word = [0u8; 32];
+        word[31] = 7;
+        assert_eq!(first_word(&word), Some(U256::from(7)));
+        assert_eq!(first_word(&word[..31]), None);
+        let mut long = vec![0u8; NFT_MAX_RETURN];
+        long[31] = 7;
+        assert_eq!(first_word(&long), Some(U256::from(7)));
+        long.push(0);
+        assert_eq!(first_word(&long), None, "one byte over the cap");
+    }
+
+    #[test]
+    fn only_the_nodes_own_trouble_is_retried() {
+        assert!(is_node_trouble(-32005, "limit exceeded"));
+        assert!(is_node_trouble(-32000, "header not found"));
+        assert!(is_node_trouble(-32000, "missing trie node abc"));
+        assert!(!is_node_trouble(-32000, "out of gas"));
+        assert!(!is_node_trouble(3, "execution reverted"));
+        assert!(!is_node_trouble(
+            -32003,
             "EVM error InvalidOpcode / invalid opcode: 0xfe"
         ));
-        assert!(!is_execution_failure("header not found"));
+        assert!(!is_node_trouble(
+            -32000,
+            "EVM error StateChangeDuringStaticCall"
+        ));
+        assert!(!is_node_trouble(-32603, "CreateContractSizeLimit"));
     }
 }

@@ -34,4 +34,4 @@ pub use erc721::NftCheck;
 pub use error::{ChainError, revert_reason, to_u64};
 pub use provider::{ChainOptions, Connection};
 pub use redact::parse_rpc_url;
-pub use sender::{Cost, Fees, Prepared, ether};
+pub use sender::{Cost, Fees, Prepared, Signed, TxState, ether};

@@ -138,6 +138,9 @@ pub struct Connection {
     endpoint: Arc<Endpoint>,
     chain_id: u64,
     signer: Option<Address>,
+    /// Signs transactions here, so their hash is known (and can be
+    /// recorded) before any node sees them.
+    pub(crate) wallet: Option<EthereumWallet>,
     options: ChainOptions,
     /// Held from choosing a nonce until the node accepted the transaction,
     /// so concurrent sends from clones never pick the same nonce.
@@ -208,9 +211,10 @@ impl Connection {
             .http(url);
         let builder = ProviderBuilder::new().disable_recommended_fillers();
         let signer_address = signer.as_ref().map(PrivateKeySigner::address);
-        let provider = match signer {
-            Some(signer) => builder
-                .wallet(EthereumWallet::from(signer))
+        let wallet = signer.map(EthereumWallet::from);
+        let provider = match &wallet {
+            Some(wallet) => builder
+                .wallet(wallet.clone())
                 .connect_client(client)
                 .erased(),
             None => builder.connect_client(client).erased(),
@@ -220,6 +224,7 @@ impl Connection {
             endpoint: Arc::new(endpoint),
             chain_id,
             signer: signer_address,
+            wallet,
             options,
             send_lock: Arc::default(),
             stop: Arc::default(),

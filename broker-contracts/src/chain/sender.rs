@@ -20,13 +20,23 @@
 //!    owner is stopping ([`Connection::stop_on`]).
 //!
 //! [`Connection::transact`] does all three.
+//!
+//! A caller that must survive a crash between sending and the receipt (the
+//! daemon: a second answer would burn gas and revert) uses the steps
+//! apart: [`Connection::lock_sends`], [`Connection::pending_nonce`],
+//! [`Connection::sign`] (the hash is known before any node sees the
+//! transaction), records the hash and nonce, [`Connection::broadcast`];
+//! later [`Connection::tx_state`] says whether that transaction was mined,
+//! is still pending, was dropped (its nonce is free: replace it with
+//! [`Fees::replacing`]) or lost its nonce to another transaction.
 
 use std::{fmt, time::Duration};
 
 use alloy::{
-    network::TransactionBuilder as _,
+    eips::{BlockId, Encodable2718 as _},
+    network::{NetworkTransactionBuilder as _, TransactionBuilder as _},
     primitives::{
-        TxHash, U256,
+        Bytes, TxHash, U256,
         utils::{ParseUnits, Unit},
     },
     providers::Provider,
@@ -35,7 +45,7 @@ use alloy::{
 };
 use tokio::time::Instant;
 
-use super::{ChainError, ChainOptions, Connection, error::classify};
+use super::{ChainError, Connection, error::classify};
 use crate::error_text::one_line;
 
 /// The first pause between receipt polls; it doubles up to
@@ -60,6 +70,40 @@ impl Fees {
                 max_fee_per_gas, ..
             } => max_fee_per_gas,
             Fees::Legacy { gas_price } => gas_price,
+        }
+    }
+
+    /// The tip (EIP-1559), or the gas price (legacy).
+    pub fn priority_fee_per_gas(&self) -> u128 {
+        match *self {
+            Fees::Eip1559 {
+                max_priority_fee_per_gas,
+                ..
+            } => max_priority_fee_per_gas,
+            Fees::Legacy { gas_price } => gas_price,
+        }
+    }
+
+    /// Fees for a transaction replacing one sent with `self` at the same
+    /// nonce: each field at least an eighth higher (nodes require 10 %
+    /// more of both the fee cap and the tip), and never below what the
+    /// chain asks `now`.
+    pub fn replacing(&self, now: Fees) -> Fees {
+        let bump = |old: u128| old.saturating_add(old / 8).saturating_add(1);
+        match now {
+            Fees::Eip1559 {
+                max_fee_per_gas,
+                max_priority_fee_per_gas,
+            } => {
+                let tip = max_priority_fee_per_gas.max(bump(self.priority_fee_per_gas()));
+                Fees::Eip1559 {
+                    max_fee_per_gas: max_fee_per_gas.max(bump(self.max_fee_per_gas())).max(tip),
+                    max_priority_fee_per_gas: tip,
+                }
+            }
+            Fees::Legacy { gas_price } => Fees::Legacy {
+                gas_price: gas_price.max(bump(self.max_fee_per_gas())),
+            },
         }
     }
 }
@@ -112,6 +156,48 @@ pub struct Prepared {
     pub cost: Cost,
 }
 
+impl Prepared {
+    /// The same transaction with other fees (a replacement's).
+    pub fn with_fees(mut self, fees: Fees) -> Prepared {
+        self.tx = match fees {
+            Fees::Eip1559 {
+                max_fee_per_gas,
+                max_priority_fee_per_gas,
+            } => self
+                .tx
+                .with_max_fee_per_gas(max_fee_per_gas)
+                .with_max_priority_fee_per_gas(max_priority_fee_per_gas),
+            Fees::Legacy { gas_price } => self.tx.with_gas_price(gas_price),
+        };
+        self.cost.fees = fees;
+        self
+    }
+}
+
+/// A transaction signed here and not broadcast yet: its hash is final.
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub hash: TxHash,
+    pub nonce: u64,
+    pub cost: Cost,
+    raw: Bytes,
+}
+
+/// What the node knows of a transaction sent earlier (see
+/// [`Connection::tx_state`]).
+#[derive(Clone, Debug)]
+pub enum TxState {
+    /// Mined, successfully or not (the receipt's status says).
+    Mined(Box<TransactionReceipt>),
+    /// Known to the node, not mined yet.
+    Pending,
+    /// Unknown to the node and its nonce still unused: dropped from the
+    /// pool (or it never arrived). Replace it at the same nonce.
+    Dropped,
+    /// Unknown to the node, and its nonce was used by another transaction.
+    NonceTaken,
+}
+
 impl Connection {
     /// Sends `tx` (its `to` and input; the rest is filled here) from the
     /// signer and waits for its successful receipt. See the module doc for
@@ -133,12 +219,24 @@ impl Connection {
         call: &str,
         tx: TransactionRequest,
     ) -> Result<Prepared, ChainError> {
+        self.prepare_at(call, tx, BlockId::pending()).await
+    }
+
+    /// [`Connection::prepare`], simulated at `block`: the latest one for a
+    /// replacement, which the pending block's own transaction at the same
+    /// nonce would make revert.
+    pub async fn prepare_at(
+        &self,
+        call: &str,
+        tx: TransactionRequest,
+        block: BlockId,
+    ) -> Result<Prepared, ChainError> {
         let from = self.signer().ok_or_else(|| {
             ChainError::Config(format!("{call}: no key to send transactions with"))
         })?;
         let tx = tx.with_from(from).with_chain_id(self.chain_id());
         let estimate = self
-            .rpc(call, self.provider().estimate_gas(tx.clone()))
+            .rpc(call, self.provider().estimate_gas(tx.clone()).block(block))
             .await?;
         let margin = self.options().gas_margin_percent;
         let gas = estimate.saturating_add(estimate.saturating_mul(margin) / 100);
@@ -203,6 +301,99 @@ impl Connection {
         }
     }
 
+    /// Held from choosing a nonce until the node accepted the transaction
+    /// (see [`Connection::sign`]).
+    pub async fn lock_sends(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.send_lock.clone().lock_owned().await
+    }
+
+    /// The signer's next nonce, counting the node's pending transactions.
+    pub async fn pending_nonce(&self, call: &str) -> Result<u64, ChainError> {
+        let from = self.signer().ok_or_else(|| {
+            ChainError::Config(format!("{call}: no key to send transactions with"))
+        })?;
+        self.rpc(call, self.provider().get_transaction_count(from).pending())
+            .await
+    }
+
+    /// Signs `prepared` at `nonce` without sending it. Hold
+    /// [`Connection::lock_sends`] from choosing the nonce to the broadcast.
+    pub async fn sign(
+        &self,
+        call: &str,
+        prepared: &Prepared,
+        nonce: u64,
+    ) -> Result<Signed, ChainError> {
+        let wallet = self.wallet.as_ref().ok_or_else(|| {
+            ChainError::Config(format!("{call}: no key to send transactions with"))
+        })?;
+        let tx = prepared.tx.clone().with_nonce(nonce);
+        let envelope = tx
+            .build(wallet)
+            .await
+            .map_err(|e| ChainError::Config(format!("{call}: cannot sign: {e}")))?;
+        Ok(Signed {
+            hash: *envelope.tx_hash(),
+            nonce,
+            cost: prepared.cost,
+            raw: envelope.encoded_2718().into(),
+        })
+    }
+
+    /// Sends a transaction signed by [`Connection::sign`]. The node knowing
+    /// it already (a second broadcast) is no error.
+    pub async fn broadcast(&self, call: &str, signed: &Signed) -> Result<(), ChainError> {
+        match self.provider().send_raw_transaction(&signed.raw).await {
+            Ok(_) => Ok(()),
+            // geth says "already known", anvil "transaction already imported".
+            Err(RpcError::ErrorResp(payload)) if is_already_known(&payload.message) => Ok(()),
+            Err(e @ RpcError::ErrorResp(_)) => Err(classify(self.endpoint(), call, e)),
+            Err(e) => Err(ChainError::transient(
+                call,
+                format!(
+                    "sending transaction {} failed (it may have reached the node): {}",
+                    signed.hash,
+                    classify(self.endpoint(), call, e)
+                ),
+            )),
+        }
+    }
+
+    /// Whether transaction `hash`, sent by the signer at `nonce`, is mined,
+    /// pending, dropped or displaced by another transaction at its nonce.
+    /// One look, no waiting.
+    pub async fn tx_state(
+        &self,
+        call: &str,
+        hash: TxHash,
+        nonce: u64,
+    ) -> Result<TxState, ChainError> {
+        let from = self.signer().ok_or_else(|| {
+            ChainError::Config(format!("{call}: no key to send transactions with"))
+        })?;
+        let receipt = || self.rpc(call, self.provider().get_transaction_receipt(hash));
+        if let Some(receipt) = receipt().await? {
+            return Ok(TxState::Mined(Box::new(receipt)));
+        }
+        let known = self
+            .rpc(call, self.provider().get_transaction_by_hash(hash))
+            .await?;
+        if known.is_some() {
+            return Ok(TxState::Pending);
+        }
+        let mined = self
+            .rpc(call, self.provider().get_transaction_count(from).latest())
+            .await?;
+        if mined <= nonce {
+            return Ok(TxState::Dropped);
+        }
+        // Mined between the first look and the count?
+        Ok(match receipt().await? {
+            Some(receipt) => TxState::Mined(Box::new(receipt)),
+            None => TxState::NonceTaken,
+        })
+    }
+
     /// Polls for the receipt of `hash` (sent with `gas_limit`) until it is
     /// mined, the receipt timeout passes, or the owner stops.
     pub async fn wait_for_receipt(
@@ -211,11 +402,19 @@ impl Connection {
         hash: TxHash,
         gas_limit: u64,
     ) -> Result<TransactionReceipt, ChainError> {
-        let ChainOptions {
-            receipt_timeout,
-            receipt_poll_max,
-            ..
-        } = *self.options();
+        self.wait_for_receipt_within(call, hash, gas_limit, self.options().receipt_timeout)
+            .await
+    }
+
+    /// [`Connection::wait_for_receipt`], giving up after `receipt_timeout`.
+    pub async fn wait_for_receipt_within(
+        &self,
+        call: &str,
+        hash: TxHash,
+        gas_limit: u64,
+        receipt_timeout: Duration,
+    ) -> Result<TransactionReceipt, ChainError> {
+        let receipt_poll_max = self.options().receipt_poll_max;
         let deadline = Instant::now() + receipt_timeout;
         let mut pause = FIRST_POLL;
         let mut last_trouble = None;
@@ -274,9 +473,44 @@ impl Connection {
     }
 }
 
+/// A node's answer to a transaction it holds already.
+fn is_already_known(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("already known") || message.contains("already imported")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_pays_an_eighth_more_or_what_the_chain_asks() {
+        let old = Fees::Eip1559 {
+            max_fee_per_gas: 800,
+            max_priority_fee_per_gas: 80,
+        };
+        let low = Fees::Eip1559 {
+            max_fee_per_gas: 100,
+            max_priority_fee_per_gas: 10,
+        };
+        assert_eq!(
+            old.replacing(low),
+            Fees::Eip1559 {
+                max_fee_per_gas: 901,
+                max_priority_fee_per_gas: 91
+            }
+        );
+        let high = Fees::Eip1559 {
+            max_fee_per_gas: 5000,
+            max_priority_fee_per_gas: 500,
+        };
+        assert_eq!(old.replacing(high), high);
+        let legacy = Fees::Legacy { gas_price: 16 };
+        assert_eq!(
+            legacy.replacing(Fees::Legacy { gas_price: 1 }),
+            Fees::Legacy { gas_price: 19 }
+        );
+    }
 
     #[test]
     fn cost_is_gas_times_the_highest_fee() {

@@ -22,9 +22,10 @@ use alloy::{
 };
 use broker_contracts::chain::Connection;
 
-pub use broker_contracts::chain::{ChainError, ChainOptions, NftCheck};
+pub use broker_contracts::chain::{ChainError, ChainOptions, Fees, NftCheck, TxState};
 pub use events::Released;
 pub use requests::{OnchainRequest, RequestStatus};
+pub use transactions::{release_call, response_call};
 
 use crate::config;
 

@@ -1,15 +1,39 @@
 //! Setting up a granted prefix and answering its request: never twice (the
-//! chain is asked first, and the contract refuses a second answer anyway),
-//! and an answered allocation is on disk before anything else happens.
-//! A failure here never holds up the requests behind it: the request stays
-//! `Allocated`, and the next poll resumes it.
+//! chain is asked first, the answer's transaction is recorded before it is
+//! broadcast and followed up at its own nonce, and the contract refuses a
+//! second answer anyway), and an answered allocation is on disk before
+//! anything else happens. A failure here never holds up the requests behind
+//! it: the request stays `Allocated` (or `Sent`), and the next poll resumes
+//! it.
+
+use std::time::Duration;
 
 use alloy::primitives::Address;
 use broker_contracts::protocol::{self, ResponsePayload};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Daemon, crash_point};
-use crate::store::{allocations::Allocation, requests::Grant};
+use crate::{
+    chain::{ChainError, TxState, response_call},
+    store::{
+        allocations::Allocation,
+        requests::{Grant, SentTx},
+    },
+};
+
+/// How long a poll waits for the receipt of an answer it just sent; after
+/// that the next polls look it up without waiting (a slow chain must not
+/// stall the requests behind it).
+pub(super) const RECEIPT_WAIT: Duration = Duration::from_secs(20);
+
+/// A request's answer recorded as sent (its stage `Sent`).
+pub(super) struct SentAnswer {
+    pub slot: u128,
+    pub server_pubkey: [u8; 65],
+    pub tx: SentTx,
+    /// When the stage was written (seconds since the epoch).
+    pub since: u64,
+}
 
 impl Daemon {
     /// Sets `grant` up in the kernel, then answers request `id` with it.
@@ -37,11 +61,7 @@ impl Daemon {
         slot: u128,
         server_pubkey: [u8; 65],
     ) -> anyhow::Result<()> {
-        let allocation = self
-            .store
-            .allocation(slot)?
-            .filter(|a| a.contract == contract && a.request_id == id);
-        let Some(allocation) = allocation else {
+        let Some(allocation) = self.allocation_of(contract, id, slot)? else {
             // Released, or taken over by a newer request of the same NFT.
             let reason = "its allocation changed before the answer".into();
             return Ok(self.store.skip(contract, id, reason)?);
@@ -53,6 +73,97 @@ impl Daemon {
         };
         self.apply_and_answer(contract, id, &grant).await;
         Ok(())
+    }
+
+    /// Request `id`, whose answer was sent earlier (`sent`): one look at
+    /// that transaction, no waiting. Mined: done. Pending: left alone until
+    /// it is overdue, then replaced at its nonce with higher fees. Dropped:
+    /// replaced at its nonce. Its nonce taken by another transaction: the
+    /// chain says whether the request still needs an answer.
+    pub(super) async fn resume_sent(
+        &mut self,
+        contract: Address,
+        id: u64,
+        sent: SentAnswer,
+    ) -> anyhow::Result<()> {
+        let call = response_call(contract, id);
+        let SentTx { tx, nonce, .. } = sent.tx;
+        let timeout = self.config.wireguard.handshake_timeout_secs;
+        match self.chain.tx_state(&call, tx, nonce).await? {
+            TxState::Mined(receipt) if receipt.status() => {
+                info!(%contract, id, %tx, "the answer sent earlier is mined");
+                Ok(self
+                    .store
+                    .answered(contract, id, sent.slot, Some(tx), timeout)?)
+            }
+            TxState::Mined(receipt) => {
+                let block = receipt.block_number.unwrap_or_default();
+                let reason = format!("transaction {tx} reverted in block {block}");
+                self.answer_reverted(contract, id, sent.slot, &reason).await
+            }
+            TxState::Pending => {
+                let overdue = self.chain.receipt_timeout().as_secs();
+                if crate::store::now() < sent.since.saturating_add(overdue) {
+                    debug!(%contract, id, %tx, "the answer is not mined yet");
+                    return Ok(());
+                }
+                warn!(%contract, id, %tx, nonce, "the answer is not mined after {overdue}s: replacing it with higher fees");
+                self.replace_answer(contract, id, &sent).await
+            }
+            TxState::Dropped => {
+                warn!(%contract, id, %tx, nonce, "the answer's transaction was dropped: replacing it at its nonce");
+                self.replace_answer(contract, id, &sent).await
+            }
+            TxState::NonceTaken => {
+                if self.chain.response_on_chain(contract, id).await?.is_some() {
+                    info!(%contract, id, "already answered on chain (by a replaced transaction)");
+                    return Ok(self
+                        .store
+                        .answered(contract, id, sent.slot, None, timeout)?);
+                }
+                warn!(%contract, id, %tx, nonce, "another transaction took the answer's nonce: answering again");
+                let Some(allocation) = self.allocation_of(contract, id, sent.slot)? else {
+                    let reason = "its allocation changed before the answer".into();
+                    return Ok(self.store.skip(contract, id, reason)?);
+                };
+                self.send_answer(contract, id, &allocation, &sent.server_pubkey, None)
+                    .await
+            }
+        }
+    }
+
+    /// Request `id`'s allocation in `slot`, unless it went to another
+    /// request or back to the pool.
+    fn allocation_of(
+        &self,
+        contract: Address,
+        id: u64,
+        slot: u128,
+    ) -> anyhow::Result<Option<Allocation>> {
+        Ok(self
+            .store
+            .allocation(slot)?
+            .filter(|a| a.contract == contract && a.request_id == id))
+    }
+
+    async fn replace_answer(
+        &mut self,
+        contract: Address,
+        id: u64,
+        sent: &SentAnswer,
+    ) -> anyhow::Result<()> {
+        let Some(allocation) = self.allocation_of(contract, id, sent.slot)? else {
+            let reason = "its allocation changed before the answer".into();
+            return Ok(self.store.skip(contract, id, reason)?);
+        };
+        self.send_answer(
+            contract,
+            id,
+            &allocation,
+            &sent.server_pubkey,
+            Some(sent.tx),
+        )
+        .await
     }
 
     async fn answer(
@@ -68,6 +179,24 @@ impl Daemon {
             info!(%contract, id, "already answered on chain (an earlier run sent it)");
             return Ok(self.store.answered(contract, id, slot, None, timeout)?);
         }
+        self.send_answer(contract, id, allocation, server_pubkey, None)
+            .await
+    }
+
+    /// Sends request `id`'s answer: simulated, signed, recorded as `Sent`,
+    /// broadcast, then its receipt awaited for at most [`RECEIPT_WAIT`].
+    /// `replacing`: an earlier transaction of the same answer, replaced at
+    /// its nonce with higher fees.
+    async fn send_answer(
+        &mut self,
+        contract: Address,
+        id: u64,
+        allocation: &Allocation,
+        server_pubkey: &[u8; 65],
+        replacing: Option<SentTx>,
+    ) -> anyhow::Result<()> {
+        let call = response_call(contract, id);
+        let slot = allocation.slot;
         let payload = ResponsePayload {
             prefix: allocation.prefix.to_string(),
             gateway: self.config.broker.pool.broker_address().to_string(),
@@ -77,23 +206,61 @@ impl Daemon {
         };
         let ciphertext = protocol::encrypt(server_pubkey, payload.to_json().as_bytes())?;
         let framed = protocol::frame_response(id, &ciphertext);
-        match self.chain.submit_response(contract, id, framed).await {
+        let replacement = replacing.is_some();
+        let prepared = match self
+            .chain
+            .prepare_response(contract, id, framed, replacement)
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(e) if e.is_reverted() => {
+                return self
+                    .answer_reverted(contract, id, slot, &e.to_string())
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let store = &self.store;
+        let record = |tx| store.sent(contract, id, slot, *server_pubkey, tx);
+        let signed = self
+            .sign_record_send(&call, prepared, replacing.as_ref(), record)
+            .await?;
+        crash_point!("after-send");
+        let tx = signed.hash;
+        info!(%contract, id, %tx, nonce = signed.nonce, "answer sent");
+        match self.chain.wait_mined(&call, &signed, RECEIPT_WAIT).await {
             Ok(tx) => {
                 crash_point!("before-answered");
                 info!(%contract, id, %tx, prefix = %allocation.prefix, "answered");
+                let timeout = self.config.wireguard.handshake_timeout_secs;
                 Ok(self.store.answered(contract, id, slot, Some(tx), timeout)?)
             }
-            Err(e) if e.is_reverted() => {
-                if self.chain.response_on_chain(contract, id).await?.is_some() {
-                    return Ok(self.store.answered(contract, id, slot, None, timeout)?);
-                }
-                // No longer answerable (expired or superseded meanwhile).
-                warn!(%contract, id, "the answer was refused: {e}");
-                let reason = format!("answer refused on chain: {e}");
-                Ok(self.store.refused(contract, id, slot, reason, timeout)?)
+            Err(ChainError::Reverted { reason, .. }) => {
+                self.answer_reverted(contract, id, slot, &reason).await
             }
-            // Transient: the request stays Allocated and is resumed next poll.
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                info!(%contract, id, %tx, "answer not mined yet, followed up by the next polls: {e}");
+                Ok(())
+            }
         }
+    }
+
+    /// The chain refused request `id`'s answer (`why`): answered after all
+    /// (by an earlier transaction), or no longer answerable.
+    async fn answer_reverted(
+        &mut self,
+        contract: Address,
+        id: u64,
+        slot: u128,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        let timeout = self.config.wireguard.handshake_timeout_secs;
+        if self.chain.response_on_chain(contract, id).await?.is_some() {
+            return Ok(self.store.answered(contract, id, slot, None, timeout)?);
+        }
+        // No longer answerable (expired or superseded meanwhile).
+        warn!(%contract, id, "the answer was refused: {why}");
+        let reason = format!("answer refused on chain: {why}");
+        Ok(self.store.refused(contract, id, slot, reason, timeout)?)
     }
 }

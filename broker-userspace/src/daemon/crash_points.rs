@@ -9,10 +9,14 @@
 //!   committed; nothing is in the kernel yet;
 //! - `after-kernel`: its peer, route and NDP entry are set up (also when a
 //!   later poll resumes it); this run sent nothing for it yet;
-//! - `before-answered`: `submitResponse` was mined; the database does not
-//!   know yet;
+//! - `after-send`: the answer's transaction is recorded (`Sent`) and was
+//!   broadcast; its receipt is not awaited yet;
+//! - `before-answered`: `submitResponse` was mined; the database knows it
+//!   as sent, not as answered;
 //! - `after-release`: a release has committed; the kernel still holds the
 //!   allocation and the on-chain release is still owed;
+//! - `after-release-send`: the on-chain release's transaction is recorded
+//!   and was broadcast; its receipt is not awaited yet;
 //! - `before-release-recorded`: `releaseAllocation` was mined; the database
 //!   still owes it.
 

@@ -17,6 +17,7 @@ pub(crate) mod crash_points;
 mod examine;
 mod kernel;
 mod operator;
+mod send;
 mod systemd;
 mod upkeep;
 
@@ -45,7 +46,7 @@ use crate::{
     },
     store::{
         Store,
-        requests::{Decision, Stage},
+        requests::{Decision, SentTx, Stage},
     },
     tunnel::{Routes, Tunnel},
 };
@@ -55,6 +56,11 @@ use systemd::Systemd;
 
 /// Longest pause after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long one poll may spend on requests: past it, the requests left wait
+/// for the next poll (after the upkeep), so contracts that make each check
+/// slow cannot hold everything else up for long.
+const POLL_BUDGET: Duration = Duration::from_secs(30);
 
 pub struct Daemon {
     config: Config,
@@ -144,6 +150,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopping: state is on disk, tunnels and the NDP responder stay up");
     Ok(())
+}
+
+fn over_budget(budget: tokio::time::Instant) -> bool {
+    tokio::time::Instant::now() >= budget
 }
 
 fn pause_after(failures: u32, poll_interval: u64) -> Duration {
@@ -315,12 +325,13 @@ impl Daemon {
         self.systemd.ping_if_due();
         self.systemd
             .status(&format!("polling at block {}", at.number));
-        self.resume_unfinished(&at).await?;
+        let budget = tokio::time::Instant::now() + POLL_BUDGET;
+        self.resume_unfinished(&at, budget).await?;
         for contract in self.contracts.clone() {
             if self.stopping() {
                 return Ok(());
             }
-            self.take_new_requests(contract, &at).await?;
+            self.take_new_requests(contract, &at, budget).await?;
         }
         if !self.stopping() {
             self.upkeep(&at).await;
@@ -328,7 +339,12 @@ impl Daemon {
         Ok(())
     }
 
-    async fn take_new_requests(&mut self, contract: Address, at: &BlockRef) -> anyhow::Result<()> {
+    async fn take_new_requests(
+        &mut self,
+        contract: Address,
+        at: &BlockRef,
+        budget: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
         let count = self.chain.request_count(contract, at).await?;
         let start = self.config.onchain.start_request_id;
         let next = self.store.next_request(contract, start)?;
@@ -337,14 +353,26 @@ impl Daemon {
             if self.stopping() {
                 break;
             }
+            if over_budget(budget) {
+                info!(%contract, "the poll's time is spent: requests from {id} on wait for the next poll");
+                break;
+            }
             self.handle(contract, id, at, true).await?;
         }
         Ok(())
     }
 
-    async fn resume_unfinished(&mut self, at: &BlockRef) -> anyhow::Result<()> {
+    async fn resume_unfinished(
+        &mut self,
+        at: &BlockRef,
+        budget: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
         for record in self.store.unfinished()? {
             if self.stopping() {
+                break;
+            }
+            if over_budget(budget) {
+                info!("the poll's time is spent: unfinished requests wait for the next poll");
                 break;
             }
             match record.stage {
@@ -359,6 +387,29 @@ impl Daemon {
                         .await
                     {
                         warn!(contract = %record.contract, id = record.id, "answer deferred: {e:#}");
+                    }
+                }
+                Stage::Sent {
+                    slot,
+                    server_pubkey,
+                    tx,
+                    nonce,
+                    max_fee_per_gas,
+                    max_priority_fee_per_gas,
+                } => {
+                    let sent = answer::SentAnswer {
+                        slot,
+                        server_pubkey,
+                        tx: SentTx {
+                            tx,
+                            nonce,
+                            max_fee_per_gas,
+                            max_priority_fee_per_gas,
+                        },
+                        since: record.updated_at,
+                    };
+                    if let Err(e) = self.resume_sent(record.contract, record.id, sent).await {
+                        warn!(contract = %record.contract, id = record.id, "answer not followed up: {e:#}");
                     }
                 }
                 Stage::Retry { next_at, .. } if next_at <= crate::store::now() => {

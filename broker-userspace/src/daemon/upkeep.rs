@@ -8,9 +8,9 @@ use tracing::{info, warn};
 
 use super::{Daemon, crash_point, kernel::Removed};
 use crate::{
-    chain::BlockRef,
+    chain::{BlockRef, ChainError, TxState, release_call},
     operator::OnChainRelease,
-    store::{Pruned, allocations::Allocation, chain_releases::OwedRelease, now},
+    store::{Pruned, allocations::Allocation, chain_releases::OwedRelease, now, requests::SentTx},
 };
 
 /// How often old records are pruned.
@@ -165,7 +165,53 @@ impl Daemon {
             contract,
             nft,
             request_id,
+            sent,
         } = owed;
+        // A transaction sent earlier for this release is followed up at its
+        // nonce, never doubled by another.
+        let mut replacing = None;
+        if let Some(sent) = sent {
+            let call = release_call(contract, nft);
+            let SentTx { tx, nonce, .. } = sent.tx;
+            match self.chain.tx_state(&call, tx, nonce).await {
+                Ok(TxState::Mined(receipt)) if receipt.status() => {
+                    info!(%nft, transaction = %tx, "released on chain (sent earlier)");
+                    self.forget_owed_release(contract, nft);
+                    return OnChainRelease::Sent { transaction: tx };
+                }
+                Ok(TxState::Mined(_)) => {
+                    warn!(%nft, %tx, "on-chain release reverted, dropped");
+                    self.forget_owed_release(contract, nft);
+                    return OnChainRelease::Refused {
+                        reason: format!("transaction {tx} reverted"),
+                    };
+                }
+                Ok(TxState::Pending) => {
+                    let overdue = self.chain.receipt_timeout().as_secs();
+                    if now() < sent.at.saturating_add(overdue) {
+                        return OnChainRelease::Deferred {
+                            reason: format!("transaction {tx} is not mined yet"),
+                        };
+                    }
+                    warn!(%nft, %tx, nonce, "the on-chain release is not mined after {overdue}s: replacing it with higher fees");
+                    replacing = Some(sent.tx);
+                }
+                Ok(TxState::Dropped) => {
+                    warn!(%nft, %tx, nonce, "the on-chain release was dropped: replacing it at its nonce");
+                    replacing = Some(sent.tx);
+                }
+                // Another transaction took its nonce: the chain decides
+                // below whether the release is still wanted.
+                Ok(TxState::NonceTaken) => {}
+                Err(e) => {
+                    warn!(%nft, "on-chain release will be followed up: {e}");
+                    self.count_chain_error(&e);
+                    return OnChainRelease::Deferred {
+                        reason: e.to_string(),
+                    };
+                }
+            }
+        }
         // releaseAllocation ends the NFT's *current* request: if the
         // owner has made a newer one meanwhile, that request decides
         // the prefix (it is answered or rotated), and ending it would
@@ -197,29 +243,76 @@ impl Daemon {
                 };
             }
         }
-        let outcome = match self.chain.release_allocation(contract, nft).await {
-            Ok(transaction) => {
+        let outcome = match self
+            .send_release(contract, nft, request_id, replacing)
+            .await
+        {
+            Ok(Some(transaction)) => {
                 crash_point!("before-release-recorded");
                 info!(%nft, %transaction, "released on chain");
                 OnChainRelease::Sent { transaction }
             }
+            Ok(None) => {
+                return OnChainRelease::Deferred {
+                    reason: "its transaction is not mined yet".into(),
+                };
+            }
             // Nothing (left) to release there.
-            Err(e) if e.is_reverted() => {
-                warn!(%nft, "on-chain release refused, dropped: {e}");
+            Err(e)
+                if e.downcast_ref::<ChainError>()
+                    .is_some_and(ChainError::is_reverted) =>
+            {
+                warn!(%nft, "on-chain release refused, dropped: {e:#}");
                 OnChainRelease::Refused {
-                    reason: e.to_string(),
+                    reason: format!("{e:#}"),
                 }
             }
             Err(e) => {
-                warn!(%nft, "on-chain release will be retried: {e}");
-                self.count_chain_error(&e);
+                warn!(%nft, "on-chain release will be retried: {e:#}");
+                self.count_chain_error(e.as_ref());
                 return OnChainRelease::Deferred {
-                    reason: e.to_string(),
+                    reason: format!("{e:#}"),
                 };
             }
         };
         self.forget_owed_release(contract, nft);
         outcome
+    }
+
+    /// Sends `releaseAllocation(nft)` (replacing `replacing` at its nonce),
+    /// recorded before the broadcast; its hash once mined, None when not
+    /// mined within the first wait (the next polls follow it up).
+    async fn send_release(
+        &mut self,
+        contract: Address,
+        nft: Address,
+        request_id: u64,
+        replacing: Option<SentTx>,
+    ) -> anyhow::Result<Option<alloy::primitives::TxHash>> {
+        let call = release_call(contract, nft);
+        let prepared = self
+            .chain
+            .prepare_release(contract, nft, replacing.is_some())
+            .await?;
+        let store = &self.store;
+        let record = |tx| store.release_sent(contract, nft, request_id, tx);
+        let signed = self
+            .sign_record_send(&call, prepared, replacing.as_ref(), record)
+            .await?;
+        crash_point!("after-release-send");
+        info!(%nft, tx = %signed.hash, nonce = signed.nonce, "on-chain release sent");
+        match self
+            .chain
+            .wait_mined(&call, &signed, super::answer::RECEIPT_WAIT)
+            .await
+        {
+            Ok(tx) => Ok(Some(tx)),
+            Err(e) if e.is_reverted() => Err(e.into()),
+            Err(e) => {
+                info!(%nft, tx = %signed.hash, "on-chain release not mined yet, followed up by the next polls: {e}");
+                Ok(None)
+            }
+        }
     }
 
     fn forget_owed_release(&self, contract: Address, nft: Address) {

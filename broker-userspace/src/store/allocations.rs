@@ -280,7 +280,8 @@ mod tests {
             [chain_releases::OwedRelease {
                 contract: CONTRACT,
                 nft: nft(2),
-                request_id: 2
+                request_id: 2,
+                sent: None,
             }]
         );
         let Event::Released { reason, prefix, .. } = store.audit_tail(1).unwrap().remove(0).event

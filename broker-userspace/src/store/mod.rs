@@ -47,6 +47,10 @@ pub enum StoreError {
     Storage(#[from] redb::Error),
     #[error("the database is open read-only")]
     ReadOnly,
+    /// A transition the record's stage does not allow (a bug, or a record
+    /// changed by another writer).
+    #[error("{0}")]
+    Conflict(String),
     #[error("database record {table}/{key} is corrupt: {reason}")]
     Corrupt {
         table: &'static str,

@@ -9,12 +9,15 @@
 //! table of their own, so a restart resumes them without scanning the whole
 //! history.
 //!
-//! There is no stage between `Allocated` and `Answered` for an answer sent
-//! but not yet known to be mined: the chain is that record. Before every
-//! send, the daemon asks the chain (at its latest block) whether the request
-//! already has its answer, and the contract refuses a second one anyway; so
-//! an `Allocated` request after a crash is simply answered again or found
-//! answered.
+//! Between `Allocated` and `Answered`, `Sent` records the answer's
+//! transaction (hash, nonce, fees) before it is broadcast: a restart, a
+//! receipt that did not come in time or a dropped transaction never leads
+//! to a second answer at another nonce. The next polls look that
+//! transaction up without waiting: mined (done), pending (wait, or replace
+//! it at the same nonce with higher fees once it is overdue), dropped
+//! (replace it at the same nonce), or its nonce taken by another
+//! transaction (then the chain, asked at its latest block, says whether
+//! the request still needs an answer).
 
 use alloy::primitives::{Address, TxHash};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
@@ -67,6 +70,21 @@ pub enum Stage {
         slot: u128,
         #[serde(with = "super::hex_bytes")]
         server_pubkey: [u8; 65],
+    },
+    /// The answer's transaction `tx` is signed at `nonce` with these fees
+    /// (wei per gas) and was broadcast, or is about to be; its receipt is
+    /// still to be seen.
+    Sent {
+        #[serde(with = "super::slot_string")]
+        slot: u128,
+        #[serde(with = "super::hex_bytes")]
+        server_pubkey: [u8; 65],
+        tx: TxHash,
+        nonce: u64,
+        #[serde(with = "super::slot_string")]
+        max_fee_per_gas: u128,
+        #[serde(with = "super::slot_string")]
+        max_priority_fee_per_gas: u128,
     },
     /// The answer is on chain: sent in `transaction`, or [`FOUND_ON_CHAIN`].
     Answered {
@@ -166,6 +184,18 @@ impl Decision {
             },
         })
     }
+}
+
+/// A transaction recorded before it was broadcast: an answer's (as
+/// [`Stage::Sent`] records it) or an on-chain release's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTx {
+    pub tx: TxHash,
+    pub nonce: u64,
+    #[serde(with = "super::slot_string")]
+    pub max_fee_per_gas: u128,
+    #[serde(with = "super::slot_string")]
+    pub max_priority_fee_per_gas: u128,
 }
 
 /// A prefix granted to a request, committed, the kernel not set up yet.
@@ -311,7 +341,9 @@ impl Store {
                     Stage::Answered { .. } => &mut counts.answered,
                     Stage::Rejected { .. } => &mut counts.rejected,
                     Stage::Skipped { .. } => &mut counts.skipped,
-                    Stage::Allocated { .. } | Stage::Retry { .. } => &mut counts.pending,
+                    Stage::Allocated { .. } | Stage::Sent { .. } | Stage::Retry { .. } => {
+                        &mut counts.pending
+                    }
                 } += 1;
             }
             Ok(counts)
@@ -420,6 +452,44 @@ impl Store {
                     contract: contract.to_string(),
                     request_id: id,
                     transaction,
+                },
+            )
+        })
+    }
+
+    /// Request `id`'s answer, for the prefix in `slot`, is signed as
+    /// transaction `sent` (a replacement when the request was `Sent`
+    /// already): recorded before it is broadcast.
+    pub fn sent(
+        &self,
+        contract: Address,
+        id: u64,
+        slot: u128,
+        server_pubkey: [u8; 65],
+        sent: SentTx,
+    ) -> Result<(), StoreError> {
+        self.transition(|txn| {
+            let stage = get(txn, contract, id)?.map(|r| r.stage);
+            match stage {
+                Some(Stage::Allocated { slot: s, .. } | Stage::Sent { slot: s, .. })
+                    if s == slot => {}
+                other => {
+                    return Err(StoreError::Conflict(format!(
+                        "request {id} of {contract}: an answer sent from stage {other:?}"
+                    )));
+                }
+            }
+            set(
+                txn,
+                contract,
+                id,
+                Stage::Sent {
+                    slot,
+                    server_pubkey,
+                    tx: sent.tx,
+                    nonce: sent.nonce,
+                    max_fee_per_gas: sent.max_fee_per_gas,
+                    max_priority_fee_per_gas: sent.max_priority_fee_per_gas,
                 },
             )
         })
@@ -624,6 +694,53 @@ pub(crate) mod tests {
             Decision::AlreadyFinished
         );
         assert_eq!(store.allocation(slot).unwrap().unwrap().wg_key, [1; 32]);
+    }
+
+    #[test]
+    fn a_sent_answer_is_recorded_replaced_and_then_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let slot = grant(&store, 1, 1, 1).allocation.slot;
+        let first = SentTx {
+            tx: TxHash::repeat_byte(1),
+            nonce: 7,
+            max_fee_per_gas: 2_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+        };
+        store.sent(CONTRACT, 1, slot, [4; 65], first).unwrap();
+        let replacement = SentTx {
+            tx: TxHash::repeat_byte(2),
+            max_fee_per_gas: 2_250_000_001,
+            ..first
+        };
+        store.sent(CONTRACT, 1, slot, [4; 65], replacement).unwrap();
+        assert_eq!(
+            stage(&store, 1),
+            Stage::Sent {
+                slot,
+                server_pubkey: [4; 65],
+                tx: replacement.tx,
+                nonce: 7,
+                max_fee_per_gas: 2_250_000_001,
+                max_priority_fee_per_gas: 1_000_000_000,
+            }
+        );
+        // Unfinished (a restart follows it up), counted as pending, and it
+        // survives a restart.
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(unfinished_ids(&store), [1]);
+        assert_eq!(store.request_counts(CONTRACT).unwrap().pending, 1);
+        // Another slot's answer cannot take the record over.
+        let err = store.sent(CONTRACT, 1, slot + 1, [4; 65], first);
+        assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+        store
+            .answered(CONTRACT, 1, slot, Some(replacement.tx), 120)
+            .unwrap();
+        assert_eq!(unfinished_ids(&store), [] as [u64; 0]);
+        // Nor can a finished request go back to Sent.
+        let err = store.sent(CONTRACT, 1, slot, [4; 65], first);
+        assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
     }
 
     #[test]
