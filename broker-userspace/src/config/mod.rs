@@ -114,7 +114,6 @@ pub struct Wireguard {
     pub handshake_timeout_secs: u64,
     /// Services on the broker itself that tunnel clients may reach (the
     /// daemon's nftables table, `crate::firewall`); empty: none.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_to_broker: Vec<Allowed>,
 }
 
