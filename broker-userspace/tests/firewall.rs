@@ -85,19 +85,27 @@ fn tunnel_clients_reach_only_icmpv6_and_allowed_services_on_the_broker() {
         ensure!(tables.matches("blockhost_broker").count() == 1, "{tables}");
 
         // `firewall remove` deletes it.
-        let removed = lab.shell(
-            &lab.net.broker,
-            &[
-                broker_lab::broker::binary("blockhost-broker")?
-                    .to_str()
-                    .context("a UTF-8 path")?,
-                "firewall",
-                "remove",
-            ],
-        )?;
+        let binary = broker_lab::broker::binary("blockhost-broker")?;
+        let broker = binary.to_str().context("a UTF-8 path")?;
+        let removed = lab.shell(&lab.net.broker, &[broker, "firewall", "remove"])?;
         ensure!(removed.contains("removed table"), "{removed}");
         let tables = lab.shell(&lab.net.broker, &["nft", "list", "tables"])?;
         ensure!(!tables.contains("blockhost_broker"), "{tables}");
+        ensure!(
+            connects(&lab.net.servers[0], outside),
+            "without the table the upstream address is open to tunnel clients (nothing else stops them here)"
+        );
+        // `firewall apply` puts it back from the configuration (the VPS
+        // image runs it after its own firewall flushes the ruleset).
+        let config = lab.config_path.to_str().context("a UTF-8 path")?;
+        let applied = lab.shell(
+            &lab.net.broker,
+            &[broker, "firewall", "apply", "--config", config],
+        )?;
+        ensure!(applied.contains("installed table"), "{applied}");
+        ensure!(connects(&lab.net.servers[0], inside));
+        let tables = lab.shell(&lab.net.broker, &["nft", "list", "tables"])?;
+        ensure!(tables.contains("blockhost_broker"), "{tables}");
         drop(listener);
         Ok(())
     });
