@@ -464,10 +464,7 @@ fn scenario(
 
     eprintln!("deb-test: purge");
     c.sh("dpkg -P blockhost-broker blockhost-broker-client")?;
-    c.check(
-        &format!("! {table}"),
-        "purge removes the nftables table",
-    )?;
+    c.check(&format!("! {table}"), "purge removes the nftables table")?;
     c.check(
         "[ ! -e /etc/blockhost-broker ] && [ ! -e /var/lib/blockhost-broker ]",
         "purge removes the configuration, the keys and the database",
