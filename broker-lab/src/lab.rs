@@ -502,6 +502,7 @@ fn broker_files(
             private_key_file,
             implementation: WireguardImplementation::Userspace,
             handshake_timeout_secs: 120,
+            allow_to_broker: Vec::new(),
         },
         // On its default listen, loopback in the broker's namespace: the
         // tests and the demo read /metrics there without a token.

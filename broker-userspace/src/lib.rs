@@ -6,6 +6,7 @@ pub mod api;
 pub mod chain;
 pub mod config;
 pub mod daemon;
+pub mod firewall;
 pub mod host_ipv4;
 pub mod host_ipv6;
 pub mod ipam;

@@ -21,6 +21,9 @@ enum Command {
     Run(commands::check_config::CheckConfigArgs),
     /// The XDP Neighbor Discovery responder on the upstream interface.
     Ndp(commands::ndp::NdpArgs),
+    /// The daemon's nftables table, which keeps tunnel clients off the
+    /// broker's own services (`run` installs it at each start).
+    Firewall(commands::firewall::FirewallArgs),
     /// Deploy this broker's BrokerRequests contract from the operator's key,
     /// on a real network.
     ///
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Ndp(args) => commands::ndp::run(args),
+        Command::Firewall(args) => commands::firewall::run(args),
         Command::DeployRequests(args) => commands::deploy_requests::run(args),
         Command::GenerateKey(args) => commands::generate_key::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),

@@ -229,7 +229,8 @@ fn status_of(pid: u32) -> anyhow::Result<(String, String)> {
 }
 
 /// A request answered end to end by a daemon that is not root and holds
-/// only [`CAPABILITIES`]: the responder attached and pinned, wireguard-go
+/// only [`CAPABILITIES`]: its nftables table installed, the responder
+/// attached and pinned, wireguard-go
 /// started, the peer and route set, the answer on chain, the tunnel
 /// carrying traffic and the router resolving the client's address.
 #[test]
@@ -248,6 +249,13 @@ fn least_privilege_a_request_is_answered_without_root() {
             .iter()
             .fold(0u64, |m, c| m | 1 << capability_number(c));
         assert_eq!(mask, want, "CapEff: {effective}");
+        // The nftables table, installed by `nft` as the daemon's child
+        // (ambient CAP_NET_ADMIN).
+        let table = lab.shell(
+            &lab.net.broker,
+            &["nft", "list", "table", "inet", "blockhost_broker"],
+        )?;
+        assert!(table.contains("jump from_tunnel"), "{table}");
 
         let served = lab.serve(broker_lab::requests::CLIENT).await?;
         lab.bring_up_tunnel(&served.client, &served.answer)?;

@@ -54,6 +54,7 @@ fn wireguard_config(
         private_key_file: "/nonexistent".into(),
         implementation,
         handshake_timeout_secs: 120,
+        allow_to_broker: Vec::new(),
     }
 }
 

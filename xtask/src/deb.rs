@@ -413,9 +413,14 @@ fn scenario(
     };
     let before = fingerprint(c)?;
 
+    // A stand-in for the daemon's nftables table (no daemon runs here).
+    c.sh("nft add table inet blockhost_broker")?;
+    let table = "nft list table inet blockhost_broker >/dev/null 2>&1";
+
     eprintln!("deb-test: upgrade to {newer}");
     c.sh("dpkg -i /tmp/debs/new/*.deb")?;
     installed(c, newer)?;
+    c.check(table, "the upgrade keeps the nftables table")?;
     let after = fingerprint(c)?;
     ensure!(
         before == after,
@@ -427,7 +432,14 @@ fn scenario(
     )?;
 
     eprintln!("deb-test: remove");
+    // A stand-in for the WireGuard interface (this kernel may have no
+    // WireGuard module, veth is everywhere): the tunnels outlive a remove.
+    c.sh("ip link add wg-broker type veth peer name wg-broker-peer")?;
     c.sh("dpkg -r blockhost-broker blockhost-broker-client")?;
+    c.check(
+        table,
+        "remove keeps the nftables table while the WireGuard interface is there (the tunnels run on)",
+    )?;
     c.check(
         "[ ! -e /usr/bin/blockhost-broker ] && [ ! -e /usr/bin/broker-client ]",
         "remove takes the binaries away",
@@ -451,10 +463,8 @@ fn scenario(
     )?;
 
     eprintln!("deb-test: purge");
-    // A stand-in for the WireGuard interface (this kernel may have no
-    // WireGuard module, veth is everywhere).
-    c.sh("ip link add wg-broker type veth peer name wg-broker-peer")?;
     c.sh("dpkg -P blockhost-broker blockhost-broker-client")?;
+    c.check(&format!("! {table}"), "purge removes the nftables table")?;
     c.check(
         "[ ! -e /etc/blockhost-broker ] && [ ! -e /var/lib/blockhost-broker ]",
         "purge removes the configuration, the keys and the database",

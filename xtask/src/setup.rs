@@ -15,7 +15,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("wireguard-tools", "the wg and wg-quick commands"),
     (
         "nftables",
-        "wg-quick's firewall rules for a tunnel that routes ::/0",
+        "the daemon's own table (what tunnel clients may reach on the broker); wg-quick's firewall rules for a tunnel that routes ::/0",
     ),
     (
         "procps",

@@ -4,6 +4,7 @@ pub mod allocations;
 pub mod check_config;
 pub mod deploy_requests;
 pub mod detect_ipv6;
+pub mod firewall;
 pub mod generate_key;
 pub mod ndp;
 pub mod run;

@@ -16,7 +16,10 @@ use ipnet::Ipv6Net;
 use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
 
 use super::{Api, Broker, Config, Database, MAX_RETENTION_DAYS, Manager, Onchain, Wireguard, file};
-use crate::ipam::Pool;
+use crate::{
+    firewall::{self, Allowed},
+    ipam::Pool,
+};
 
 /// Whether the key files' contents are checked (their mode always is).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -260,6 +263,17 @@ fn wireguard(w: file::Wireguard, upstream_interface: &str, p: &mut Problems) -> 
         w.handshake_timeout_secs >= 10,
         "[wireguard] handshake_timeout_secs must be at least 10",
     );
+    p.require(
+        firewall::quotable(&w.interface),
+        "[wireguard] interface must not contain '\"', '\\' or control characters (it goes into an nftables rule)",
+    );
+    let mut allow_to_broker = Vec::new();
+    for entry in &w.allow_to_broker {
+        match entry.parse::<Allowed>() {
+            Ok(a) => allow_to_broker.push(a),
+            Err(e) => p.add(format!("[wireguard] allow_to_broker: {e}")),
+        }
+    }
     Some(Wireguard {
         interface: w.interface,
         listen_port: w.listen_port,
@@ -267,6 +281,7 @@ fn wireguard(w: file::Wireguard, upstream_interface: &str, p: &mut Problems) -> 
         private_key_file: w.private_key_file,
         implementation: implementation?,
         handshake_timeout_secs: w.handshake_timeout_secs,
+        allow_to_broker,
     })
 }
 

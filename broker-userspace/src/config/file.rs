@@ -49,6 +49,10 @@ pub(super) struct Wireguard {
     pub implementation: Option<String>,
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
+    /// `tcp/PORT`, `udp/FIRST-LAST`: what tunnel clients may reach on the
+    /// broker itself besides ICMPv6 (`crate::firewall`).
+    #[serde(default)]
+    pub allow_to_broker: Vec<String>,
 }
 
 #[derive(Deserialize)]

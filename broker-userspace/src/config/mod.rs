@@ -24,7 +24,7 @@ use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::{ipam::Pool, ndp::AttachMode};
+use crate::{firewall::Allowed, ipam::Pool, ndp::AttachMode};
 
 pub const DEFAULT_PATH: &str = "/etc/blockhost-broker/config.toml";
 
@@ -138,6 +138,9 @@ pub struct Wireguard {
     pub private_key_file: PathBuf,
     pub implementation: WireguardImplementation,
     pub handshake_timeout_secs: u64,
+    /// Services on the broker itself that tunnel clients may reach (the
+    /// daemon's nftables table, `crate::firewall`); empty: none.
+    pub allow_to_broker: Vec<Allowed>,
 }
 
 /// The HTTP API (`crate::api`).

@@ -110,7 +110,8 @@ fn a_serialised_config_loads_as_itself() {
         (
             "wireguard",
             "interface = \"wg9\"\nlisten_port = 51999\n\
-             implementation = \"userspace\"\nhandshake_timeout_secs = 30",
+             implementation = \"userspace\"\nhandshake_timeout_secs = 30\n\
+             allow_to_broker = [\"tcp/8080\", \"udp/5000-5010\"]",
         ),
         (
             "api",
@@ -460,5 +461,37 @@ fn the_manager_is_closed_by_default_and_its_admins_are_checked() {
         [
             "[manager] admins are given but there is no [api] section: the manager is served on the API's listener"
         ]
+    );
+}
+
+#[test]
+fn allow_to_broker_entries_are_checked_each_with_the_accepted_forms() {
+    let f = Fixture::new();
+    let c = f.load(&f.text()).unwrap();
+    assert_eq!(c.wireguard.allow_to_broker, [], "nothing by default");
+    let problems = f.problems(&f.text_with(&[(
+        "wireguard",
+        "allow_to_broker = [\"tcp/22\", \"ssh\", \"udp/0\", \"icmp/1\"]",
+    )]));
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    for (entry, why) in [
+        ("ssh", "is not protocol/port"),
+        ("udp/0", "not 1 to 65535"),
+        ("icmp/1", "other than tcp or udp"),
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("[wireguard] allow_to_broker")
+                    && p.contains(entry)
+                    && p.contains(why)
+                    && p.contains("e.g. \"tcp/8080\"")),
+            "{entry}: {problems:?}"
+        );
+    }
+    let problems = f.problems(&f.text_with(&[("wireguard", "interface = \"wg\\\"x\"")]));
+    assert!(
+        problems.iter().any(|p| p.contains("nftables rule")),
+        "{problems:?}"
     );
 }

@@ -216,6 +216,17 @@ impl Daemon {
         let gateway = config.broker.pool.broker_address();
         // Before Tunnel::open turns forwarding on (see the function).
         crate::tunnel::keep_router_advertisements(&config.broker.upstream_interface)?;
+        // Before the interface exists, so no client packet ever meets a host
+        // without it (it matches the interface by name).
+        crate::firewall::install(
+            &config.wireguard.interface,
+            &config.wireguard.allow_to_broker,
+        )?;
+        info!(
+            table = crate::firewall::TABLE,
+            allowed = ?config.wireguard.allow_to_broker.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "tunnel clients reach the broker itself with ICMPv6 and the allowed services only"
+        );
         let tunnel = Tunnel::open(&config.wireguard, &wg_key, gateway).await?;
         let routes = Routes::new().await?;
         let pool = config.broker.pool.upstream();

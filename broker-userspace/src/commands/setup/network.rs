@@ -189,6 +189,7 @@ impl Setup<'_> {
             private_key_file: key_file.to_path_buf(),
             implementation: self.args.wg_implementation.unwrap_or_default(),
             handshake_timeout_secs: 120,
+            allow_to_broker: Vec::new(),
         })
     }
 }
