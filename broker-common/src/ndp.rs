@@ -11,6 +11,12 @@
 pub const PREFIXES_MAP: &str = "NDP_PREFIXES";
 /// Name of the one-element `Array<NdpConfig>`.
 pub const CONFIG_MAP: &str = "NDP_CONFIG";
+/// Name of the one-element `Array<u32>` holding the VLAN filter
+/// ([`VLAN_FILTER_ON`] | VLAN id, or 0 for none). A map of its own rather
+/// than a field of [`NdpConfig`]: the configuration map is pinned, and a
+/// responder upgraded in place keeps using the value layout it was created
+/// with.
+pub const VLAN_MAP: &str = "NDP_VLAN";
 /// Name of the `PerCpuArray<u64>` of counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "NDP_COUNTERS";
 /// Name of the XDP program in the object file.
@@ -61,6 +67,12 @@ pub const FLAG_L3_DEVICE: u8 = 1 << 2;
 /// (a clsact filter, or XDP set on the device) because the kernel has no BPF
 /// link of that kind (TCX links need Linux 6.6, XDP links 5.9).
 pub const FLAG_NETLINK: u8 = 1 << 3;
+
+/// In [`VLAN_MAP`]: answer only solicitations tagged with the VLAN id in the
+/// low 12 bits (others, untagged ones included, are left to the kernel).
+pub const VLAN_FILTER_ON: u32 = 1 << 16;
+/// The VLAN id bits of an 802.1Q tag control field.
+pub const VLAN_ID_MASK: u16 = 0x0fff;
 
 /// How the program is attached, recorded for `ndp status`.
 pub const ATTACH_MODE_NONE: u8 = 0;

@@ -30,7 +30,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, trace};
 use broker_common::ndp::{
     COUNTER_COUNT, Counter, FLAG_CONFIGURED, FLAG_L3_DEVICE, LOG_TARGET, MAX_PREFIX_LENS,
-    MAX_PREFIXES, NdpConfig, PrefixKey, PrefixValue,
+    MAX_PREFIXES, NdpConfig, PrefixKey, PrefixValue, VLAN_FILTER_ON, VLAN_ID_MASK,
 };
 
 use crate::{
@@ -49,6 +49,9 @@ static NDP_PREFIXES: HashMap<PrefixKey, PrefixValue> =
 
 #[map(name = "NDP_CONFIG")]
 static NDP_CONFIG: Array<NdpConfig> = Array::pinned(1, 0);
+
+#[map(name = "NDP_VLAN")]
+static NDP_VLAN: Array<u32> = Array::pinned(1, 0);
 
 #[map(name = "NDP_COUNTERS")]
 static NDP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
@@ -78,10 +81,18 @@ pub fn respond<F: Frame>(ctx: &F) -> Option<()> {
         let mut off = ETH_HLEN;
         // One 802.1Q tag. The answer keeps it: only the Ethernet addresses
         // are rewritten.
+        let mut vlan = None;
         if ethertype == ETH_P_8021Q {
             let inner: *const [u16; 2] = ptr_at(ctx, ETH_HLEN)?;
+            vlan = Some(u16::from_be(unsafe { (*inner)[0] }) & VLAN_ID_MASK);
             ethertype = u16::from_be(unsafe { (*inner)[1] });
             off += 4;
+        }
+        // With a VLAN filter, the link's other VLANs (and its untagged
+        // traffic) are not the responder's: the prefixes are routed on one.
+        let filter = NDP_VLAN.get(0).copied().unwrap_or(0);
+        if filter & VLAN_FILTER_ON != 0 && vlan != Some(filter as u16 & VLAN_ID_MASK) {
+            return None;
         }
         if ethertype != ETH_P_IPV6 {
             return None;

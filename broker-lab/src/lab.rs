@@ -490,6 +490,7 @@ fn broker_files(
             // runs an XDP program too; the router's side runs none.
             ndp_mode: AttachMode::Generic,
             ndp_router_flag: true,
+            ndp_vlan: None,
             ndp_pin_dir: pin_dir,
             dns_zone: None,
             // Each lab's own: parallel tests never share a socket.

@@ -143,6 +143,9 @@ pub struct Model {
     pub mac: [u8; 6],
     pub router: bool,
     pub l3: bool,
+    /// The VLAN filter: only frames tagged with this id are solicitations
+    /// the program looks at.
+    pub vlan: Option<u16>,
 }
 
 /// What the model says of a frame.
@@ -165,14 +168,16 @@ impl Model {
             }
             let mut ethertype = u16::from_be_bytes([frame[12], frame[13]]);
             l3_off = 14;
+            let mut tag = None;
             if ethertype == 0x8100 {
                 if frame.len() < 18 {
                     return Verdict::Ignored;
                 }
+                tag = Some(u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff);
                 ethertype = u16::from_be_bytes([frame[16], frame[17]]);
                 l3_off = 18;
             }
-            if ethertype != 0x86dd {
+            if ethertype != 0x86dd || self.vlan.is_some_and(|id| tag != Some(id)) {
                 return Verdict::Ignored;
             }
         }

@@ -198,6 +198,10 @@ impl VethLab {
     /// The router resolves `addr` through the broker's XDP program: the
     /// ping succeeds and the entry holds the broker's MAC.
     fn assert_resolved(&self, addr: &str) {
+        self.assert_resolved_to(addr, BROKER_MAC);
+    }
+
+    fn assert_resolved_to(&self, addr: &str, mac: [u8; 6]) {
         assert!(
             self.router.ping(addr, 1),
             "ping {addr} failed; neighbour entry {:?}",
@@ -211,7 +215,7 @@ impl VethLab {
         assert_eq!(entry.state, "REACHABLE", "{addr}: {entry:?}");
         assert_eq!(
             entry.lladdr.as_deref(),
-            Some(mac_string(BROKER_MAC).as_str()),
+            Some(mac_string(mac).as_str()),
             "{addr}: {entry:?}"
         );
         assert!(
@@ -302,6 +306,37 @@ fn generic_answers_inside_the_prefix_only() {
 #[test]
 fn driver_answers_inside_the_prefix_only() {
     answers_inside_the_prefix_only(Mode::Driver);
+}
+
+/// The interface's MAC changes under a running responder (an operator's
+/// `ip link set address`, a hypervisor's new NIC): within a couple of
+/// seconds the answers carry the new one, or the router would send every
+/// allocation's traffic to a MAC nobody has. Fails without the follower
+/// (the answers keep the MAC of the attach).
+#[test]
+fn answers_follow_the_interfaces_mac_when_it_changes() {
+    const NEW_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x53, 0x42];
+    let lab = VethLab::new(Mode::Generic);
+    lab.assert_resolved(INSIDE);
+    lab.broker_ns
+        .ip(&[
+            "link",
+            "set",
+            "dev",
+            BROKER_IF,
+            "address",
+            &mac_string(NEW_MAC),
+        ])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.status().mac != NEW_MAC && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lab.status().mac, NEW_MAC, "the responder kept the old MAC");
+    lab.router
+        .ip(&["-6", "neigh", "flush", "dev", ROUTER_IF])
+        .unwrap();
+    lab.assert_resolved_to(INSIDE, NEW_MAC);
 }
 
 /// Test 2: once the router holds a REACHABLE entry, its reachability probes
@@ -838,6 +873,7 @@ fn tun_answers_without_link_layer_option() {
         mac: [0; 6],
         router: false,
         l3: true,
+        vlan: None,
     };
     let inside: Ipv6Addr = INSIDE5.parse().unwrap();
     let outside: Ipv6Addr = OUTSIDE5.parse().unwrap();

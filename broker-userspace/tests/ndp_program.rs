@@ -47,6 +47,11 @@ impl Harness {
 
     /// With the program's log records on at `level`.
     fn with_log_level(tag: &str, router: bool, l3: bool, level: Option<Level>) -> Self {
+        let options = ResponderOptions { router, vlan: None };
+        Self::with_options(tag, l3, options, level)
+    }
+
+    fn with_options(tag: &str, l3: bool, options: ResponderOptions, level: Option<Level>) -> Self {
         let pins = TestPins::new(tag);
         let mut responder =
             Responder::load_with_log_level(&pins.dir, level).expect("load the program (as root)");
@@ -55,9 +60,7 @@ impl Harness {
         } else {
             LinkLayer::Ethernet(BROKER_MAC)
         };
-        responder
-            .configure_detached(link_layer, ResponderOptions { router })
-            .unwrap();
+        responder.configure_detached(link_layer, options).unwrap();
         let prefixes: Vec<Ipv6Net> = ["2001:db8:1::/64", "2001:db8:2::100/120", "fd00:5::/48"]
             .iter()
             .map(|s| s.parse().unwrap())
@@ -68,8 +71,9 @@ impl Harness {
             model: Model {
                 prefixes,
                 mac: BROKER_MAC,
-                router,
+                router: options.router,
                 l3,
+                vlan: options.vlan,
             },
             _pins: pins,
         }
@@ -450,6 +454,31 @@ fn vlan_tag_is_kept() {
 }
 
 #[test]
+fn with_a_vlan_filter_only_that_vlan_is_answered() {
+    let options = ResponderOptions {
+        router: false,
+        vlan: Some(7),
+    };
+    let mut h = Harness::with_options("vlanf", false, options, None);
+    let ns = |tci| Ns {
+        vlan: tci,
+        ..Ns::multicast(a("2001:db8:1::5"))
+    };
+    // Untagged, another VLAN, and VLAN 7's id in another VLAN's bits.
+    for tci in [None, Some(8), Some(0x0107), Some(0)] {
+        let frame = ns(tci).frame();
+        assert_eq!(h.check(&frame), Verdict::Ignored, "{tci:?}");
+        assert_eq!(h.run(&frame), (XDP_PASS, frame.clone()), "{tci:?}");
+    }
+    assert_eq!(h.counters().seen, 0, "other VLANs' frames are not counted");
+    // VLAN 7, whatever its priority bits; the tag is kept.
+    let (action, out) = h.run(&ns(Some(0xa007)).frame());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(&out[12..16], &[0x81, 0x00, 0xa0, 0x07]);
+    assert!(matches!(h.check(&ns(Some(7)).frame()), Verdict::Answer(_)));
+}
+
+#[test]
 fn solicitation_not_addressed_to_the_target_is_not_ours() {
     let mut h = Harness::new("addr", false, false);
     let mut ns = Ns::multicast(a("2001:db8:1::5"));
@@ -676,16 +705,31 @@ fn agrees_with_the_model_on_100000_random_and_mutated_frames() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut eth = Harness::new("prop", false, false);
     let mut l3 = Harness::new("propl3", true, true);
+    let options = ResponderOptions {
+        router: false,
+        vlan: Some(7),
+    };
+    let mut vlan = Harness::with_options("propvlan", false, options, None);
     let mut answers = 0;
     for i in 0..FRAMES {
         let use_l3 = i % 5 == 0;
+        let use_vlan = i % 5 == 1;
         let mut ns = random_solicitation(&mut rng);
         ns.l3 = use_l3;
+        if use_vlan && rng.random_bool(0.6) {
+            // VLAN 7 or a neighbour of it, with random priority bits.
+            let id = [7, 6, 8, 0x107][rng.random_range(0..4)];
+            ns.vlan = Some(rng.random::<u16>() & 0xf000 | id);
+        }
         let mut frame = ns.frame();
         if rng.random_bool(0.7) {
             mutate(&mut rng, &mut frame);
         }
-        let h = if use_l3 { &mut l3 } else { &mut eth };
+        let h = match (use_l3, use_vlan) {
+            (true, _) => &mut l3,
+            (_, true) => &mut vlan,
+            _ => &mut eth,
+        };
         if matches!(h.check(&frame), Verdict::Answer(_)) {
             answers += 1;
         }
@@ -693,7 +737,8 @@ fn agrees_with_the_model_on_100000_random_and_mutated_frames() {
     // The generator must actually reach both sides of the decision.
     assert!(answers > FRAMES / 10, "only {answers} answers");
     assert!(answers < FRAMES * 9 / 10, "{answers} answers");
-    for h in [&eth, &l3] {
+    assert!(vlan.counters().answered > 0, "VLAN 7 never answered");
+    for h in [&eth, &l3, &vlan] {
         let c = h.counters();
         assert_eq!(c.seen, c.answered + c.not_ours + c.invalid + c.failed);
         assert_eq!(c.failed, 0);

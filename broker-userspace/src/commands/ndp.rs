@@ -50,6 +50,12 @@ pub enum NdpCommand {
         /// prefixes, so a router's view of them is accurate).
         #[arg(long)]
         router: bool,
+        /// Answer only solicitations tagged with this 802.1Q VLAN id, for an
+        /// interface that is the parent of a trunk (frames of other VLANs and
+        /// untagged ones are left to the kernel). Default: untagged frames
+        /// and those of any one tag.
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
         /// Detach and remove the pins on exit instead of leaving the
         /// responder running.
         #[arg(long)]
@@ -70,8 +76,16 @@ pub fn run(args: NdpArgs) -> anyhow::Result<ExitCode> {
             prefixes,
             mode,
             router,
+            vlan,
             detach_on_exit,
-        } => serve(pins, &interface, &prefixes, mode, router, detach_on_exit),
+        } => serve(
+            pins,
+            &interface,
+            &prefixes,
+            mode,
+            ResponderOptions { router, vlan },
+            detach_on_exit,
+        ),
         NdpCommand::Status => Ok(match ndp::status(pins)? {
             Some(status) => {
                 print_status(pins, &status);
@@ -98,7 +112,7 @@ fn serve(
     interface: &str,
     prefixes: &[IpNet],
     mode: AttachMode,
-    router: bool,
+    options: ResponderOptions,
     detach_on_exit: bool,
 ) -> anyhow::Result<ExitCode> {
     let prefixes = ndp::validate_prefixes(prefixes)?;
@@ -108,12 +122,12 @@ fn serve(
     // responder and stay whatever happens.
     let first_start = !pins.exists();
     let started = Responder::load(pins).and_then(|mut responder| {
-        let (mode, attachment) = responder.attach(&iface, mode, ResponderOptions { router })?;
+        let (mode, attachment) = responder.attach(&iface, mode, options)?;
         let attached = format!("{mode} mode, {}", attachment.describe(mode));
         let (added, removed) = responder.reconcile(&prefixes)?;
         Ok((responder, attached, added, removed))
     });
-    let (responder, attached, added, removed) = match started {
+    let (mut responder, attached, added, removed) = match started {
         Ok(started) => started,
         Err(e) => {
             if first_start {
@@ -132,7 +146,7 @@ fn serve(
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let signal = runtime.block_on(wait_for_stop())?;
+    let signal = runtime.block_on(wait_for_stop(&mut responder))?;
     if detach_on_exit {
         drop(responder);
         ndp::detach(pins)?;
@@ -145,14 +159,20 @@ fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_stop() -> anyhow::Result<&'static str> {
+/// Waits for SIGTERM or SIGINT, following the interface's MAC meanwhile.
+async fn wait_for_stop(responder: &mut Responder) -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+    let mut mac = ndp::MacFollower::default();
+    let mut tick = tokio::time::interval(ndp::follow_mac::INTERVAL);
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
+            _ = tick.tick() => mac.check(responder),
+        }
+    }
 }
 
 fn print_status(pins: &PinDir, s: &Status) {
@@ -185,6 +205,11 @@ fn print_status(pins: &PinDir, s: &Status) {
         );
     }
     println!("router:     {}", if s.router { "yes" } else { "no" });
+    if let Some(vlan) = s.vlan {
+        println!(
+            "vlan:       {vlan} (solicitations of other VLANs and untagged ones go to the kernel)"
+        );
+    }
     let lens: Vec<String> = s.lengths.iter().map(|l| format!("/{l}")).collect();
     println!("prefixes:   {} ({})", s.prefixes, lens.join(" "));
     let c = s.counters;

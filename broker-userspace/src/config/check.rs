@@ -210,11 +210,22 @@ fn broker(b: file::Broker, p: &mut Problems) -> Option<Broker> {
     let pool = pool(&b, p);
     let ndp_mode = p.choice("[broker] ndp_mode", b.ndp_mode.as_deref());
     let control_socket = b.control_socket.filter(|path| socket_path(path, p));
+    // 0 means "no tag" in 802.1Q and 4095 is reserved.
+    let ndp_vlan = match b.ndp_vlan {
+        Some(id) if !(1..=4094).contains(&id) => {
+            p.add(format!(
+                "[broker] ndp_vlan {id} is not a VLAN id (1 to 4094); leave it out for no VLAN filter"
+            ));
+            return None;
+        }
+        id => id,
+    };
     Some(Broker {
         upstream_interface: b.upstream_interface,
         pool: pool?,
         ndp_mode: ndp_mode?,
         ndp_router_flag: b.ndp_router_flag,
+        ndp_vlan,
         ndp_pin_dir: b.ndp_pin_dir,
         dns_zone: b.dns_zone,
         control_socket,

@@ -29,6 +29,7 @@ pub(super) struct Broker {
     pub ndp_mode: Option<String>,
     #[serde(default = "default_true")]
     pub ndp_router_flag: bool,
+    pub ndp_vlan: Option<u16>,
     #[serde(default = "default_pin_dir")]
     pub ndp_pin_dir: PathBuf,
     pub dns_zone: Option<String>,

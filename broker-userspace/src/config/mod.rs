@@ -120,6 +120,9 @@ pub struct Broker {
     pub pool: Pool,
     pub ndp_mode: AttachMode,
     pub ndp_router_flag: bool,
+    /// Answer only solicitations tagged with this VLAN id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ndp_vlan: Option<u16>,
     pub ndp_pin_dir: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_zone: Option<String>,

@@ -103,7 +103,7 @@ fn a_serialised_config_loads_as_itself() {
     let all_keys = f.text_with(&[
         (
             "broker",
-            "ndp_mode = \"tc\"\nndp_router_flag = false\n\
+            "ndp_mode = \"tc\"\nndp_router_flag = false\nndp_vlan = 42\n\
              ndp_pin_dir = \"/sys/fs/bpf/other\"\ndns_zone = \"tunnels.example\"\n\
              control_socket = \"/run/other/control.sock\"",
         ),
@@ -494,4 +494,23 @@ fn allow_to_broker_entries_are_checked_each_with_the_accepted_forms() {
         problems.iter().any(|p| p.contains("nftables rule")),
         "{problems:?}"
     );
+}
+
+#[test]
+fn ndp_vlan_is_a_vlan_id() {
+    let f = Fixture::new();
+    assert_eq!(f.load(&f.text()).unwrap().broker.ndp_vlan, None);
+    for id in [1, 4094] {
+        let c = f.load(&f.text_with(&[("broker", &format!("ndp_vlan = {id}"))]));
+        assert_eq!(c.unwrap().broker.ndp_vlan, Some(id));
+    }
+    for id in [0, 4095] {
+        let p = f.problems(&f.text_with(&[("broker", &format!("ndp_vlan = {id}"))]));
+        assert_eq!(
+            p,
+            [format!(
+                "[broker] ndp_vlan {id} is not a VLAN id (1 to 4094); leave it out for no VLAN filter"
+            )]
+        );
+    }
 }

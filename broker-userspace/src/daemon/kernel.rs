@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use ipnet::Ipv6Net;
 
 use crate::{
-    ndp::Responder,
+    ndp::{MacFollower, Responder},
     store::allocations::Allocation,
     tunnel::{Routes, Tunnel},
 };
@@ -25,9 +25,24 @@ pub struct Kernel {
     pub tunnel: Tunnel,
     pub routes: Routes,
     pub ndp: Responder,
+    mac: MacFollower,
 }
 
 impl Kernel {
+    pub fn new(tunnel: Tunnel, routes: Routes, ndp: Responder) -> Self {
+        Kernel {
+            tunnel,
+            routes,
+            ndp,
+            mac: MacFollower::default(),
+        }
+    }
+
+    /// Keeps the advertised MAC the upstream interface's (see follow_mac.rs).
+    pub fn follow_upstream_mac(&mut self) {
+        self.mac.check(&mut self.ndp);
+    }
+
     /// Sets up `allocation` (after a rotation, dropping the old key's peer).
     pub async fn apply(
         &mut self,

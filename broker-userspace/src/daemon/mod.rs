@@ -246,14 +246,11 @@ impl Daemon {
             config.broker.ndp_mode,
             ResponderOptions {
                 router: config.broker.ndp_router_flag,
+                vlan: config.broker.ndp_vlan,
             },
         )?;
         info!(interface = %upstream.name, %mode, via = attachment.describe(mode), "NDP responder attached");
-        let mut kernel = Kernel {
-            tunnel,
-            routes,
-            ndp,
-        };
+        let mut kernel = Kernel::new(tunnel, routes, ndp);
         let summary = kernel.reconcile(&store.allocations()?).await?;
         let peers_installed_at = crate::store::now();
         info!("kernel reconciled with the database: {summary}");

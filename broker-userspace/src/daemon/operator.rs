@@ -141,6 +141,7 @@ impl Daemon {
         let end = Instant::now() + pause;
         while !self.stopping() && Instant::now() < end {
             self.systemd.ping_if_due();
+            self.kernel.follow_upstream_mac();
             let step = STEP.min(end - Instant::now());
             tokio::select! {
                 () = tokio::time::sleep(step) => {}

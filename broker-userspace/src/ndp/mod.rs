@@ -9,6 +9,7 @@
 
 mod bpffs;
 mod error;
+pub mod follow_mac;
 mod interface;
 mod kernel_log;
 mod pass;
@@ -19,6 +20,7 @@ mod responder;
 
 pub use bpffs::{DEFAULT_PIN_DIR, PinDir};
 pub use error::NdpError;
+pub use follow_mac::MacFollower;
 pub use interface::{Interface, LinkLayer};
 pub use pass::{PassProgram, load_helper_object};
 pub use pinned::{Status, detach, status};

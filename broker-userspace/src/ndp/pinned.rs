@@ -12,7 +12,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use broker_common::ndp::{
     CONFIG_MAP, COUNTERS_MAP, FLAG_L3_DEVICE, FLAG_NETLINK, FLAG_ROUTER, NdpConfig, PREFIXES_MAP,
-    PrefixKey, PrefixValue,
+    PrefixKey, PrefixValue, VLAN_FILTER_ON, VLAN_ID_MASK, VLAN_MAP,
 };
 
 use super::{
@@ -34,6 +34,8 @@ pub struct Status {
     pub router: bool,
     pub l3_device: bool,
     pub mac: [u8; 6],
+    /// The VLAN filter: only solicitations tagged with this id are answered.
+    pub vlan: Option<u16>,
     pub prefixes: usize,
     pub lengths: Vec<u8>,
     pub counters: Counters,
@@ -60,6 +62,15 @@ pub fn status(pins: &PinDir) -> Result<Option<Status>, NdpError> {
         PerCpuArray::try_from(open(pins, COUNTERS_MAP)?).map_err(NdpError::map(COUNTERS_MAP))?;
     let counters = Counters::read(&counters)?;
     let attached = attachment(pins, &cfg);
+    // Pins of a responder from before the filter existed have no map.
+    let vlan = if pins.map(VLAN_MAP).exists() {
+        let vlan: Array<MapData, u32> =
+            Array::try_from(open(pins, VLAN_MAP)?).map_err(NdpError::map(VLAN_MAP))?;
+        let filter = vlan.get(&0, 0).map_err(NdpError::map(VLAN_MAP))?;
+        (filter & VLAN_FILTER_ON != 0).then_some(filter as u16 & VLAN_ID_MASK)
+    } else {
+        None
+    };
     Ok(Some(Status {
         interface: Interface::name_of(cfg.ifindex),
         ifindex: cfg.ifindex,
@@ -69,6 +80,7 @@ pub fn status(pins: &PinDir) -> Result<Option<Status>, NdpError> {
         router: cfg.flags & FLAG_ROUTER != 0,
         l3_device: cfg.flags & FLAG_L3_DEVICE != 0,
         mac: cfg.mac,
+        vlan,
         prefixes: prefix_count,
         lengths: cfg.lens.iter().copied().filter(|&l| l != 0).collect(),
         counters,
@@ -96,7 +108,7 @@ pub fn detach(pins: &PinDir) -> Result<bool, NdpError> {
     }
     remove(pins.link())?;
     remove(pins.netlink_program())?;
-    for name in [PREFIXES_MAP, CONFIG_MAP, COUNTERS_MAP] {
+    for name in [PREFIXES_MAP, CONFIG_MAP, COUNTERS_MAP, VLAN_MAP] {
         remove(pins.map(name))?;
     }
     std::fs::remove_dir(pins.path()).map_err(|source| NdpError::Remove {

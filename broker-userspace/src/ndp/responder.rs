@@ -18,7 +18,8 @@ use aya_log::EbpfLogger;
 use broker_common::ndp::{
     ATTACH_MODE_DRIVER, ATTACH_MODE_GENERIC, ATTACH_MODE_TC, CONFIG_MAP, COUNTERS_MAP, Counter,
     FLAG_CONFIGURED, FLAG_L3_DEVICE, FLAG_NETLINK, FLAG_ROUTER, MAX_PREFIX_LENS, NdpConfig,
-    PREFIXES_MAP, PROGRAM_NAME, PrefixKey, PrefixValue, TC_PROGRAM_NAME,
+    PREFIXES_MAP, PROGRAM_NAME, PrefixKey, PrefixValue, TC_PROGRAM_NAME, VLAN_FILTER_ON,
+    VLAN_ID_MASK, VLAN_MAP,
 };
 use ipnet::Ipv6Net;
 use tracing::Level;
@@ -156,6 +157,10 @@ fn keep_attached<L: Link>(link: L) {
 pub struct ResponderOptions {
     /// Set the Router flag in advertisements.
     pub router: bool,
+    /// Answer only solicitations tagged with this VLAN id (1..=4094): for a
+    /// responder on the parent of a trunk whose prefixes are routed on one
+    /// VLAN. None answers untagged frames and those of any one tag.
+    pub vlan: Option<u16>,
 }
 
 /// Counters summed over all CPUs.
@@ -321,20 +326,9 @@ impl Responder {
             }
             _ => self.attach_new(iface, mode, l3)?,
         };
-        self.write_config(|cfg| {
-            cfg.flags = FLAG_CONFIGURED;
-            if options.router {
-                cfg.flags |= FLAG_ROUTER;
-            }
+        self.configure(iface.link_layer, options, |cfg| {
             if attached.1 == Attachment::Netlink {
                 cfg.flags |= FLAG_NETLINK;
-            }
-            match iface.link_layer {
-                LinkLayer::Ethernet(mac) => cfg.mac = mac,
-                LinkLayer::None => {
-                    cfg.mac = [0; 6];
-                    cfg.flags |= FLAG_L3_DEVICE;
-                }
             }
             cfg.attach_mode = attached.0.code();
             cfg.ifindex = iface.index;
@@ -612,6 +606,19 @@ impl Responder {
         link_layer: LinkLayer,
         options: ResponderOptions,
     ) -> Result<(), NdpError> {
+        self.configure(link_layer, options, |_| {})
+    }
+
+    /// Writes the VLAN filter, then the configuration (flags from
+    /// `options` and `link_layer`, then `attached`'s edits), which turns
+    /// answering on.
+    fn configure(
+        &mut self,
+        link_layer: LinkLayer,
+        options: ResponderOptions,
+        attached: impl FnOnce(&mut NdpConfig),
+    ) -> Result<(), NdpError> {
+        self.write_vlan(options.vlan)?;
         self.write_config(|cfg| {
             cfg.flags = FLAG_CONFIGURED;
             if options.router {
@@ -624,7 +631,40 @@ impl Responder {
                     cfg.flags |= FLAG_L3_DEVICE;
                 }
             }
+            attached(cfg);
         })
+    }
+
+    fn write_vlan(&mut self, vlan: Option<u16>) -> Result<(), NdpError> {
+        let map = self
+            .ebpf
+            .map_mut(VLAN_MAP)
+            .ok_or(NdpError::MissingMap(VLAN_MAP))?;
+        let mut array: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(NdpError::map(VLAN_MAP))?;
+        array
+            .set(0, vlan_filter(vlan), 0)
+            .map_err(NdpError::map(VLAN_MAP))
+    }
+
+    /// Advertises the interface's current MAC if it changed since attaching
+    /// (an operator's `ip link set address`, a hypervisor's new NIC): the
+    /// new MAC, or None when it is unchanged or the link has none.
+    pub fn refresh_link_layer(&mut self) -> Result<Option<[u8; 6]>, NdpError> {
+        let cfg = self.config()?;
+        if cfg.flags & FLAG_CONFIGURED == 0 || cfg.flags & FLAG_L3_DEVICE != 0 {
+            return Ok(None);
+        }
+        let Some(name) = Interface::name_of(cfg.ifindex) else {
+            return Ok(None);
+        };
+        match Interface::by_name(&name)?.link_layer {
+            LinkLayer::Ethernet(mac) if mac != cfg.mac => {
+                self.write_config(|cfg| cfg.mac = mac)?;
+                Ok(Some(mac))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn prefix_map(&self) -> Result<HashMap<&MapData, PrefixKey, PrefixValue>, NdpError> {
@@ -755,6 +795,11 @@ const _: () = assert!(MAX_PREFIX_LENS <= u8::MAX as usize);
 /// the kernel accepts. Root has all; the service's own user gets them from
 /// the unit. Checked first, so that a missing one gets a clear error rather
 /// than a verifier log.
+/// The [`VLAN_MAP`] value for `vlan`.
+pub(crate) fn vlan_filter(vlan: Option<u16>) -> u32 {
+    vlan.map_or(0, |id| VLAN_FILTER_ON | u32::from(id & VLAN_ID_MASK))
+}
+
 pub(crate) fn require_privileges() -> Result<(), NdpError> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let effective = status

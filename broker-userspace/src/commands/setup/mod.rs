@@ -336,6 +336,7 @@ impl Setup<'_> {
                 pool,
                 ndp_mode: self.args.ndp_mode.unwrap_or_default(),
                 ndp_router_flag: true,
+                ndp_vlan: None,
                 ndp_pin_dir: self
                     .args
                     .ndp_pin_dir
