@@ -274,16 +274,20 @@ contract BrokerRequests is Ownable {
     }
 
     /// @notice Expires each listed request that is Pending and past
-    ///         `submittedAt + requestExpirationTime`; ids out of range and requests in any other
-    ///         state are skipped silently. Callable by anyone. Emits `RequestExpired` per request.
+    ///         `submittedAt + requestExpirationTime` — or, called by the broker (owner), each
+    ///         listed Pending request at once: the ones it rejected silently, so that throwaway
+    ///         NFT contracts cannot hold its capacity for a whole expiration time. Ids out of
+    ///         range and requests in any other state are skipped silently. Callable by anyone.
+    ///         Emits `RequestExpired` per request.
     function markExpired(uint256[] calldata requestIds) external {
         uint256 header = _header;
         uint256 count = _field(header, H_COUNT, ID_MASK);
+        bool broker = msg.sender == owner();
         for (uint256 i = 0; i < requestIds.length; ++i) {
             uint256 requestId = requestIds[i];
             if (requestId == 0 || requestId > count) continue;
             uint256 record = _records[requestId];
-            if (_status(record) == RequestStatus.Pending && _isPastExpiry(record, header)) {
+            if (_status(record) == RequestStatus.Pending && (broker || _isPastExpiry(record, header))) {
                 header = _expire(header, requestId, record);
             }
         }

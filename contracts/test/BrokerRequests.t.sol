@@ -448,6 +448,36 @@ contract BrokerRequestsTest is BrokerRequestsFixture {
         assertEq(_submit(address(nft), server), 2);
     }
 
+    /// @dev Capacity griefing (issue 14 #9): the broker expires the requests it rejected
+    ///      silently at once, so they stop counting against its capacity; nobody else can.
+    function test_markExpired_theBrokerExpiresPendingRequestsAtOnce() public {
+        vm.prank(broker);
+        requests.setTotalCapacity(2);
+        address nft2 = _newNft(server2);
+        uint256 a = _submit(address(nft), server);
+        uint256 b = _submit(nft2, server2);
+        _approve(a);
+        assertEq(requests.getAvailableCapacity(), 0);
+
+        vm.prank(stranger);
+        requests.markExpired(_ids(a, b));
+        assertEq(_status(b), PENDING, "a stranger cannot expire early");
+
+        vm.warp(START + 1);
+        vm.expectEmit(address(requests));
+        emit BrokerRequests.RequestExpired(b);
+        vm.prank(broker);
+        requests.markExpired(_ids(a, b));
+        assertEq(_status(a), APPROVED, "an approved request is not the broker's to expire");
+        assertEq(_status(b), EXPIRED);
+        assertEq(requests.getRequest(b).respondedAt, START + 1);
+        assertEq(requests.nftContractToRequestId(nft2), 0);
+        assertEq(requests._pendingCount(), 0);
+        assertEq(requests.getAvailableCapacity(), 1, "the capacity is free again");
+        // Its submitter may try again.
+        assertEq(_submit(nft2, server2), 3);
+    }
+
     function test_markExpired_skipsInvalidApprovedAndExpiredIds() public {
         address nft2 = _newNft(server2);
         uint256 a = _submit(address(nft), server);

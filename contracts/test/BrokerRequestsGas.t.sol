@@ -205,3 +205,70 @@ contract BrokerRequestsGasDeployTest is GasFixture {
         assertLe(total, DEPLOYMENT_TARGET, "deployment");
     }
 }
+
+/// @dev The cheapest NFT contract `submitRequest` accepts: it claims ERC-721 for any interface
+///      id and names its creator as owner. Throwaway NFTs of a capacity-griefing attacker.
+contract ThrowawayNFT {
+    address public immutable owner;
+
+    constructor() {
+        owner = msg.sender;
+    }
+
+    function supportsInterface(bytes4) external pure returns (bool) {
+        return true;
+    }
+}
+
+/// @dev The attacker's cheapest way to pin capacity: one transaction that creates throwaway
+///      NFT contracts and submits a one-byte request from each (the smallest payload allowed).
+contract Griefer {
+    function flood(BrokerRequests requests, uint256 n) external returns (uint256[] memory ids) {
+        ids = new uint256[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            ids[i] = requests.submitRequest(address(new ThrowawayNFT()), hex"04");
+        }
+    }
+}
+
+/// @dev Capacity griefing (issue 14 #9): requests the broker rejects silently must stop holding
+///      its capacity at a cost to the broker far below the attacker's (target ≥ 5:1). The
+///      attacker floods in one transaction (cheapest for it); the broker expires the whole
+///      burst with one `markExpired` from the operator key. Both sides are counted as whole
+///      transactions: 21,000 base, calldata (16 gas per byte, an upper bound for the broker's
+///      mostly-zero ids) and the call.
+contract BrokerRequestsGriefingTest is GasFixture {
+    uint256 internal constant BURST = 20;
+    uint256 internal constant TARGET_RATIO = 5;
+
+    uint256[] internal ids;
+    uint256 internal attack;
+
+    /// @dev The flood is a transaction of its own, so the broker's call finds the requests'
+    ///      storage cold, as it would (the attacker's, sharing the set-up's transaction, is
+    ///      measured warm: cheaper than real, which only lowers the ratio).
+    function setUp() public {
+        _deploy();
+        vm.prank(broker);
+        requests.setTotalCapacity(1000);
+        Griefer griefer = new Griefer();
+        ids = griefer.flood(requests, BURST);
+        attack = 21_000 + 16 * (4 + 64) + vm.lastCallGas().gasTotalUsed;
+    }
+
+    function test_gas_expiringRejectedRequestsCostsTheBrokerAFractionOfTheAttack() public {
+        assertEq(requests._pendingCount(), BURST);
+        assertEq(requests.getAvailableCapacity(), 1000 - BURST);
+        uint256[] memory burst = ids;
+        vm.prank(broker);
+        requests.markExpired(burst);
+        uint256 defence = 21_000 + 16 * (4 + 64 + 32 * BURST) + vm.lastCallGas().gasTotalUsed;
+        assertEq(requests._pendingCount(), 0, "every rejected request expired");
+        assertEq(requests.getAvailableCapacity(), 1000);
+
+        console.log("attacker gas per request", attack / BURST);
+        console.log("broker gas per expired request", defence / BURST);
+        console.log("ratio x100", attack * 100 / defence);
+        assertGe(attack, TARGET_RATIO * defence, "the broker pays more than a fifth of the attack");
+    }
+}
