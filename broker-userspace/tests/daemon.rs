@@ -88,6 +88,23 @@ fn log_time(line: &str) -> f64 {
 }
 
 /// The database (the daemon must be stopped: redb locks the file).
+/// The on-chain status of request `id` once it is no longer `status`
+/// (polled; an error after `limit`).
+async fn wait_status_not(lab: &Lab, id: u64, status: u8, limit: Duration) -> anyhow::Result<u8> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = lab.status(id).await?;
+        if now != status {
+            return Ok(now);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "request {id} still in status {status} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn database(lab: &mut Lab) -> anyhow::Result<Store> {
     assert!(!lab.broker_running(), "the daemon still holds the database");
     Ok(Store::open(
@@ -307,11 +324,18 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
             (bad_server, "serverPubkey"),
             (key_in_use, "belongs to another allocation"),
         ];
-        // Still pending several polls later, each rejected once, for its reason.
+        // Expired on chain by the broker at once (markExpired), so none holds
+        // capacity for a day (fails without it: they stay pending).
+        for (id, reason) in invalid {
+            let status = wait_status_not(lab, id, PENDING, secs(20)).await?;
+            assert_eq!(status, EXPIRED, "request {id} ({reason})");
+        }
+        let log = lab.broker()?.log();
+        assert!(log.contains("rejected requests expired on chain"), "{log}");
+        // Several polls later, each was rejected once, for its reason.
         tokio::time::sleep(secs(4)).await;
         let log = lab.broker()?.log();
         for (id, reason) in invalid {
-            assert_eq!(lab.status(id).await?, PENDING, "request {id} ({reason})");
             let line = lines_with(&log, &["rejected (silently)", &format!(" id={id}")])
                 .next()
                 .unwrap_or_else(|| panic!("no rejection of request {id} in:\n{log}"));
@@ -1420,7 +1444,8 @@ fn hostile_nft_contracts_are_rejected_silently_and_never_delay_honest_requests()
             assert_eq!(rejected, 1, "{mode} (request {id}):\n{log}");
             let retried = lines_with(&log, &["will retry", &format!(" id={id}")]).count();
             assert_eq!(retried, 0, "{mode} (request {id}):\n{log}");
-            assert_eq!(lab.status(*id).await?, PENDING, "{mode} was answered");
+            let status = wait_status_not(lab, *id, PENDING, secs(20)).await?;
+            assert_eq!(status, EXPIRED, "{mode} was answered");
         }
         lab.stop_broker()?;
         assert_eq!(

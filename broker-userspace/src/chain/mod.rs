@@ -25,7 +25,7 @@ use broker_contracts::chain::Connection;
 pub use broker_contracts::chain::{ChainError, ChainOptions, Fees, NftCheck, TxState};
 pub use events::Released;
 pub use requests::{OnchainRequest, RequestStatus};
-pub use transactions::{release_call, response_call};
+pub use transactions::{expire_call, release_call, response_call};
 
 use crate::config;
 

@@ -21,6 +21,17 @@ pub fn release_call(contract: Address, nft: Address) -> String {
     format!("releaseAllocation({nft}) on {contract}")
 }
 
+/// How `markExpired(ids)` on `contract` is named in errors and logs.
+pub fn expire_call(contract: Address, ids: &[u64]) -> String {
+    match ids {
+        [first, .., last] => format!(
+            "markExpired({} requests, {first}..{last}) on {contract}",
+            ids.len()
+        ),
+        _ => format!("markExpired({ids:?}) on {contract}"),
+    }
+}
+
 /// At the pending block, or at the latest for a replacement (the pending
 /// transaction it replaces would make the simulation revert).
 fn simulated_at(replacement: bool) -> BlockId {
@@ -91,6 +102,22 @@ impl Chain {
             .into_transaction_request();
         self.conn
             .prepare_at(&release_call(contract, nft), tx, simulated_at(replacement))
+            .await
+    }
+
+    /// `markExpired(ids)` from the operator key (the contract's owner, who
+    /// may expire any pending request) simulated and priced, not sent.
+    pub async fn prepare_expire(
+        &self,
+        contract: Address,
+        ids: &[u64],
+    ) -> Result<Prepared, ChainError> {
+        let tx = self
+            .requests(contract)
+            .markExpired(ids.iter().map(|&id| U256::from(id)).collect())
+            .into_transaction_request();
+        self.conn
+            .prepare_at(&expire_call(contract, ids), tx, BlockId::pending())
             .await
     }
 

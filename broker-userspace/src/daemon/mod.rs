@@ -15,6 +15,7 @@
 mod answer;
 pub(crate) mod crash_points;
 mod examine;
+mod expire;
 mod kernel;
 mod operator;
 mod send;

@@ -30,6 +30,10 @@ impl Daemon {
             self.count_chain_error(e.as_ref());
         }
         self.send_owed_releases().await;
+        if let Err(e) = self.expire_rejected().await {
+            warn!("expiring rejected requests on chain (again next poll): {e:#}");
+            self.count_chain_error(e.as_ref());
+        }
         if let Err(e) = self.prune_old_records() {
             warn!("pruning old records (again next poll): {e:#}");
         }

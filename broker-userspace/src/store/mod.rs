@@ -14,6 +14,7 @@ pub mod allocations;
 pub mod audit;
 pub mod chain_releases;
 pub mod cursors;
+pub mod expiries;
 pub mod requests;
 pub mod tokens;
 
@@ -128,6 +129,7 @@ impl Store {
             cursors::create_tables(txn)?;
             audit::create_tables(txn)?;
             chain_releases::create_tables(txn)?;
+            expiries::create_tables(txn)?;
             tokens::create_tables(txn)?;
             Ok(())
         })?;

@@ -305,6 +305,7 @@ fn reject(
             reason: reason.clone(),
         },
     )?;
+    super::expiries::owe(txn, contract, id)?;
     Ok(Decision::Rejected(reason))
 }
 
