@@ -8,6 +8,7 @@
 //!   mode), [`netns`] (namespaces and veth pairs), [`process`] (processes
 //!   and their logs), [`wireguard`] (wireguard-go interfaces), [`pins`]
 //!   (bpffs pin directories), [`relay`] (an RPC endpoint that can hang),
+//!   [`faulty_rpc`] (one that drops, stalls, rate-limits or lies),
 //!   [`notify`] (a service manager's notification socket),
 //!   [`broker`] (the binaries, `ndp serve`), [`ndp_frames`] (solicitations
 //!   and a reference model of the answers);
@@ -24,6 +25,7 @@
 
 pub mod accept_loop;
 pub mod broker;
+pub mod faulty_rpc;
 pub mod files;
 pub mod inspect;
 pub mod lab;

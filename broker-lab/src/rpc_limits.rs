@@ -161,7 +161,7 @@ fn too_many(request: &Value, answer: &[u8], limits: Limits) -> Option<Vec<u8>> {
 
 /// One JSON-RPC call to `target` on a connection of its own; the answer's
 /// body.
-fn forward(target: &str, body: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn forward(target: &str, body: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut upstream =
         TcpStream::connect(target).with_context(|| format!("connecting {target}"))?;
     write!(
@@ -176,7 +176,7 @@ fn forward(target: &str, body: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 /// Reads one HTTP message (request or response) and returns its body; None
 /// at a clean end of the connection.
-fn read_message(reader: &mut BufReader<TcpStream>) -> anyhow::Result<Option<Vec<u8>>> {
+pub(crate) fn read_message(reader: &mut BufReader<TcpStream>) -> anyhow::Result<Option<Vec<u8>>> {
     let mut length = None;
     let mut chunked = false;
     let mut first = true;

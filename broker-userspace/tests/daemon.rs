@@ -87,7 +87,6 @@ fn log_time(line: &str) -> f64 {
         .fold(0.0, |acc, part| acc * 60.0 + part)
 }
 
-/// The database (the daemon must be stopped: redb locks the file).
 /// The on-chain status of request `id` once it is no longer `status`
 /// (polled; an error after `limit`).
 async fn wait_status_not(lab: &Lab, id: u64, status: u8, limit: Duration) -> anyhow::Result<u8> {
@@ -106,36 +105,12 @@ async fn wait_status_not(lab: &Lab, id: u64, status: u8, limit: Duration) -> any
 }
 
 fn database(lab: &mut Lab) -> anyhow::Result<Store> {
-    assert!(!lab.broker_running(), "the daemon still holds the database");
-    Ok(Store::open(
-        &lab.config.database.path,
-        lab.config.broker.pool,
-    )?)
+    lab.database()
 }
 
-/// With the daemon stopped: the database's allocations are exactly the
-/// peers (key and prefix), the routes and the responder's prefixes; no
-/// request is left unfinished and no on-chain release owed. Returns the
-/// allocations.
+/// See [`Lab::check_consistent`].
 fn assert_consistent(lab: &mut Lab) -> anyhow::Result<Vec<Allocation>> {
-    let db = database(lab)?;
-    let all = db.allocations().unwrap();
-    let unfinished = db.unfinished().unwrap();
-    let owed = db.owed_releases().unwrap();
-    assert_eq!(unfinished, [], "requests left unfinished");
-    assert_eq!(owed, [], "on-chain releases still owed");
-    let mut want_peers: Vec<(String, String)> = all
-        .iter()
-        .map(|a| (Key(a.wg_key).to_base64(), a.prefix.to_string()))
-        .collect();
-    want_peers.sort();
-    let mut prefixes: Vec<Ipv6Net> = all.iter().map(|a| a.prefix).collect();
-    prefixes.sort();
-    assert_eq!(lab.peers()?, want_peers, "peers vs the database");
-    assert_eq!(lab.routes()?, prefixes, "routes vs the database");
-    assert_eq!(lab.ndp_prefixes()?, prefixes, "NDP map vs the database");
-    assert_eq!(lab.ndp_status_count()?, prefixes.len());
-    Ok(all)
+    lab.check_consistent()
 }
 
 // ---------------------------------------------------------------- tests
