@@ -1643,3 +1643,60 @@ fn a_daemon_killed_in_the_middle_of_a_run_of_answers_answers_each_exactly_once()
         Ok(())
     });
 }
+
+/// One answer of a run refused by the node at its broadcast ("txpool is
+/// full"): the next answer takes its nonce (each nonce is the node's pending
+/// count), so no gap holds the later ones back. The refused one, unknown to
+/// the node while another answer waits at its nonce, is left alone (replacing
+/// it would displace that answer, and the two would displace each other
+/// poll after poll at rising fees), and is sent again at a fresh nonce once
+/// the chain shows its nonce used. Each request is answered exactly once.
+#[test]
+fn an_answer_refused_at_its_broadcast_leaves_no_nonce_gap() {
+    use broker_lab::rpc_limits::{LimitedRpc, Limits};
+    daemon_test("refused", async |lab: &mut Lab| {
+        let unlimited = Limits {
+            max_blocks: u64::MAX,
+            max_results: usize::MAX,
+        };
+        let rpc = LimitedRpc::start(CHAIN_ADDR.parse()?, &lab.chain.rpc_url, unlimited)?;
+        lab.config.onchain.rpc_url = rpc.url.clone();
+        lab.start_broker()?;
+        lab.broker()?
+            .wait_log(&["set totalCapacity on chain"], 1, secs(10))?;
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        rpc.refuse_send(2);
+        let (burst, _) = burst_in_one_block(lab, 3).await?;
+        let refused = burst[1].1;
+        lab.broker()?.wait_log(&["answer deferred"], 1, secs(30))?;
+        // The run's receipt wait ends with nothing mined; then a few polls
+        // look at the three answers.
+        lab.broker()?.wait_log(
+            &["answer not mined yet, followed up by the next polls"],
+            2,
+            secs(40),
+        )?;
+        tokio::time::sleep(secs(3)).await;
+        let log = lab.broker()?.log();
+        assert!(log.contains("txpool is full"), "{log}");
+        assert_eq!(pending_transactions(lab).await?, 2, "{log}");
+        assert!(!log.contains("replacing it"), "{log}");
+        lab.anvil("evm_mine", json!([])).await?;
+        lab.anvil("evm_setAutomine", json!([true])).await?;
+        each_answered_once(lab, &burst).await?;
+        let log = lab.broker()?.log();
+        let again = lines_with(
+            &log,
+            &[
+                "another transaction took the answer's nonce: answering again",
+                &format!(" id={refused}"),
+            ],
+        )
+        .count();
+        assert_eq!(again, 1, "{log}");
+        lab.stop_broker()?;
+        let all = assert_consistent(lab)?;
+        assert_eq!(all.len(), 3);
+        Ok(())
+    });
+}
