@@ -1554,6 +1554,9 @@ fn a_burst_of_requests_in_one_block_is_answered_within_two_blocks() {
         let log = lab.broker()?.log();
         let sent = lines_with(&log, &["answer sent"]).count();
         assert_eq!(sent, BURST, "{log}");
+        // Their peers were set up in one exchange with the device.
+        let together = lines_with(&log, &["set up allocations together", "count=10"]).count();
+        assert_eq!(together, 1, "{log}");
         lab.stop_broker()?;
         let all = assert_consistent(lab)?;
         assert_eq!(all.len(), BURST);

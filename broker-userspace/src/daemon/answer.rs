@@ -61,15 +61,67 @@ pub(super) struct SentAnswer {
 impl Daemon {
     /// Sets `grant` up in the kernel, then answers request `id` with it.
     pub(super) async fn apply_and_answer(&mut self, contract: Address, id: u64, grant: &Grant) {
-        let done = match self.kernel.apply(&grant.allocation, grant.old_wg_key).await {
-            Ok(()) => {
-                crash_point!("after-kernel");
-                self.answer(contract, id, &grant.allocation, &grant.server_pubkey)
-                    .await
+        match self.kernel.apply(&grant.allocation, grant.old_wg_key).await {
+            Ok(()) => self.answer_applied(contract, id, grant).await,
+            Err(e) => warn!(%contract, id, "answer deferred: {e:#}"),
+        }
+    }
+
+    /// Sets the `granted` requests of `contract` up in the kernel together,
+    /// then answers each; one at a time if that fails, so that one bad
+    /// allocation holds up no other. A request whose allocation another
+    /// decision of the same poll changed meanwhile is skipped.
+    pub(super) async fn apply_and_answer_all(
+        &mut self,
+        contract: Address,
+        granted: Vec<(u64, Grant)>,
+    ) {
+        let mut ready = Vec::new();
+        for (id, grant) in granted {
+            match self.allocation_of(contract, id, grant.allocation.slot) {
+                Ok(Some(_)) => ready.push((id, grant)),
+                Ok(None) => {
+                    let reason = "its allocation changed before the answer".into();
+                    if let Err(e) = self.store.skip(contract, id, reason) {
+                        warn!(%contract, id, "answer deferred: {e:#}");
+                    }
+                }
+                Err(e) => warn!(%contract, id, "answer deferred: {e:#}"),
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = done {
+        }
+        if ready.len() < 2 {
+            for (id, grant) in &ready {
+                self.apply_and_answer(contract, *id, grant).await;
+            }
+            return;
+        }
+        let allocations: Vec<_> = ready
+            .iter()
+            .map(|(_, g)| (&g.allocation, g.old_wg_key))
+            .collect();
+        match self.kernel.apply_all(&allocations).await {
+            Ok(()) => {
+                info!(%contract, count = ready.len(), "set up allocations together");
+                for (id, grant) in &ready {
+                    self.answer_applied(contract, *id, grant).await;
+                }
+            }
+            Err(e) => {
+                warn!(%contract, "setting up {} allocations together failed, one at a time: {e:#}", ready.len());
+                for (id, grant) in &ready {
+                    self.apply_and_answer(contract, *id, grant).await;
+                }
+            }
+        }
+    }
+
+    /// Answers request `id`, its `grant` set up in the kernel.
+    async fn answer_applied(&mut self, contract: Address, id: u64, grant: &Grant) {
+        crash_point!("after-kernel");
+        if let Err(e) = self
+            .answer(contract, id, &grant.allocation, &grant.server_pubkey)
+            .await
+        {
             warn!(%contract, id, "answer deferred: {e:#}");
         }
     }

@@ -407,9 +407,7 @@ impl Daemon {
         }
         // Decided requests are answered even when asked to stop: they are
         // the requests in hand, and sending takes no waiting.
-        for (id, grant) in granted {
-            self.apply_and_answer(contract, id, &grant).await;
-        }
+        self.apply_and_answer_all(contract, granted).await;
         failed.map_or(Ok(()), Err)
     }
 
