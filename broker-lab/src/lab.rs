@@ -495,6 +495,7 @@ fn broker_files(
             dns_zone: None,
             // Each lab's own: parallel tests never share a socket.
             control_socket: Some(dir.join("control.sock")),
+            pipeline_answers: true,
         },
         wireguard: config::Wireguard {
             interface: interface.into(),

@@ -2,7 +2,9 @@
 //! of the chain that refuses an `eth_getLogs` call spanning more than
 //! `max_blocks` blocks (code -32602, "block range is too wide"), or whose
 //! answer holds more than `max_results` logs (code -32005, "query returned
-//! more than N results", as Infura words it). Everything else passes
+//! more than N results", as Infura words it). On demand it also refuses
+//! one `eth_sendRawTransaction` (code -32000, "txpool is full", as geth
+//! words it: see [`LimitedRpc::refuse_send`]). Everything else passes
 //! through. It listens in the network namespace of the thread that
 //! starts it, one thread per connection (keep-alive honoured).
 
@@ -32,7 +34,16 @@ pub struct LimitedRpc {
     /// `http://` and the address it listens on.
     pub url: String,
     refused: Arc<AtomicUsize>,
+    sends: Arc<Sends>,
     _accept: AcceptLoop,
+}
+
+/// The `eth_sendRawTransaction` calls seen, and which one to refuse (its
+/// number, counted from 1; 0: none).
+#[derive(Default)]
+struct Sends {
+    seen: AtomicUsize,
+    refuse: AtomicUsize,
 }
 
 impl LimitedRpc {
@@ -43,19 +54,28 @@ impl LimitedRpc {
         let listener = TcpListener::bind(SocketAddr::new(host, 0))
             .with_context(|| format!("binding the limited RPC endpoint to {host}"))?;
         let refused = Arc::new(AtomicUsize::new(0));
-        let count = refused.clone();
+        let sends = Arc::new(Sends::default());
+        let (count, seen) = (refused.clone(), sends.clone());
         let accept = AcceptLoop::spawn(listener, move |client| {
-            let (target, count) = (target.clone(), count.clone());
+            let (target, count, seen) = (target.clone(), count.clone(), seen.clone());
             thread::spawn(move || {
                 // A closed connection ends the thread; nothing to report.
-                let _ = serve(client, &target, limits, &count);
+                let _ = serve(client, &target, limits, &count, &seen);
             });
         })?;
         Ok(LimitedRpc {
             url: accept.url(),
             refused,
+            sends,
             _accept: accept,
         })
+    }
+
+    /// Refuses the `nth` `eth_sendRawTransaction` from now on (1: the
+    /// next), without passing it to the chain.
+    pub fn refuse_send(&self, nth: usize) {
+        let seen = self.sends.seen.load(Ordering::SeqCst);
+        self.sends.refuse.store(seen + nth, Ordering::SeqCst);
     }
 
     /// How many calls it refused so far.
@@ -70,6 +90,7 @@ fn serve(
     target: &str,
     limits: Limits,
     refused: &AtomicUsize,
+    sends: &Sends,
 ) -> anyhow::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut writer = client;
@@ -78,7 +99,7 @@ fn serve(
             return Ok(());
         };
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let answer = match too_wide(&request, limits) {
+        let answer = match too_wide(&request, limits).or_else(|| refused_send(&request, sends)) {
             Some(error) => {
                 refused.fetch_add(1, Ordering::SeqCst);
                 error
@@ -102,6 +123,16 @@ fn serve(
         writer.write_all(&answer)?;
         writer.flush()?;
     }
+}
+
+/// The refusal of the send [`LimitedRpc::refuse_send`] asked for.
+fn refused_send(request: &Value, sends: &Sends) -> Option<Vec<u8>> {
+    if request["method"] != "eth_sendRawTransaction" {
+        return None;
+    }
+    let number = sends.seen.fetch_add(1, Ordering::SeqCst) + 1;
+    (number == sends.refuse.load(Ordering::SeqCst))
+        .then(|| refusal(request, -32000, "txpool is full".into()))
 }
 
 fn is_get_logs(request: &Value) -> bool {

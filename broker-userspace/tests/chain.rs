@@ -1246,6 +1246,10 @@ async fn a_sent_transaction_is_followed_up_at_its_nonce() {
     // The node takes it in place of the pending first one.
     env.chain.broadcast(&call, &second).await.unwrap();
     assert_eq!(pool_size(&env).await, 1);
+    // The first is unknown now, but not dropped: another transaction waits
+    // at its nonce, and replacing the first would displace it.
+    let state = env.chain.tx_state(&call, first.hash, nonce).await.unwrap();
+    assert!(matches!(state, TxState::Pending), "{state:?}");
     env.anvil("evm_mine", json!([])).await;
     env.anvil("evm_setAutomine", json!([true])).await;
 

@@ -1441,3 +1441,265 @@ fn hostile_nft_contracts_are_rejected_silently_and_never_delay_honest_requests()
         Ok(())
     });
 }
+
+// ------------------------------------------------- pipelined answers (issue 15)
+
+/// `n` requests from distinct NFT contracts (all owned by CLIENT), sent
+/// together and mined in one block by hand; automine is left off. The
+/// clients with their request ids, and that block.
+async fn burst_in_one_block(lab: &mut Lab, n: usize) -> anyhow::Result<(Vec<(Client, u64)>, u64)> {
+    lab.anvil("evm_setAutomine", json!([true])).await?;
+    let mut nfts = Vec::new();
+    for _ in 0..n {
+        nfts.push(lab.nft(CLIENT).await?);
+    }
+    lab.anvil("evm_setAutomine", json!([false])).await?;
+    let requests = BrokerRequests::new(lab.chain.requests, lab.wallet(CLIENT)?);
+    let mut sent = Vec::new();
+    for nft in nfts {
+        let client = Client::new(CLIENT);
+        let payload = lab.encrypt(&client.payload(nft).to_json())?;
+        let pending = requests
+            .submitRequest(nft, payload.into())
+            .gas(CLIENT_TX_GAS)
+            .send()
+            .await
+            .context("sending submitRequest")?;
+        sent.push((client, pending));
+    }
+    lab.anvil("evm_mine", json!([])).await?;
+    let mut burst = Vec::new();
+    let mut blocks = std::collections::BTreeSet::new();
+    for (client, pending) in sent {
+        let receipt = pending.get_receipt().await?;
+        assert!(receipt.status(), "submitRequest reverted");
+        blocks.insert(receipt.block_number.context("a mined receipt")?);
+        burst.push((client, request_id(&receipt)?));
+    }
+    assert_eq!(blocks.len(), 1, "the burst spans blocks {blocks:?}");
+    Ok((burst, blocks.into_iter().next().unwrap_or_default()))
+}
+
+/// The block of each `ResponseSubmitted` event, by request id.
+async fn response_blocks(lab: &Lab) -> anyhow::Result<BTreeMap<u64, u64>> {
+    use alloy::{providers::Provider as _, rpc::types::Filter};
+    let filter = Filter::new()
+        .address(lab.chain.requests)
+        .event_signature(BrokerRequests::ResponseSubmitted::SIGNATURE_HASH)
+        .from_block(0);
+    let mut blocks = BTreeMap::new();
+    for log in lab.wallet(0)?.get_logs(&filter).await? {
+        let block = log.block_number.context("a mined event")?;
+        let event = log.log_decode::<BrokerRequests::ResponseSubmitted>()?;
+        blocks.insert(event.inner.data.requestId.to::<u64>(), block);
+    }
+    Ok(blocks)
+}
+
+/// Each request of `burst` answered exactly once, by one `submitResponse`
+/// of the operator each, and its answer decrypting for its client.
+async fn each_answered_once(lab: &mut Lab, burst: &[(Client, u64)]) -> anyhow::Result<()> {
+    for (client, id) in burst {
+        let answer = lab.wait_answer(*id, client, secs(30)).await?;
+        lab.check_answer(&answer)?;
+    }
+    let events = lab.response_events().await?;
+    let calls = lab.operator_calls().await?;
+    for (_, id) in burst {
+        assert_eq!(events.get(id), Some(&1), "{events:?}");
+        assert_eq!(
+            count(&calls, &format!("submitResponse({id})")),
+            1,
+            "{calls:?}"
+        );
+    }
+    let answers = calls
+        .iter()
+        .filter(|c| c.starts_with("submitResponse"))
+        .count();
+    assert_eq!(answers, burst.len(), "{calls:?}");
+    Ok(())
+}
+
+/// The answers to a burst found in one poll leave back to back at
+/// consecutive nonces: with 2-second blocks, ten requests mined in one
+/// block are all answered within 2 blocks (measured: all in the next one;
+/// the one-at-a-time daemon, `pipeline_answers = false`, which awaits each
+/// receipt before sending the next answer, took 10: blocks +1 to +10).
+#[test]
+fn a_burst_of_requests_in_one_block_is_answered_within_two_blocks() {
+    const BURST: usize = 10;
+    daemon_test("burst", async |lab: &mut Lab| {
+        lab.start_broker()?;
+        lab.broker()?
+            .wait_log(&["set totalCapacity on chain"], 1, secs(10))?;
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        let (burst, requested) = burst_in_one_block(lab, BURST).await?;
+        // Confirmations 0: the burst is confirmed in its own block.
+        lab.anvil("evm_setIntervalMining", json!([2])).await?;
+        each_answered_once(lab, &burst).await?;
+        let blocks = response_blocks(lab).await?;
+        let last = blocks.values().copied().max().unwrap_or_default();
+        eprintln!(
+            "burst of {BURST} requested in block {requested}: answered in blocks {:?}",
+            blocks.values().collect::<Vec<_>>()
+        );
+        assert_eq!(blocks.len(), BURST, "{blocks:?}");
+        assert!(
+            last <= requested + 2,
+            "answered in blocks {blocks:?}, the requests in {requested}:\n{}",
+            lab.broker()?.log()
+        );
+        // One transaction per answer: none replaced, none sent again.
+        let log = lab.broker()?.log();
+        let sent = lines_with(&log, &["answer sent"]).count();
+        assert_eq!(sent, BURST, "{log}");
+        // Their peers were set up in one exchange with the device.
+        let together = lines_with(&log, &["set up allocations together", "count=10"]).count();
+        assert_eq!(together, 1, "{log}");
+        lab.stop_broker()?;
+        let all = assert_consistent(lab)?;
+        assert_eq!(all.len(), BURST);
+        assert!(all.iter().all(|a| a.answered_at.is_some()), "{all:?}");
+        Ok(())
+    });
+}
+
+/// Killed in the middle of a run of pipelined answers (right after the 3rd
+/// of 4 was sent, the 4th decided but not sent), before the run's receipts
+/// were awaited, and after the first of them was mined but before the
+/// database knew it: each restart follows up what was sent at its nonce and
+/// sends only what was not, so every request is answered exactly once.
+#[test]
+fn a_daemon_killed_in_the_middle_of_a_run_of_answers_answers_each_exactly_once() {
+    daemon_test("runkill", async |lab: &mut Lab| {
+        lab.start_broker()?;
+        lab.broker()?
+            .wait_log(&["set totalCapacity on chain"], 1, secs(10))?;
+        lab.stop_broker()?;
+        let mut answered = Vec::new();
+
+        // 1. The 3rd answer sent, then killed: 3 pending, the 4th only
+        // decided. The restart sends the 4th alone.
+        let (burst, _) = burst_in_one_block(lab, 4).await?;
+        let crashing = lab.spawn_crashing("after-send=2*off->return")?;
+        let status = crashing.wait_exit(secs(30))?;
+        assert!(killed_by_sigkill(status), "{status}:\n{}", crashing.log());
+        let log = crashing.log();
+        assert_eq!(lines_with(&log, &["daemon: allocated"]).count(), 4, "{log}");
+        assert_eq!(pending_transactions(lab).await?, 3, "{log}");
+        lab.start_broker()?;
+        lab.broker()?.wait_log(&["answer sent"], 1, secs(30))?;
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        tokio::time::sleep(secs(2)).await;
+        assert_eq!(
+            pending_transactions(lab).await?,
+            4,
+            "answers sent again:\n{}",
+            lab.broker()?.log()
+        );
+        lab.anvil("evm_mine", json!([])).await?;
+        answered.extend(burst);
+        each_answered_once(lab, &answered).await?;
+        lab.broker()?
+            .wait_log(&["the answer sent earlier is mined"], 3, secs(30))?;
+        lab.stop_broker()?;
+
+        // 2. All 3 sent, killed before their receipts were awaited.
+        let (burst, _) = burst_in_one_block(lab, 3).await?;
+        let crashing = lab.spawn_crashing("before-receipts=return")?;
+        let status = crashing.wait_exit(secs(30))?;
+        assert!(killed_by_sigkill(status), "{status}:\n{}", crashing.log());
+        assert_eq!(pending_transactions(lab).await?, 3);
+        lab.start_broker()?;
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        assert_eq!(
+            pending_transactions(lab).await?,
+            3,
+            "{}",
+            lab.broker()?.log()
+        );
+        lab.anvil("evm_mine", json!([])).await?;
+        answered.extend(burst);
+        each_answered_once(lab, &answered).await?;
+        lab.broker()?
+            .wait_log(&["the answer sent earlier is mined"], 3, secs(30))?;
+        lab.stop_broker()?;
+
+        // 3. Mined at once (automine), killed once the first receipt is
+        // read and before the database records it.
+        let (burst, _) = burst_in_one_block(lab, 3).await?;
+        lab.anvil("evm_setAutomine", json!([true])).await?;
+        let crashing = lab.spawn_crashing("before-answered=return")?;
+        let status = crashing.wait_exit(secs(30))?;
+        assert!(killed_by_sigkill(status), "{status}:\n{}", crashing.log());
+        lab.start_broker()?;
+        answered.extend(burst);
+        each_answered_once(lab, &answered).await?;
+        lab.broker()?
+            .wait_log(&["the answer sent earlier is mined"], 3, secs(30))?;
+        lab.stop_broker()?;
+
+        let all = assert_consistent(lab)?;
+        assert_eq!(all.len(), answered.len(), "{all:?}");
+        assert!(all.iter().all(|a| a.answered_at.is_some()), "{all:?}");
+        Ok(())
+    });
+}
+
+/// One answer of a run refused by the node at its broadcast ("txpool is
+/// full"): the next answer takes its nonce (each nonce is the node's pending
+/// count), so no gap holds the later ones back. The refused one, unknown to
+/// the node while another answer waits at its nonce, is left alone (replacing
+/// it would displace that answer, and the two would displace each other
+/// poll after poll at rising fees), and is sent again at a fresh nonce once
+/// the chain shows its nonce used. Each request is answered exactly once.
+#[test]
+fn an_answer_refused_at_its_broadcast_leaves_no_nonce_gap() {
+    use broker_lab::rpc_limits::{LimitedRpc, Limits};
+    daemon_test("refused", async |lab: &mut Lab| {
+        let unlimited = Limits {
+            max_blocks: u64::MAX,
+            max_results: usize::MAX,
+        };
+        let rpc = LimitedRpc::start(CHAIN_ADDR.parse()?, &lab.chain.rpc_url, unlimited)?;
+        lab.config.onchain.rpc_url = rpc.url.clone();
+        lab.start_broker()?;
+        lab.broker()?
+            .wait_log(&["set totalCapacity on chain"], 1, secs(10))?;
+        lab.broker()?.wait_log(&["ready:"], 1, secs(30))?;
+        rpc.refuse_send(2);
+        let (burst, _) = burst_in_one_block(lab, 3).await?;
+        let refused = burst[1].1;
+        lab.broker()?.wait_log(&["answer deferred"], 1, secs(30))?;
+        // The run's receipt wait ends with nothing mined; then a few polls
+        // look at the three answers.
+        lab.broker()?.wait_log(
+            &["answer not mined yet, followed up by the next polls"],
+            2,
+            secs(40),
+        )?;
+        tokio::time::sleep(secs(3)).await;
+        let log = lab.broker()?.log();
+        assert!(log.contains("txpool is full"), "{log}");
+        assert_eq!(pending_transactions(lab).await?, 2, "{log}");
+        assert!(!log.contains("replacing it"), "{log}");
+        lab.anvil("evm_mine", json!([])).await?;
+        lab.anvil("evm_setAutomine", json!([true])).await?;
+        each_answered_once(lab, &burst).await?;
+        let log = lab.broker()?.log();
+        let again = lines_with(
+            &log,
+            &[
+                "another transaction took the answer's nonce: answering again",
+                &format!(" id={refused}"),
+            ],
+        )
+        .count();
+        assert_eq!(again, 1, "{log}");
+        lab.stop_broker()?;
+        let all = assert_consistent(lab)?;
+        assert_eq!(all.len(), 3);
+        Ok(())
+    });
+}

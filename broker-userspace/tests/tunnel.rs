@@ -281,6 +281,42 @@ fn a_second_open_adopts_the_interface_and_its_peers() {
     );
 }
 
+/// A burst of allocations is one `set` to the device: new peers added, a
+/// peer already there given its new prefix, and the same set again (or an
+/// empty one) changes nothing.
+#[test]
+fn many_peers_are_set_together_and_idempotently() {
+    let ns = Netns::unique("tm").unwrap();
+    let name = interface_name("m");
+    let _wg = WireguardGo::guard(&ns, &name);
+    let cfg = wireguard_config(&name, PORT, WireguardImplementation::Auto);
+    let tunnel = open(&ns, &cfg, &Key::generate_private()).unwrap();
+    let keys: Vec<Key> = (0..3)
+        .map(|_| Key::generate_private().get_public())
+        .collect();
+    let prefixes = [PREFIX, OTHER_PREFIX, "2001:db8:1::300/120"];
+    tunnel
+        .set_peer(&keys[0].0, net("2001:db8:1::400/120"))
+        .unwrap();
+    let peers: Vec<([u8; 32], Ipv6Net)> = keys
+        .iter()
+        .zip(prefixes)
+        .map(|(key, prefix)| (key.0, net(prefix)))
+        .collect();
+    let mut want: Vec<Peer> = keys
+        .iter()
+        .zip(prefixes)
+        .map(|(key, prefix)| peer(key, prefix))
+        .collect();
+    want.sort_by_key(|p| p.public_key);
+    for set in [&peers[..], &peers[..], &[]] {
+        tunnel.set_peers(set).unwrap();
+        let mut have = peers_without_handshakes(&tunnel);
+        have.sort_by_key(|p| p.public_key);
+        assert_eq!(have, want);
+    }
+}
+
 #[test]
 fn routes_are_added_listed_and_removed_idempotently_and_only_ours() {
     let ns = Netns::unique("tr").unwrap();

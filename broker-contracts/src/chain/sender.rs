@@ -189,10 +189,14 @@ pub struct Signed {
 pub enum TxState {
     /// Mined, successfully or not (the receipt's status says).
     Mined(Box<TransactionReceipt>),
-    /// Known to the node, not mined yet.
+    /// Known to the node, not mined yet; or unknown to it while another
+    /// transaction of the signer waits in the pool at its nonce (one the
+    /// node took in its place, e.g. the next answer of a pipelined run
+    /// after this one's broadcast was refused): wait as for a pending one,
+    /// since replacing it now would displace that other transaction.
     Pending,
-    /// Unknown to the node and its nonce still unused: dropped from the
-    /// pool (or it never arrived). Replace it at the same nonce.
+    /// Unknown to the node and its nonce still unused, in blocks and in the
+    /// pool: dropped (or it never arrived). Replace it at the same nonce.
     Dropped,
     /// Unknown to the node, and its nonce was used by another transaction.
     NonceTaken,
@@ -385,7 +389,16 @@ impl Connection {
             .rpc(call, self.provider().get_transaction_count(from).latest())
             .await?;
         if mined <= nonce {
-            return Ok(TxState::Dropped);
+            // The pending count covers the pool's executable transactions
+            // only (geth and anvil alike): above `nonce`, one holds it.
+            let pending = self
+                .rpc(call, self.provider().get_transaction_count(from).pending())
+                .await?;
+            return Ok(if pending > nonce {
+                TxState::Pending
+            } else {
+                TxState::Dropped
+            });
         }
         // Mined between the first look and the count?
         Ok(match receipt().await? {

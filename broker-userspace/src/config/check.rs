@@ -229,6 +229,7 @@ fn broker(b: file::Broker, p: &mut Problems) -> Option<Broker> {
         ndp_pin_dir: b.ndp_pin_dir,
         dns_zone: b.dns_zone,
         control_socket,
+        pipeline_answers: b.pipeline_answers,
     })
 }
 

@@ -35,6 +35,8 @@ pub(super) struct Broker {
     pub dns_zone: Option<String>,
     /// `None`: under the runtime directory (see `operator::control`).
     pub control_socket: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub pipeline_answers: bool,
 }
 
 #[derive(Deserialize)]

@@ -130,6 +130,10 @@ pub struct Broker {
     /// directory (`operator::control::socket_path`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
+    /// Answers of one poll sent back to back at consecutive nonces and
+    /// their receipts awaited once (true), or each awaited before the next
+    /// is sent (false: the design before issue 15, kept for the benchmark).
+    pub pipeline_answers: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -88,6 +88,7 @@ fn loads_a_valid_file_with_defaults() {
     assert_eq!(c.onchain.poll_interval_secs, 5);
     assert_eq!(c.api, None);
     assert_eq!(c.broker.control_socket, None);
+    assert!(c.broker.pipeline_answers);
     assert_eq!(
         c.onchain.low_balance_wei,
         alloy::primitives::utils::parse_ether("0.01").unwrap()
@@ -105,7 +106,7 @@ fn a_serialised_config_loads_as_itself() {
             "broker",
             "ndp_mode = \"tc\"\nndp_router_flag = false\nndp_vlan = 42\n\
              ndp_pin_dir = \"/sys/fs/bpf/other\"\ndns_zone = \"tunnels.example\"\n\
-             control_socket = \"/run/other/control.sock\"",
+             control_socket = \"/run/other/control.sock\"\npipeline_answers = false",
         ),
         (
             "wireguard",
@@ -139,6 +140,7 @@ fn a_serialised_config_loads_as_itself() {
     }
     let c = f.load(&all_keys).unwrap();
     assert_eq!(c.broker.ndp_mode, AttachMode::Tc);
+    assert!(!c.broker.pipeline_answers);
     assert_eq!(
         c.wireguard.implementation,
         WireguardImplementation::Userspace

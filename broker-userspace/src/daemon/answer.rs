@@ -5,11 +5,23 @@
 //! anything else happens. A failure here never holds up the requests behind
 //! it: the request stays `Allocated` (or `Sent`), and the next poll resumes
 //! it.
+//!
+//! The answers of a poll form a run: each is signed, recorded and broadcast
+//! as soon as it is ready, at the sender's next nonce, without waiting for
+//! the one before to be mined; the run's receipts are awaited once, at the
+//! end of the poll ([`Daemon::settle_run`]). So a burst found in one poll is
+//! answered within a block or two rather than one answer per block. With
+//! `[broker] pipeline_answers = false` each receipt is awaited before the
+//! next answer is sent (the design before, kept for the benchmark).
 
 use std::time::Duration;
 
 use alloy::primitives::Address;
-use broker_contracts::protocol::{self, ResponsePayload};
+use broker_contracts::{
+    chain::Signed,
+    protocol::{self, ResponsePayload},
+};
+use ipnet::Ipv6Net;
 use tracing::{debug, info, warn};
 
 use super::{Daemon, crash_point};
@@ -21,10 +33,21 @@ use crate::{
     },
 };
 
-/// How long a poll waits for the receipt of an answer it just sent; after
-/// that the next polls look it up without waiting (a slow chain must not
-/// stall the requests behind it).
+/// How long a poll waits for the receipts of the answers it sent (the
+/// whole run together); after that the next polls look them up without
+/// waiting (a slow chain must not stall the requests behind them).
 pub(super) const RECEIPT_WAIT: Duration = Duration::from_secs(20);
+
+/// An answer of this poll's run: recorded `Sent` and broadcast, its receipt
+/// not awaited yet.
+pub(super) struct InFlight {
+    contract: Address,
+    id: u64,
+    slot: u128,
+    prefix: Ipv6Net,
+    call: String,
+    signed: Signed,
+}
 
 /// A request's answer recorded as sent (its stage `Sent`).
 pub(super) struct SentAnswer {
@@ -38,15 +61,67 @@ pub(super) struct SentAnswer {
 impl Daemon {
     /// Sets `grant` up in the kernel, then answers request `id` with it.
     pub(super) async fn apply_and_answer(&mut self, contract: Address, id: u64, grant: &Grant) {
-        let done = match self.kernel.apply(&grant.allocation, grant.old_wg_key).await {
-            Ok(()) => {
-                crash_point!("after-kernel");
-                self.answer(contract, id, &grant.allocation, &grant.server_pubkey)
-                    .await
+        match self.kernel.apply(&grant.allocation, grant.old_wg_key).await {
+            Ok(()) => self.answer_applied(contract, id, grant).await,
+            Err(e) => warn!(%contract, id, "answer deferred: {e:#}"),
+        }
+    }
+
+    /// Sets the `granted` requests of `contract` up in the kernel together,
+    /// then answers each; one at a time if that fails, so that one bad
+    /// allocation holds up no other. A request whose allocation another
+    /// decision of the same poll changed meanwhile is skipped.
+    pub(super) async fn apply_and_answer_all(
+        &mut self,
+        contract: Address,
+        granted: Vec<(u64, Grant)>,
+    ) {
+        let mut ready = Vec::new();
+        for (id, grant) in granted {
+            match self.allocation_of(contract, id, grant.allocation.slot) {
+                Ok(Some(_)) => ready.push((id, grant)),
+                Ok(None) => {
+                    let reason = "its allocation changed before the answer".into();
+                    if let Err(e) = self.store.skip(contract, id, reason) {
+                        warn!(%contract, id, "answer deferred: {e:#}");
+                    }
+                }
+                Err(e) => warn!(%contract, id, "answer deferred: {e:#}"),
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = done {
+        }
+        if ready.len() < 2 {
+            for (id, grant) in &ready {
+                self.apply_and_answer(contract, *id, grant).await;
+            }
+            return;
+        }
+        let allocations: Vec<_> = ready
+            .iter()
+            .map(|(_, g)| (&g.allocation, g.old_wg_key))
+            .collect();
+        match self.kernel.apply_all(&allocations).await {
+            Ok(()) => {
+                info!(%contract, count = ready.len(), "set up allocations together");
+                for (id, grant) in &ready {
+                    self.answer_applied(contract, *id, grant).await;
+                }
+            }
+            Err(e) => {
+                warn!(%contract, "setting up {} allocations together failed, one at a time: {e:#}", ready.len());
+                for (id, grant) in &ready {
+                    self.apply_and_answer(contract, *id, grant).await;
+                }
+            }
+        }
+    }
+
+    /// Answers request `id`, its `grant` set up in the kernel.
+    async fn answer_applied(&mut self, contract: Address, id: u64, grant: &Grant) {
+        crash_point!("after-kernel");
+        if let Err(e) = self
+            .answer(contract, id, &grant.allocation, &grant.server_pubkey)
+            .await
+        {
             warn!(%contract, id, "answer deferred: {e:#}");
         }
     }
@@ -184,9 +259,10 @@ impl Daemon {
     }
 
     /// Sends request `id`'s answer: simulated, signed, recorded as `Sent`,
-    /// broadcast, then its receipt awaited for at most [`RECEIPT_WAIT`].
-    /// `replacing`: an earlier transaction of the same answer, replaced at
-    /// its nonce with higher fees.
+    /// broadcast, and added to the poll's run, whose receipts
+    /// [`Daemon::settle_run`] awaits (at once when answers are not
+    /// pipelined). `replacing`: an earlier transaction of the same answer,
+    /// replaced at its nonce with higher fees.
     async fn send_answer(
         &mut self,
         contract: Address,
@@ -228,10 +304,55 @@ impl Daemon {
         crash_point!("after-send");
         let tx = signed.hash;
         info!(%contract, id, %tx, nonce = signed.nonce, "answer sent");
-        match self.chain.wait_mined(&call, &signed, RECEIPT_WAIT).await {
+        self.run.push(InFlight {
+            contract,
+            id,
+            slot,
+            prefix: allocation.prefix,
+            call,
+            signed,
+        });
+        if !self.config.broker.pipeline_answers {
+            self.settle_run().await;
+        }
+        Ok(())
+    }
+
+    /// Awaits the receipts of the poll's run, all within [`RECEIPT_WAIT`]
+    /// together (once it has passed, one look each): mined answers are
+    /// recorded answered, reverted ones looked into; the others stay `Sent`
+    /// for the next polls to follow up at their nonces. A failure with one
+    /// answer never stops the others.
+    pub(super) async fn settle_run(&mut self) {
+        if self.run.is_empty() {
+            return;
+        }
+        crash_point!("before-receipts");
+        let run = std::mem::take(&mut self.run);
+        let deadline = tokio::time::Instant::now() + RECEIPT_WAIT;
+        for sent in run {
+            let (contract, id) = (sent.contract, sent.id);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(e) = self.settle(sent, left).await {
+                warn!(%contract, id, "answer not recorded, followed up by the next polls: {e:#}");
+            }
+        }
+    }
+
+    async fn settle(&mut self, sent: InFlight, within: Duration) -> anyhow::Result<()> {
+        let InFlight {
+            contract,
+            id,
+            slot,
+            prefix,
+            call,
+            signed,
+        } = sent;
+        let tx = signed.hash;
+        match self.chain.wait_mined(&call, &signed, within).await {
             Ok(tx) => {
                 crash_point!("before-answered");
-                info!(%contract, id, %tx, prefix = %allocation.prefix, "answered");
+                info!(%contract, id, %tx, %prefix, "answered");
                 let timeout = self.config.wireguard.handshake_timeout_secs;
                 Ok(self.store.answered(contract, id, slot, Some(tx), timeout)?)
             }

@@ -10,7 +10,12 @@
 //! - `after-kernel`: its peer, route and NDP entry are set up (also when a
 //!   later poll resumes it); this run sent nothing for it yet;
 //! - `after-send`: the answer's transaction is recorded (`Sent`) and was
-//!   broadcast; its receipt is not awaited yet;
+//!   broadcast; its receipt is not awaited yet. With pipelined answers it is
+//!   reached once per answer of a poll's run (`after-send=2*off->return`
+//!   kills after the 3rd: the answers before it pending, the requests after
+//!   it decided and not sent);
+//! - `before-receipts`: every answer of the poll's run is recorded and
+//!   broadcast; none of their receipts is awaited yet;
 //! - `before-answered`: `submitResponse` was mined; the database knows it
 //!   as sent, not as answered;
 //! - `after-release`: a release has committed; the kernel still holds the

@@ -61,6 +61,30 @@ impl Kernel {
         Ok(())
     }
 
+    /// [`Kernel::apply`] for each of `allocations` (with the old key of a
+    /// rotation): their peers in one exchange with the WireGuard device,
+    /// then each route and NDP entry.
+    pub async fn apply_all(
+        &mut self,
+        allocations: &[(&Allocation, Option<[u8; 32]>)],
+    ) -> anyhow::Result<()> {
+        let peers: Vec<([u8; 32], Ipv6Net)> = allocations
+            .iter()
+            .map(|(a, _)| (a.wg_key, a.prefix))
+            .collect();
+        self.tunnel.set_peers(&peers)?;
+        for (allocation, old_wg_key) in allocations {
+            if let Some(old) = old_wg_key.filter(|k| k != &allocation.wg_key) {
+                self.tunnel.remove_peer(&old)?;
+            }
+            self.routes
+                .add(allocation.prefix, self.tunnel.index())
+                .await?;
+            self.ndp.insert(allocation.prefix)?;
+        }
+        Ok(())
+    }
+
     /// Takes `allocation` down; says what was there.
     pub async fn remove(&mut self, allocation: &Allocation) -> anyhow::Result<Removed> {
         let ndp_entry = self.ndp.remove(allocation.prefix)?;
@@ -99,12 +123,15 @@ impl Kernel {
             .into_iter()
             .map(|p| (p.public_key, p.allowed_ips))
             .collect();
-        for (key, prefix) in &want_peers {
-            if have.get(key).map(Vec::as_slice) != Some(&[*prefix][..]) {
-                self.tunnel.set_peer(key, *prefix)?;
-                peers_added += 1;
-            }
-        }
+        let missing: Vec<([u8; 32], Ipv6Net)> = want_peers
+            .iter()
+            .filter(|(key, prefix)| have.get(*key).map(Vec::as_slice) != Some(&[**prefix][..]))
+            .map(|(key, prefix)| (*key, *prefix))
+            .collect();
+        // One exchange with the device, however many allocations a start
+        // has to put back.
+        self.tunnel.set_peers(&missing)?;
+        peers_added += missing.len();
 
         let want_routes: HashSet<Ipv6Net> = allocations.iter().map(|a| a.prefix).collect();
         let index = self.tunnel.index();

@@ -11,6 +11,11 @@
 //! (`kernel.rs`: peer, route, NDP entry) → answer (`answer.rs`). Every
 //! decision commits to the store before the kernel or the chain is touched;
 //! the kernel follows the store, and is made to match it at every start.
+//!
+//! A poll decides all the new requests it takes first, then sets each up
+//! and sends its answer without waiting for the one before to be mined
+//! (consecutive nonces), then awaits the receipts of that run once (see
+//! `answer.rs`).
 
 mod answer;
 pub(crate) mod crash_points;
@@ -47,7 +52,7 @@ use crate::{
     },
     store::{
         Store,
-        requests::{Decision, SentTx, Stage},
+        requests::{Decision, Grant, SentTx, Stage},
     },
     tunnel::{Routes, Tunnel},
 };
@@ -85,6 +90,8 @@ pub struct Daemon {
     peers_installed_at: u64,
     /// When old records were last pruned (see `upkeep::prune_old_records`).
     last_pruned: Option<std::time::Instant>,
+    /// The answers this poll sent whose receipts are not awaited yet.
+    run: Vec<answer::InFlight>,
 }
 
 /// Runs until SIGTERM or SIGINT (after finishing the request in hand).
@@ -291,6 +298,7 @@ impl Daemon {
             systemd,
             peers_installed_at,
             last_pruned: None,
+            run: Vec::new(),
         };
         daemon.sync_capacity().await;
         Ok(Some(daemon))
@@ -335,15 +343,29 @@ impl Daemon {
         self.systemd
             .status(&format!("polling at block {}", at.number));
         let budget = tokio::time::Instant::now() + POLL_BUDGET;
-        self.resume_unfinished(&at, budget).await?;
+        let taken = self.take_requests(&at, budget).await;
+        // Also after a failure: what was sent before it is followed up now.
+        self.settle_run().await;
+        taken?;
+        if !self.stopping() {
+            self.upkeep(&at).await;
+        }
+        Ok(())
+    }
+
+    /// The unfinished requests, then the new ones of each contract; their
+    /// answers join the poll's run.
+    async fn take_requests(
+        &mut self,
+        at: &BlockRef,
+        budget: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
+        self.resume_unfinished(at, budget).await?;
         for contract in self.contracts.clone() {
             if self.stopping() {
                 return Ok(());
             }
-            self.take_new_requests(contract, &at, budget).await?;
-        }
-        if !self.stopping() {
-            self.upkeep(&at).await;
+            self.take_new_requests(contract, at, budget).await?;
         }
         Ok(())
     }
@@ -358,6 +380,23 @@ impl Daemon {
         let start = self.config.onchain.start_request_id;
         let next = self.store.next_request(contract, start)?;
         let last = count.min(next.saturating_add(self.config.onchain.max_requests_per_poll - 1));
+        if !self.config.broker.pipeline_answers {
+            for id in next..=last {
+                if self.stopping() {
+                    break;
+                }
+                if over_budget(budget) {
+                    info!(%contract, "the poll's time is spent: requests from {id} on wait for the next poll");
+                    break;
+                }
+                self.handle(contract, id, at, true).await?;
+            }
+            return Ok(());
+        }
+        // Every decision first: the answers then leave back to back, with
+        // no chain reads between them, and land in the same block or two.
+        let mut granted = Vec::new();
+        let mut failed = None;
         for id in next..=last {
             if self.stopping() {
                 break;
@@ -366,9 +405,19 @@ impl Daemon {
                 info!(%contract, "the poll's time is spent: requests from {id} on wait for the next poll");
                 break;
             }
-            self.handle(contract, id, at, true).await?;
+            match self.decide_request(contract, id, at, true).await {
+                Ok(Some(grant)) => granted.push((id, grant)),
+                Ok(None) => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        Ok(())
+        // Decided requests are answered even when asked to stop: they are
+        // the requests in hand, and sending takes no waiting.
+        self.apply_and_answer_all(contract, granted).await;
+        failed.map_or(Ok(()), Err)
     }
 
     async fn resume_unfinished(
@@ -439,6 +488,21 @@ impl Daemon {
         at: &BlockRef,
         advance: bool,
     ) -> anyhow::Result<()> {
+        if let Some(grant) = self.decide_request(contract, id, at, advance).await? {
+            self.apply_and_answer(contract, id, &grant).await;
+        }
+        Ok(())
+    }
+
+    /// Request `id` examined and decided (the decision committed); the grant
+    /// to set up and answer, if it is one.
+    async fn decide_request(
+        &mut self,
+        contract: Address,
+        id: u64,
+        at: &BlockRef,
+        advance: bool,
+    ) -> anyhow::Result<Option<Grant>> {
         // Each request is a step of the loop: a slow one still pings, a
         // hung one does not.
         self.systemd.ping_if_due();
@@ -449,22 +513,21 @@ impl Daemon {
             Decision::Granted(grant) => grant,
             Decision::Rejected(reason) => {
                 info!(%contract, id, "rejected (silently): {reason}");
-                return Ok(());
+                return Ok(None);
             }
             Decision::Skipped(reason) => {
                 info!(%contract, id, "skipped: {reason}");
-                return Ok(());
+                return Ok(None);
             }
             Decision::Retry { last_error, .. } => {
                 warn!(%contract, id, "will retry: {last_error}");
-                return Ok(());
+                return Ok(None);
             }
-            Decision::AlreadyFinished => return Ok(()),
+            Decision::AlreadyFinished => return Ok(None),
         };
         let a = &grant.allocation;
         info!(%contract, id, prefix = %a.prefix, nft = %a.nft, "allocated");
         crash_point!("after-decision");
-        self.apply_and_answer(contract, id, &grant).await;
-        Ok(())
+        Ok(Some(grant))
     }
 }

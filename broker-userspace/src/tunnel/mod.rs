@@ -239,6 +239,17 @@ impl Tunnel {
             .map_err(self.failed("setting a peer"))
     }
 
+    /// [`Tunnel::set_peer`] for each of `peers`, in one exchange with the
+    /// device. Idempotent.
+    pub fn set_peers(&self, peers: &[([u8; 32], Ipv6Net)]) -> Result<(), TunnelError> {
+        if peers.is_empty() {
+            return Ok(());
+        }
+        self.control
+            .set_peers(peers)
+            .map_err(self.failed("setting peers"))
+    }
+
     /// Removes the peer; false when there was none with that key.
     pub fn remove_peer(&self, public_key: &[u8; 32]) -> Result<bool, TunnelError> {
         if !self.peers()?.iter().any(|p| &p.public_key == public_key) {

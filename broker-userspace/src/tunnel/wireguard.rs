@@ -81,6 +81,40 @@ impl Control {
         }
     }
 
+    /// [`Control::set_peer`] for each of `peers`, in one exchange with the
+    /// device: a burst of allocations is one netlink message or one UAPI
+    /// `set` instead of one each.
+    pub fn set_peers(&self, peers: &[([u8; 32], Ipv6Net)]) -> io::Result<()> {
+        match self {
+            Control::Kernel(name) => {
+                let builders: Vec<PeerConfigBuilder> = peers
+                    .iter()
+                    .map(|(key, prefix)| {
+                        let prefix = prefix.trunc();
+                        PeerConfigBuilder::new(&Key(*key))
+                            .replace_allowed_ips()
+                            .add_allowed_ip(IpAddr::V6(prefix.network()), prefix.prefix_len())
+                    })
+                    .collect();
+                DeviceUpdate::new()
+                    .add_peers(&builders)
+                    .apply(name, wg::Backend::Kernel)
+            }
+            Control::Userspace(uapi) => uapi.set(
+                &peers
+                    .iter()
+                    .map(|(key, prefix)| {
+                        format!(
+                            "public_key={}\nreplace_allowed_ips=true\nallowed_ip={}\n",
+                            hex::encode(key),
+                            prefix.trunc()
+                        )
+                    })
+                    .collect::<String>(),
+            ),
+        }
+    }
+
     /// Removes the peer; removing an absent one is not an error.
     pub fn remove_peer(&self, public_key: &[u8; 32]) -> io::Result<()> {
         match self {

@@ -344,6 +344,7 @@ impl Setup<'_> {
                     .unwrap_or_else(|| broker_userspace::ndp::DEFAULT_PIN_DIR.into()),
                 dns_zone: None,
                 control_socket: self.args.control_socket.clone(),
+                pipeline_answers: true,
             },
             wireguard,
             api,
