@@ -8,8 +8,11 @@ use alloy::transports::http::reqwest::Url;
 use super::ChainError;
 
 /// Checks that `rpc_url` is an http(s) URL (the only transport built in).
+/// A refused URL is quoted up to its host: a mistyped hosted endpoint
+/// still carries its API key.
 pub fn parse_rpc_url(rpc_url: &str) -> Result<Url, ChainError> {
-    let bad = |reason: String| ChainError::Config(format!("invalid RPC URL `{rpc_url}`: {reason}"));
+    let quoted = up_to_host(rpc_url);
+    let bad = |reason: String| ChainError::Config(format!("invalid RPC URL `{quoted}`: {reason}"));
     let url: Url = rpc_url.parse().map_err(|e| bad(format!("{e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad(format!(
@@ -21,6 +24,25 @@ pub fn parse_rpc_url(rpc_url: &str) -> Result<Url, ChainError> {
         return Err(bad("no host".into()));
     }
     Ok(url)
+}
+
+/// `scheme://host:port` of `url` (credentials dropped), `/…` marking what
+/// is left out; without a scheme, nothing of it (it may be a bare key).
+fn up_to_host(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.len() <= "localhost:65535".len() && !url.contains(['/', '?', '#', '@']) {
+            url.to_string()
+        } else {
+            "…".into()
+        };
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let left_out = end < rest.len() || host.len() < authority.len();
+    format!("{scheme}://{host}{}", if left_out { "/…" } else { "" })
 }
 
 /// An RPC endpoint: what errors show of it, and what they must not.
@@ -102,6 +124,27 @@ mod tests {
             let e = parse_rpc_url(bad).unwrap_err();
             assert!(matches!(e, ChainError::Config(_)), "{bad}: {e}");
             assert!(e.to_string().starts_with("invalid RPC URL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_url_is_quoted_up_to_its_host() {
+        for (url, quoted) in [
+            (
+                "htps://mainnet.example/v3/secret-key",
+                "`htps://mainnet.example/…`",
+            ),
+            (
+                "wss://user:secret@rpc.example:8546",
+                "`wss://rpc.example:8546/…`",
+            ),
+            ("ws://127.0.0.1:8545", "`ws://127.0.0.1:8545`"),
+            ("mainnet.example/v3/secret-key", "`…`"),
+            ("localhost:8545", "`localhost:8545`"),
+        ] {
+            let e = parse_rpc_url(url).unwrap_err().to_string();
+            assert!(e.contains(quoted), "{url}: {e}");
+            assert!(!e.contains("secret"), "{url}: {e}");
         }
     }
 
