@@ -24,7 +24,7 @@ use broker_contracts::{
 use broker_lab::relay::Relay;
 use broker_userspace::{
     chain::{Chain, ChainError, ChainOptions, NftCheck, OnchainRequest, Released, RequestStatus},
-    config::Onchain,
+    config::{Confirm, Onchain},
 };
 use serde_json::json;
 
@@ -49,7 +49,7 @@ fn onchain(rpc_url: &str, chain_id: u64, requests: Address, confirmations: u64) 
         operator_key_file: "/nonexistent/operator.key".into(),
         ecies_key_file: "/nonexistent/ecies.key".into(),
         poll_interval_secs: 5,
-        confirmations,
+        confirm: Confirm::Blocks(confirmations),
         start_request_id: 1,
         max_requests_per_poll: 50,
         log_range_blocks: broker_userspace::config::DEFAULT_LOG_RANGE_BLOCKS,
@@ -361,7 +361,7 @@ async fn confirmations_hide_the_newest_blocks() {
     .unwrap();
     let genesis = deep.safe_block().await.unwrap();
     assert_eq!(genesis.number, 0);
-    assert_eq!(deep.confirmations(), 1_000_000);
+    assert_eq!(deep.confirm(), Confirm::Blocks(1_000_000));
     env.done("confirmations_hide_the_newest_blocks");
 }
 

@@ -357,7 +357,7 @@ impl Setup<'_> {
                 operator_key_file,
                 ecies_key_file,
                 poll_interval_secs: self.args.poll_interval,
-                confirmations: self.args.confirmations,
+                confirm: config::Confirm::Blocks(self.args.confirmations),
                 start_request_id: 1,
                 max_requests_per_poll: 50,
                 log_range_blocks: config::DEFAULT_LOG_RANGE_BLOCKS,
