@@ -14,6 +14,7 @@ pub mod allocations;
 pub mod audit;
 pub mod chain_releases;
 pub mod cursors;
+pub mod reorgs;
 pub mod requests;
 pub mod tokens;
 
@@ -129,6 +130,7 @@ impl Store {
             audit::create_tables(txn)?;
             chain_releases::create_tables(txn)?;
             tokens::create_tables(txn)?;
+            reorgs::create_tables(txn)?;
             Ok(())
         })?;
         Ok(store)
