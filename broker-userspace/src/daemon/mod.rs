@@ -1,6 +1,8 @@
 //! `blockhost-broker run`: on-chain requests in, working tunnels out.
 //!
-//! Each poll reads the chain at the confirmed block, resumes what a previous
+//! Each poll reads the chain at the confirmed block, first checks that the
+//! chain it read before is still the chain (`reorg.rs`: a reorg undoes what
+//! it decided on the blocks that went), resumes what a previous
 //! poll (or a previous process) left unfinished, takes the next requests of
 //! each watched contract in id order (a bounded number per poll), then does
 //! the upkeep: owner releases, on-chain releases still owed, tunnels that
@@ -17,6 +19,7 @@ pub(crate) mod crash_points;
 mod examine;
 mod kernel;
 mod operator;
+mod reorg;
 mod send;
 mod systemd;
 mod upkeep;
@@ -321,6 +324,7 @@ impl Daemon {
 
     async fn poll(&mut self) -> anyhow::Result<()> {
         let at = self.chain.safe_block().await?;
+        self.follow_reorgs(&at).await?;
         self.confirmed = Some(at);
         self.systemd.ping_if_due();
         self.systemd
@@ -335,6 +339,9 @@ impl Daemon {
         }
         if !self.stopping() {
             self.upkeep(&at).await;
+        }
+        if let Err(e) = self.record_head(&at).await {
+            warn!("recording the chain's head (again next poll): {e:#}");
         }
         Ok(())
     }
@@ -436,6 +443,9 @@ impl Daemon {
         self.systemd
             .status(&format!("answering request {id} of {contract}"));
         let verdict = self.examine(contract, id, at).await?;
+        // Before the decision: no crash leaves one that a reorg could undo
+        // unwatched.
+        self.store.watch(contract, id, at.number)?;
         let grant = match self.store.decide(contract, id, verdict, advance)? {
             Decision::Granted(grant) => grant,
             Decision::Rejected(reason) => {
