@@ -75,6 +75,9 @@ impl Daemon {
     /// (else the next poll finds the reorg from that block).
     pub(super) async fn record_head(&mut self, at: &BlockRef) -> anyhow::Result<()> {
         let head = self.chain.latest_block().await?;
+        if head == *at {
+            return Ok(()); // recorded already
+        }
         if self.chain.block_hash(at.number).await? == Some(at.hash) {
             self.store.record_block(head.number, head.hash)?;
         }
