@@ -200,3 +200,110 @@ fn a_reorg_that_reincludes_the_request_without_its_answer_answers_it_once() {
         Ok(())
     });
 }
+
+/// The raw signed transaction that answered request `id`, for a reorg to
+/// include again.
+async fn answer_tx(lab: &Lab, id: u64) -> anyhow::Result<serde_json::Value> {
+    use alloy::{rpc::types::Filter, sol_types::SolEvent as _};
+    let provider = lab.wallet(0)?;
+    let filter = Filter::new()
+        .address(lab.chain.requests)
+        .event_signature(BrokerRequests::ResponseSubmitted::SIGNATURE_HASH)
+        .from_block(0);
+    let logs = provider.get_logs(&filter).await?;
+    let log = logs
+        .iter()
+        .find(|l| {
+            BrokerRequests::ResponseSubmitted::decode_log_data(l.data())
+                .is_ok_and(|e| e.requestId == U256::from(id))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no answer to request {id} on chain"))?;
+    let hash = log.transaction_hash.expect("a mined log");
+    lab.anvil("eth_getRawTransactionByHash", json!([hash]))
+        .await
+}
+
+#[test]
+fn a_reorg_that_reincludes_the_request_and_its_answer_changes_nothing() {
+    reorg_test("rboth", async |lab: &mut Lab| {
+        let nft = lab.nft(CLIENT).await?;
+        let before = block_number(lab).await?;
+        let client = Client::new(CLIENT);
+        let payload = lab.encrypt(&client.payload(nft).to_json())?;
+        let id = lab.submit(CLIENT, nft, payload.clone()).await?;
+        let answer = lab.wait_answer(id, &client, secs(30)).await?;
+        let prefix = lab.check_answer(&answer)?;
+        two_polls().await;
+
+        let request = submit_request_tx(lab, CLIENT, nft, &payload);
+        let answered = answer_tx(lab, id).await?;
+        reorg_after(lab, before, vec![request, answered]).await?;
+        assert_eq!(lab.status(id).await?, APPROVED, "both re-included");
+        // Past the polls that notice the reorg and look at the request.
+        let deadline = std::time::Instant::now() + secs(20);
+        while !lab.broker()?.log().contains("reorg handled") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                lab.broker()?.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        two_polls().await;
+        lab.stop_broker()?;
+        let log = lab.broker_log();
+        assert!(!log.contains("answering again"), "{log}");
+        assert!(!log.contains("allocation released"), "{log}");
+        assert_eq!(kernel_matches_database(lab)?, [prefix]);
+        assert_eq!(lab.response_events().await?, BTreeMap::from([(id, 1)]));
+        let calls = lab.operator_calls().await?;
+        assert_eq!(
+            count(&calls, &format!("submitResponse({id})")),
+            1,
+            "{calls:?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_reorg_that_puts_another_request_under_the_id_releases_the_old_answer_and_answers_the_new() {
+    reorg_test("rswap", async |lab: &mut Lab| {
+        let nft = lab.nft(CLIENT).await?;
+        let other_nft = lab.nft(OTHER_CLIENT).await?;
+        let before = block_number(lab).await?;
+        let client = Client::new(CLIENT);
+        let payload = lab.encrypt(&client.payload(nft).to_json())?;
+        let id = lab.submit(CLIENT, nft, payload).await?;
+        lab.wait_answer(id, &client, secs(30)).await?;
+        assert_eq!(lab.peers()?.len(), 1);
+        two_polls().await;
+
+        // Another server's request takes the id in the new chain.
+        let other = Client::new(OTHER_CLIENT);
+        let other_payload = lab.encrypt(&other.payload(other_nft).to_json())?;
+        let swapped = submit_request_tx(lab, OTHER_CLIENT, other_nft, &other_payload);
+        reorg_after(lab, before, vec![swapped]).await?;
+        assert_eq!(lab.request(id).await?.nftContract, other_nft);
+        let answer = lab.wait_answer(id, &other, secs(30)).await?;
+        let prefix = lab.check_answer(&answer)?;
+        two_polls().await;
+        lab.stop_broker()?;
+        let log = lab.broker_log();
+        assert!(log.contains("a reorg replaced its request"), "{log}");
+        assert_eq!(kernel_matches_database(lab)?, [prefix]);
+        assert_eq!(
+            lab.peers()?,
+            [(other.wg_public(), prefix.to_string())],
+            "only the new request's peer"
+        );
+        assert_eq!(lab.response_events().await?, BTreeMap::from([(id, 1)]));
+        let calls = lab.operator_calls().await?;
+        assert_eq!(
+            count(&calls, &format!("submitResponse({id})")),
+            1,
+            "{calls:?}"
+        );
+        Ok(())
+    });
+}
