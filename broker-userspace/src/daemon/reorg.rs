@@ -43,6 +43,28 @@ use crate::{
     store::{allocations::Allocation, requests::Stage},
 };
 
+/// The newest of `recorded` (newest first, one chain; the first is no
+/// longer on the chain) whose hash `hash_of` still gives, None if none
+/// does. As the blocks recorded are one chain, those below one still on the
+/// chain are too: a binary search, a dozen lookups for the most remembered.
+async fn newest_on_chain<E>(
+    recorded: &[(u64, B256)],
+    hash_of: impl AsyncFn(u64) -> Result<Option<B256>, E>,
+) -> Result<Option<u64>, E> {
+    // Those from `found` on are on the chain, those before `low` not.
+    let (mut low, mut found) = (1, recorded.len());
+    while low < found {
+        let mid = low + (found - low) / 2;
+        let (number, hash) = recorded[mid];
+        if hash_of(number).await? == Some(hash) {
+            found = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    Ok(recorded.get(found).map(|&(number, _)| number))
+}
+
 impl Daemon {
     /// First in each poll, at `at`: notices a reorg since the blocks
     /// recorded and undoes what it changed, then records `at`.
@@ -84,21 +106,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// The newest of `recorded` (newest first; the first is no longer on
-    /// the chain) still on the chain, None if none is.
+    /// The newest of `recorded` still on the chain, None if none is.
     async fn last_common_block(&self, recorded: &[(u64, B256)]) -> anyhow::Result<Option<u64>> {
-        // Those from `found` on are on the chain, those before `low` not.
-        let (mut low, mut found) = (1, recorded.len());
-        while low < found {
-            let mid = low + (found - low) / 2;
-            let (number, hash) = recorded[mid];
-            if self.chain.block_hash(number).await? == Some(hash) {
-                found = mid;
-            } else {
-                low = mid + 1;
-            }
-        }
-        Ok(recorded.get(found).map(|&(number, _)| number))
+        let chain = &self.chain;
+        Ok(newest_on_chain(recorded, async |number| chain.block_hash(number).await).await?)
     }
 
     async fn undo_reorg(
@@ -223,5 +234,50 @@ impl Daemon {
         }
         self.store.forget_request(contract, id)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn hash(fork: u8, n: u64) -> B256 {
+        let mut h = B256::left_padding_from(&n.to_be_bytes());
+        h.0[0] = fork;
+        h
+    }
+
+    /// Recorded blocks 10, 12, …, 40 of fork 0 against chains that forked
+    /// after each of them (or before all): the fork point is found, with
+    /// at most ⌈log2(16)⌉ + 1 lookups.
+    #[tokio::test]
+    async fn the_newest_recorded_block_still_on_the_chain_is_found() {
+        let recorded: Vec<(u64, B256)> = (5..=20).rev().map(|i| (i * 2, hash(0, i * 2))).collect();
+        for fork_after in [0, 9, 10, 11, 20, 25, 38] {
+            let lookups = Cell::new(0);
+            let chain = async |n: u64| -> Result<Option<B256>, ()> {
+                lookups.set(lookups.get() + 1);
+                Ok(Some(hash(if n <= fork_after { 0 } else { 1 }, n)))
+            };
+            let found = newest_on_chain(&recorded, chain).await.unwrap();
+            let want = recorded.iter().map(|b| b.0).find(|&n| n <= fork_after);
+            assert_eq!(found, want, "forked after {fork_after}");
+            assert!(lookups.get() <= 5, "{} lookups", lookups.get());
+        }
+        // Blocks the node no longer has (a shorter chain) are not on it.
+        let shorter =
+            async |n: u64| -> Result<Option<B256>, ()> { Ok((n <= 30).then(|| hash(0, n))) };
+        assert_eq!(newest_on_chain(&recorded, shorter).await.unwrap(), Some(30));
+        // Only the block that went: nothing to search.
+        let gone = async |_| -> Result<Option<B256>, ()> { Ok(None) };
+        assert_eq!(newest_on_chain(&recorded[..1], gone).await.unwrap(), None);
+        // A lookup that fails is the caller's error.
+        let failing = async |_| -> Result<Option<B256>, &str> { Err("unreachable") };
+        assert_eq!(
+            newest_on_chain(&recorded, failing).await,
+            Err("unreachable")
+        );
     }
 }
