@@ -326,22 +326,29 @@ impl Daemon {
         let at = self.chain.safe_block().await?;
         self.follow_reorgs(&at).await?;
         self.confirmed = Some(at);
+        let result = self.poll_at(&at).await;
+        // Also after a failed poll: answers it sent are in the blocks the
+        // head covers.
+        if let Err(e) = self.record_head(&at).await {
+            warn!("recording the chain's head (again next poll): {e:#}");
+        }
+        result
+    }
+
+    async fn poll_at(&mut self, at: &BlockRef) -> anyhow::Result<()> {
         self.systemd.ping_if_due();
         self.systemd
             .status(&format!("polling at block {}", at.number));
         let budget = tokio::time::Instant::now() + POLL_BUDGET;
-        self.resume_unfinished(&at, budget).await?;
+        self.resume_unfinished(at, budget).await?;
         for contract in self.contracts.clone() {
             if self.stopping() {
                 return Ok(());
             }
-            self.take_new_requests(contract, &at, budget).await?;
+            self.take_new_requests(contract, at, budget).await?;
         }
         if !self.stopping() {
-            self.upkeep(&at).await;
-        }
-        if let Err(e) = self.record_head(&at).await {
-            warn!("recording the chain's head (again next poll): {e:#}");
+            self.upkeep(at).await;
         }
         Ok(())
     }
