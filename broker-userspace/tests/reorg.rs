@@ -307,3 +307,64 @@ fn a_reorg_that_puts_another_request_under_the_id_releases_the_old_answer_and_an
         Ok(())
     });
 }
+
+/// Killed in the middle of undoing a reorg (its release committed, the
+/// kernel not changed yet, the request's record not forgotten): the next
+/// start repairs the kernel from the database and the first poll undoes the
+/// reorg again, to the end.
+#[test]
+fn a_daemon_killed_while_undoing_a_reorg_finishes_it_at_the_next_start() {
+    reorg_test("rkill", async |lab: &mut Lab| {
+        let before = block_number(lab).await?;
+        let Served { id, prefix, .. } = lab.serve(CLIENT).await?;
+        two_polls().await;
+        lab.stop_broker()?;
+
+        reorg_after(lab, before, Vec::new()).await?;
+        let crashing = lab.spawn_crashing("after-release=return")?;
+        let status = crashing.wait_exit(secs(30))?;
+        assert!(
+            broker_lab::process::killed_by_sigkill(status),
+            "{status}:\n{}",
+            crashing.log()
+        );
+        assert!(
+            crashing.log().contains("reorg: block"),
+            "{}",
+            crashing.log()
+        );
+        assert_eq!(lab.routes()?, [prefix], "killed before the kernel changed");
+        let db = Store::open(&lab.config.database.path, lab.config.broker.pool)?;
+        assert_eq!(db.allocations()?, [], "the release committed");
+        assert!(
+            db.request(lab.chain.requests, id)?.is_some(),
+            "not forgotten yet"
+        );
+        drop(db);
+
+        lab.start_broker()?;
+        let deadline = std::time::Instant::now() + secs(20);
+        while !lab.broker()?.log().contains("reorg handled") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                lab.broker()?.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(lab.routes()?, [], "the kernel follows the database");
+        let Served { id: again, .. } = lab.serve(OTHER_CLIENT).await?;
+        assert_eq!(again, id);
+        two_polls().await;
+        lab.stop_broker()?;
+        assert_eq!(kernel_matches_database(lab)?.len(), 1);
+        assert_eq!(lab.response_events().await?, BTreeMap::from([(id, 1)]));
+        let calls = lab.operator_calls().await?;
+        assert_eq!(
+            count(&calls, &format!("submitResponse({id})")),
+            1,
+            "{calls:?}"
+        );
+        Ok(())
+    });
+}
