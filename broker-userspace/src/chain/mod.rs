@@ -167,15 +167,23 @@ impl Chain {
     }
 
     async fn tagged_block(&self) -> Result<BlockRef, ChainError> {
-        let call = format!("eth_getBlockByNumber(\"{}\")", self.confirm);
+        self.block_at_tag(tag_of(self.confirm)).await
+    }
+
+    /// The head, in one call (what the reorg checks record after a poll).
+    pub async fn head(&self) -> Result<BlockRef, ChainError> {
+        self.block_at_tag(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+    }
+
+    async fn block_at_tag(
+        &self,
+        tag: alloy::eips::BlockNumberOrTag,
+    ) -> Result<BlockRef, ChainError> {
+        let call = format!("eth_getBlockByNumber(\"{tag}\")");
         let block = self
             .conn
-            .rpc(
-                &call,
-                self.conn
-                    .provider()
-                    .get_block_by_number(tag_of(self.confirm)),
-            )
+            .rpc(&call, self.conn.provider().get_block_by_number(tag))
             .await?
             .ok_or_else(|| ChainError::transient(&call, "the node has no such block (yet)"))?;
         Ok(BlockRef {

@@ -96,7 +96,7 @@ impl Daemon {
     /// poll's answers went into, if the block read at is still on its chain
     /// (else the next poll finds the reorg from that block).
     pub(super) async fn record_head(&mut self, at: &BlockRef) -> anyhow::Result<()> {
-        let head = self.chain.latest_block().await?;
+        let head = self.chain.head().await?;
         if head == *at {
             return Ok(()); // recorded already
         }
