@@ -74,7 +74,6 @@ impl Daemon {
             && self.chain.block_hash(newest).await? != Some(hash)
         {
             let ancestor = self.last_common_block(&recorded).await?;
-            self.counters.reorgs += 1;
             match ancestor {
                 Some(n) => warn!(
                     "reorg: block {newest} is no longer {hash}; the chain is the same up to block {n}: re-examining what was decided since"
@@ -86,6 +85,9 @@ impl Daemon {
             }
             self.undo_reorg(at, ancestor, &recorded).await?;
             self.store.forget_blocks_above(ancestor)?;
+            // Counted once handled: a reorg whose undoing failed midway is
+            // noticed again (and finished) by the next poll.
+            self.counters.reorgs += 1;
             info!("reorg handled");
         }
         self.store.record_block(at.number, at.hash)?;
