@@ -525,7 +525,7 @@ fn broker_files(
             operator_key_file,
             ecies_key_file,
             poll_interval_secs: 1,
-            confirmations: 0,
+            confirm: config::Confirm::Blocks(0),
             start_request_id: 1,
             max_requests_per_poll: 50,
             log_range_blocks: config::DEFAULT_LOG_RANGE_BLOCKS,

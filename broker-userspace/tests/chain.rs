@@ -24,7 +24,7 @@ use broker_contracts::{
 use broker_lab::relay::Relay;
 use broker_userspace::{
     chain::{Chain, ChainError, ChainOptions, NftCheck, OnchainRequest, Released, RequestStatus},
-    config::Onchain,
+    config::{Confirm, Onchain},
 };
 use serde_json::json;
 
@@ -49,7 +49,7 @@ fn onchain(rpc_url: &str, chain_id: u64, requests: Address, confirmations: u64) 
         operator_key_file: "/nonexistent/operator.key".into(),
         ecies_key_file: "/nonexistent/ecies.key".into(),
         poll_interval_secs: 5,
-        confirmations,
+        confirm: Confirm::Blocks(confirmations),
         start_request_id: 1,
         max_requests_per_poll: 50,
         log_range_blocks: broker_userspace::config::DEFAULT_LOG_RANGE_BLOCKS,
@@ -361,7 +361,7 @@ async fn confirmations_hide_the_newest_blocks() {
     .unwrap();
     let genesis = deep.safe_block().await.unwrap();
     assert_eq!(genesis.number, 0);
-    assert_eq!(deep.confirmations(), 1_000_000);
+    assert_eq!(deep.confirm(), Confirm::Blocks(1_000_000));
     env.done("confirmations_hide_the_newest_blocks");
 }
 
@@ -1270,4 +1270,110 @@ async fn a_sent_transaction_is_followed_up_at_its_nonce() {
         legacy.replacing(Fees::Legacy { gas_price: 1 }),
         Fees::Legacy { gas_price: 10 }
     );
+}
+
+/// `confirm = "safe"` / `"finalized"` read the node's tagged blocks, and a
+/// block hash is read as the reorg checks need it (None past the head).
+#[tokio::test]
+async fn block_tags_are_read_at_and_block_hashes_compared() {
+    let env = Env::start(0).await;
+    let nft = env.nft(CLIENT).await;
+    env.submit(CLIENT, nft, b"payload").await;
+    let latest = env.chain.latest_block().await.unwrap();
+    assert_eq!(
+        env.chain.block_hash(latest.number).await.unwrap(),
+        Some(latest.hash)
+    );
+    assert_eq!(
+        env.chain.block_hash(latest.number + 100).await.unwrap(),
+        None
+    );
+    for confirm in [Confirm::Safe, Confirm::Finalized] {
+        let mut cfg = onchain(&env.dev.rpc_url, env.dev.chain_id, env.requests(), 0);
+        cfg.confirm = confirm;
+        let chain = Chain::connect_with(&cfg, env.dev.operator.clone(), quick())
+            .await
+            .unwrap_or_else(|e| panic!("{confirm}: {e}"));
+        let at = chain.safe_block().await.unwrap();
+        // anvil's tagged blocks trail its head by two epochs of slots.
+        assert!(at.number <= latest.number, "{confirm}: {at:?}");
+        assert_eq!(chain.block_hash(at.number).await.unwrap(), Some(at.hash));
+    }
+    env.done("block_tags_are_read_at_and_block_hashes_compared");
+}
+
+/// A node that does not know the tag (some providers, older nodes) is a
+/// configuration error at connect, naming the key and what to set instead:
+/// the daemon stops rather than read at another block than configured.
+#[tokio::test]
+async fn a_node_without_the_block_tag_is_refused_at_connect() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || tagless_node(stream));
+        }
+    });
+    for (confirm, tag) in [(Confirm::Safe, "safe"), (Confirm::Finalized, "finalized")] {
+        let mut cfg = onchain(&url, 31337, Address::repeat_byte(1), 0);
+        cfg.confirm = confirm;
+        let e = Chain::connect_with(&cfg, anvil_signer(1), quick())
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ChainError::Config(_)), "{e:?}");
+        assert!(
+            text.contains(&format!("[onchain] confirm = \"{tag}\"")),
+            "{text}"
+        );
+        assert!(text.contains("does not know the block tag"), "{text}");
+        assert!(text.contains("set confirm to a number of blocks"), "{text}");
+    }
+    // The same node with a number of blocks: connects.
+    let cfg = onchain(&url, 31337, Address::repeat_byte(1), 1);
+    Chain::connect_with(&cfg, anvil_signer(1), quick())
+        .await
+        .expect("no tag needed");
+}
+
+/// Answers `eth_chainId` (31337) and refuses every other call as a node
+/// without the block tags does (-32602), over HTTP/1.1 with keep-alive.
+fn tagless_node(stream: std::net::TcpStream) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let call: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let answer = match call["method"].as_str() {
+            Some("eth_chainId") => json!({"jsonrpc": "2.0", "id": call["id"], "result": "0x7a69"}),
+            _ => json!({"jsonrpc": "2.0", "id": call["id"],
+                "error": {"code": -32602, "message": "invalid block tag"}}),
+        };
+        let text = answer.to_string();
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        if out.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
 }

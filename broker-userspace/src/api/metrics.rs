@@ -165,6 +165,20 @@ pub fn render(snapshot: &Snapshot) -> String {
             "Wei paid in gas for the transactions mined since the daemon started.",
             counters.gas_spent_wei,
         );
+        single(
+            o,
+            "reorgs_total",
+            "counter",
+            "Reorgs noticed since the daemon started (a block read at no longer on the chain).",
+            counters.reorgs,
+        );
+        single(
+            o,
+            "reorg_releases_total",
+            "counter",
+            "Allocations released since the daemon started because a reorg dropped or changed their request.",
+            counters.reorg_releases,
+        );
     }
 
     if let Some(chain) = &s.chain {

@@ -15,7 +15,10 @@ use clap::ValueEnum;
 use ipnet::Ipv6Net;
 use serde::de::{DeserializeOwned, IntoDeserializer as _, value};
 
-use super::{Api, Broker, Config, Database, MAX_RETENTION_DAYS, Manager, Onchain, Wireguard, file};
+use super::{
+    Api, Broker, Config, Confirm, DEFAULT_CONFIRM, Database, MAX_RETENTION_DAYS, Manager, Onchain,
+    Wireguard, file,
+};
 use crate::{
     firewall::{self, Allowed},
     ipam::Pool,
@@ -333,6 +336,7 @@ fn onchain(o: file::Onchain, p: &mut Problems) -> Option<Onchain> {
         o.start_request_id >= 1,
         "[onchain] start_request_id must be at least 1 (request ids start at 1)",
     );
+    let confirm = confirm(o.confirm, o.confirmations, p);
     let low_balance_wei = p.parse_with(
         "[onchain] low_balance_eth",
         &o.low_balance_eth,
@@ -348,12 +352,43 @@ fn onchain(o: file::Onchain, p: &mut Problems) -> Option<Onchain> {
         operator_key_file: o.operator_key_file,
         ecies_key_file: o.ecies_key_file,
         poll_interval_secs: o.poll_interval_secs,
-        confirmations: o.confirmations,
+        confirm: confirm?,
         start_request_id: o.start_request_id,
         max_requests_per_poll: o.max_requests_per_poll,
         log_range_blocks: o.log_range_blocks,
         low_balance_wei: low_balance_wei?,
     })
+}
+
+/// `[onchain] confirm`, or its older spelling `confirmations` (a number of
+/// blocks): one of them at most.
+fn confirm(
+    confirm: Option<file::Confirm>,
+    confirmations: Option<u64>,
+    p: &mut Problems,
+) -> Option<Confirm> {
+    const EXPECTED: &str = "\"safe\", \"finalized\" or a number of blocks (0 or more)";
+    match (confirm, confirmations) {
+        (Some(_), Some(_)) => {
+            p.add(
+                "[onchain] confirm and confirmations are both given: keep confirm \
+                 (confirmations is its older spelling)"
+                    .into(),
+            );
+            None
+        }
+        (None, None) => Some(DEFAULT_CONFIRM),
+        (None, Some(blocks)) => Some(Confirm::Blocks(blocks)),
+        (Some(file::Confirm::Blocks(n)), None) => {
+            p.parse_with("[onchain] confirm", &n.to_string(), EXPECTED, |_| {
+                u64::try_from(n).ok().map(Confirm::Blocks)
+            })
+        }
+        // A number written as a string ("6") is read as one too.
+        (Some(file::Confirm::Tag(text)), None) => {
+            p.parse_with("[onchain] confirm", &text, EXPECTED, Confirm::parse)
+        }
+    }
 }
 
 fn interface_name(what: &str, name: &str, p: &mut Problems) {

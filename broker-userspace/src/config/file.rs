@@ -99,8 +99,10 @@ pub(super) struct Onchain {
     pub ecies_key_file: PathBuf,
     #[serde(default = "default_poll_interval")]
     pub poll_interval_secs: u64,
-    #[serde(default = "default_confirmations")]
-    pub confirmations: u64,
+    /// `"safe"`, `"finalized"` or a number of blocks, as written.
+    pub confirm: Option<Confirm>,
+    /// The older spelling of `confirm = <blocks>`, still read.
+    pub confirmations: Option<u64>,
     #[serde(default = "default_start_request_id")]
     pub start_request_id: u64,
     #[serde(default = "default_max_requests_per_poll")]
@@ -110,6 +112,14 @@ pub(super) struct Onchain {
     /// In ETH, as a decimal string (`"0.05"`).
     #[serde(default = "default_low_balance_eth")]
     pub low_balance_eth: String,
+}
+
+/// `[onchain] confirm`: a TOML integer or string, told apart by serde.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum Confirm {
+    Blocks(i64),
+    Tag(String),
 }
 
 fn default_api_listen() -> String {
@@ -135,9 +145,6 @@ fn default_handshake_timeout() -> u64 {
 }
 fn default_poll_interval() -> u64 {
     5
-}
-fn default_confirmations() -> u64 {
-    1
 }
 fn default_start_request_id() -> u64 {
     1

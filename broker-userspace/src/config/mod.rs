@@ -196,6 +196,64 @@ impl Manager {
 /// `[onchain] log_range_blocks` when the file does not give it.
 pub const DEFAULT_LOG_RANGE_BLOCKS: u64 = 1000;
 
+/// `[onchain] confirm` when the file does not give it: one block on top of
+/// the one read at, as before the tags were known.
+pub const DEFAULT_CONFIRM: Confirm = Confirm::Blocks(1);
+
+/// `[onchain] confirm`: which block the daemon reads requests at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// The latest block minus this many (0: the latest). A reorg deeper
+    /// than this is noticed and undone (see `daemon/reorg.rs`).
+    Blocks(u64),
+    /// The node's `safe` block (proof-of-stake chains: justified, reorged
+    /// only by a rare consensus failure).
+    Safe,
+    /// The node's `finalized` block (never reorged without slashing a third
+    /// of the validators), minutes behind the head on Ethereum.
+    Finalized,
+}
+
+impl Confirm {
+    /// `"safe"`, `"finalized"` or a number of blocks, as the file says it.
+    pub fn parse(text: &str) -> Option<Confirm> {
+        match text {
+            "safe" => Some(Confirm::Safe),
+            "finalized" => Some(Confirm::Finalized),
+            _ => text.parse().ok().map(Confirm::Blocks),
+        }
+    }
+
+    /// The block tag, for the tags.
+    pub fn tag(self) -> Option<&'static str> {
+        match self {
+            Confirm::Blocks(_) => None,
+            Confirm::Safe => Some("safe"),
+            Confirm::Finalized => Some("finalized"),
+        }
+    }
+}
+
+impl fmt::Display for Confirm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self, self.tag()) {
+            (_, Some(tag)) => f.write_str(tag),
+            (Confirm::Blocks(n), None) => write!(f, "{n} block(s)"),
+            _ => unreachable!("only Blocks has no tag"),
+        }
+    }
+}
+
+impl Serialize for Confirm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self, self.tag()) {
+            (_, Some(tag)) => s.serialize_str(tag),
+            (Confirm::Blocks(n), None) => s.serialize_u64(*n),
+            _ => unreachable!("only Blocks has no tag"),
+        }
+    }
+}
+
 /// `[api] listen` when the section does not give it.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8080";
 
@@ -211,7 +269,8 @@ pub struct Onchain {
     pub operator_key_file: PathBuf,
     pub ecies_key_file: PathBuf,
     pub poll_interval_secs: u64,
-    pub confirmations: u64,
+    /// Which block the daemon reads at.
+    pub confirm: Confirm,
     pub start_request_id: u64,
     pub max_requests_per_poll: u64,
     /// Blocks per `eth_getLogs` call at most (providers cap ranges; the

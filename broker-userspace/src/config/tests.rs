@@ -86,6 +86,7 @@ fn loads_a_valid_file_with_defaults() {
     assert_eq!(c.wireguard.handshake_timeout_secs, 120);
     assert_eq!(c.onchain.legacy_requests_contracts.len(), 1);
     assert_eq!(c.onchain.poll_interval_secs, 5);
+    assert_eq!(c.onchain.confirm, Confirm::Blocks(1));
     assert_eq!(c.api, None);
     assert_eq!(c.broker.control_socket, None);
     assert!(c.broker.pipeline_answers);
@@ -125,7 +126,7 @@ fn a_serialised_config_loads_as_itself() {
         (
             "onchain",
             "registry_contract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n\
-             poll_interval_secs = 2\nconfirmations = 3\nstart_request_id = 7\n\
+             poll_interval_secs = 2\nconfirm = \"finalized\"\nstart_request_id = 7\n\
              max_requests_per_poll = 9\nlow_balance_eth = \"1.5\"",
         ),
     ]);
@@ -150,6 +151,7 @@ fn a_serialised_config_loads_as_itself() {
     assert_eq!(c.manager.admins.len(), 1);
     assert_eq!(c.manager.session_secs, 600);
     assert_eq!(c.onchain.max_requests_per_poll, 9);
+    assert_eq!(c.onchain.confirm, Confirm::Finalized);
     assert_eq!(
         c.broker.control_socket.as_deref(),
         Some(Path::new("/run/other/control.sock"))
@@ -515,4 +517,49 @@ fn ndp_vlan_is_a_vlan_id() {
             )]
         );
     }
+}
+
+/// `confirm` takes the two tags and a number of blocks (also written as a
+/// string), the older `confirmations` still reads as blocks, and anything
+/// else is one clear problem; both keys at once are refused.
+#[test]
+fn confirm_is_a_tag_or_a_number_of_blocks() {
+    let f = Fixture::new();
+    let confirm = |line: &str| f.load(&f.text_with(&[("onchain", line)]));
+    for (line, want) in [
+        ("confirm = \"safe\"", Confirm::Safe),
+        ("confirm = \"finalized\"", Confirm::Finalized),
+        ("confirm = 0", Confirm::Blocks(0)),
+        ("confirm = 12", Confirm::Blocks(12)),
+        ("confirm = \"6\"", Confirm::Blocks(6)),
+        ("confirmations = 3", Confirm::Blocks(3)),
+    ] {
+        let c = confirm(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(c.onchain.confirm, want, "{line}");
+        // Written back as `confirm`, whatever the spelling read.
+        let written = toml::to_string(&c).unwrap();
+        assert!(!written.contains("confirmations"), "{written}");
+        assert_eq!(f.load(&written).unwrap(), c, "{written}");
+    }
+    let expected = "is not \"safe\", \"finalized\" or a number of blocks (0 or more)";
+    for (line, shown) in [
+        ("confirm = \"latest\"", "latest"),
+        ("confirm = \"Safe\"", "Safe"),
+        ("confirm = -1", "-1"),
+        ("confirm = \"\"", ""),
+    ] {
+        let problems = f.problems(&f.text_with(&[("onchain", line)]));
+        assert_eq!(
+            problems,
+            [format!("[onchain] confirm \"{shown}\" {expected}")],
+            "{line}"
+        );
+    }
+    let problems = f.problems(&f.text_with(&[("onchain", "confirm = 2\nconfirmations = 2")]));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("both given"), "{problems:?}");
+    // A float or a table is neither form: serde's own message, still one
+    // problem naming the key.
+    let problems = f.problems(&f.text_with(&[("onchain", "confirm = 1.5")]));
+    assert_eq!(problems.len(), 1, "{problems:?}");
 }

@@ -1,6 +1,8 @@
 //! `blockhost-broker run`: on-chain requests in, working tunnels out.
 //!
-//! Each poll reads the chain at the confirmed block, resumes what a previous
+//! Each poll reads the chain at the confirmed block, first checks that the
+//! chain it read before is still the chain (`reorg.rs`: a reorg undoes what
+//! it decided on the blocks that went), resumes what a previous
 //! poll (or a previous process) left unfinished, takes the next requests of
 //! each watched contract in id order (a bounded number per poll), then does
 //! the upkeep: owner releases, on-chain releases still owed, tunnels that
@@ -23,6 +25,7 @@ mod examine;
 mod expire;
 mod kernel;
 mod operator;
+mod reorg;
 mod send;
 mod systemd;
 mod upkeep;
@@ -338,17 +341,28 @@ impl Daemon {
 
     async fn poll(&mut self) -> anyhow::Result<()> {
         let at = self.chain.safe_block().await?;
+        self.follow_reorgs(&at).await?;
         self.confirmed = Some(at);
+        let result = self.poll_at(&at).await;
+        // Also after a failed poll: answers it sent are in the blocks the
+        // head covers.
+        if let Err(e) = self.record_head(&at).await {
+            warn!("recording the chain's head (again next poll): {e:#}");
+        }
+        result
+    }
+
+    async fn poll_at(&mut self, at: &BlockRef) -> anyhow::Result<()> {
         self.systemd.ping_if_due();
         self.systemd
             .status(&format!("polling at block {}", at.number));
         let budget = tokio::time::Instant::now() + POLL_BUDGET;
-        let taken = self.take_requests(&at, budget).await;
+        let taken = self.take_requests(at, budget).await;
         // Also after a failure: what was sent before it is followed up now.
         self.settle_run().await;
         taken?;
         if !self.stopping() {
-            self.upkeep(&at).await;
+            self.upkeep(at).await;
         }
         Ok(())
     }
@@ -509,6 +523,9 @@ impl Daemon {
         self.systemd
             .status(&format!("answering request {id} of {contract}"));
         let verdict = self.examine(contract, id, at).await?;
+        // Before the decision: no crash leaves one that a reorg could undo
+        // unwatched.
+        self.store.watch(contract, id, at.number)?;
         let grant = match self.store.decide(contract, id, verdict, advance)? {
             Decision::Granted(grant) => grant,
             Decision::Rejected(reason) => {

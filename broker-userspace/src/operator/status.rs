@@ -53,6 +53,14 @@ pub struct DaemonCounters {
     pub last_poll_success_at: Option<u64>,
     /// Wei paid in gas for the transactions mined.
     pub gas_spent_wei: u128,
+    /// Reorgs noticed (a block read at, or the head after a poll, no
+    /// longer on the chain).
+    #[serde(default)]
+    pub reorgs: u64,
+    /// Allocations released because a reorg dropped or changed the request
+    /// they answered.
+    #[serde(default)]
+    pub reorg_releases: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,39 @@ pub(super) fn set_next_request(
     Ok(())
 }
 
+/// Moves the request cursor of `contract` back to `next` (never forward; a
+/// contract without a cursor keeps its configured start).
+pub(super) fn rewind_next_request(
+    txn: &WriteTransaction,
+    contract: Address,
+    next: u64,
+) -> Result<(), StoreError> {
+    rewind(txn, NEXT_REQUEST, contract, next)
+}
+
+/// Moves the release-event cursor of `contract` back to `from`, likewise.
+pub(super) fn rewind_next_event_block(
+    txn: &WriteTransaction,
+    contract: Address,
+    from: u64,
+) -> Result<(), StoreError> {
+    rewind(txn, NEXT_EVENT_BLOCK, contract, from)
+}
+
+fn rewind(
+    txn: &WriteTransaction,
+    cursor: TableDefinition<[u8; 20], u64>,
+    contract: Address,
+    to: u64,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(cursor)?;
+    let current = table.get(contract.0.0)?.map(|v| v.value());
+    if current.is_some_and(|c| c > to) {
+        table.insert(contract.0.0, to)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// The next request id of `contract` to process; `start` for a contract
     /// the database has not seen (so a fresh database does not replay

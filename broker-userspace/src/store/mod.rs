@@ -15,6 +15,7 @@ pub mod audit;
 pub mod chain_releases;
 pub mod cursors;
 pub mod expiries;
+pub mod reorgs;
 pub mod requests;
 pub mod tokens;
 
@@ -131,6 +132,7 @@ impl Store {
             chain_releases::create_tables(txn)?;
             expiries::create_tables(txn)?;
             tokens::create_tables(txn)?;
+            reorgs::create_tables(txn)?;
             Ok(())
         })?;
         Ok(store)

@@ -256,6 +256,30 @@ pub(super) fn set(
     Ok(())
 }
 
+/// Removes request `id`'s record, finished or not (see
+/// [`Store::forget_request`]).
+pub(super) fn remove(txn: &WriteTransaction, contract: Address, id: u64) -> Result<(), StoreError> {
+    let k = key(contract, id);
+    txn.open_table(REQUESTS)?.remove(k.as_slice())?;
+    txn.open_table(UNFINISHED)?.remove(k.as_slice())?;
+    Ok(())
+}
+
+/// The ids of `contract`'s records from `from` on, in order.
+pub(super) fn ids_from(
+    txn: &impl Reads,
+    contract: Address,
+    from: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let table = txn.table(REQUESTS)?;
+    let (from, to) = (key(contract, from), key(contract, u64::MAX));
+    collect(table.range(from.as_slice()..=to.as_slice())?, |k, _| {
+        Ok(u64::from_be_bytes(
+            k[20..].try_into().expect("28-byte keys"),
+        ))
+    })
+}
+
 /// Removes the finished records last changed before `cutoff` (seconds since
 /// the epoch); says how many. Unfinished ones stay whatever their age: a
 /// request is only ever examined again from its record while unfinished

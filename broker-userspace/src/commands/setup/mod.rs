@@ -102,10 +102,12 @@ pub struct SetupArgs {
     #[arg(long, value_name = "ETH")]
     low_balance_eth: Option<String>,
 
-    /// Blocks on top of a request's before the broker reads it (0 on a
-    /// development chain that mines only on demand).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    confirmations: u64,
+    /// The block the broker reads requests at: `safe` or `finalized` (the
+    /// node's block tags), or N blocks under the latest (0 on a development
+    /// chain that mines only on demand). `--confirmations N` is its older
+    /// spelling.
+    #[arg(long, alias = "confirmations", value_name = "safe|finalized|N", default_value = "1", value_parser = parse_confirm)]
+    confirm: config::Confirm,
     /// Seconds between the broker's polls of the chain.
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     poll_interval: u64,
@@ -359,7 +361,7 @@ impl Setup<'_> {
                 operator_key_file,
                 ecies_key_file,
                 poll_interval_secs: self.args.poll_interval,
-                confirmations: self.args.confirmations,
+                confirm: self.args.confirm,
                 start_request_id: 1,
                 max_requests_per_poll: 50,
                 log_range_blocks: config::DEFAULT_LOG_RANGE_BLOCKS,
@@ -551,4 +553,9 @@ fn indent(text: &str) -> String {
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn parse_confirm(text: &str) -> Result<config::Confirm, String> {
+    config::Confirm::parse(text)
+        .ok_or_else(|| format!("\"{text}\" is not safe, finalized or a number of blocks"))
 }
