@@ -369,7 +369,16 @@ pub fn ask<T: DeserializeOwned>(
     stream.set_write_timeout(Some(READ_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    if let Err(e) = stream.write_all(&line) {
+        // A refusing daemon answers and closes without reading the
+        // request: its answer is still there to read.
+        if !matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) {
+            return Err(io(e));
+        }
+    }
     let mut answer = String::new();
     io::BufReader::new(stream)
         .read_line(&mut answer)
