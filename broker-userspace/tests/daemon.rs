@@ -42,7 +42,6 @@ use broker_lab::{
 use broker_userspace::{
     ipam::Pool,
     ndp::{PinDir, Responder},
-    store::{Store, allocations::Allocation},
     tunnel::ROUTE_PROTOCOL,
 };
 use ipnet::Ipv6Net;
@@ -104,15 +103,6 @@ async fn wait_status_not(lab: &Lab, id: u64, status: u8, limit: Duration) -> any
     }
 }
 
-fn database(lab: &mut Lab) -> anyhow::Result<Store> {
-    lab.database()
-}
-
-/// See [`Lab::check_consistent`].
-fn assert_consistent(lab: &mut Lab) -> anyhow::Result<Vec<Allocation>> {
-    lab.check_consistent()
-}
-
 // ---------------------------------------------------------------- tests
 
 #[test]
@@ -163,7 +153,7 @@ fn a_request_is_answered_and_its_tunnel_carries_traffic() {
         assert_eq!(neigh.lladdr, Some(broker_mac), "{neigh:?}");
 
         lab.stop_broker()?;
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), 1);
         let a = &all[0];
         assert_eq!((a.nft, a.request_id, a.prefix), (nft, id, prefix));
@@ -211,7 +201,7 @@ fn a_new_request_of_the_same_nft_rotates_the_key_and_keeps_the_prefix() {
         lab.broker()?.wait_log(&["tunnel up"], 2, secs(15))?;
 
         lab.stop_broker()?;
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].request_id, all[0].prefix), (id2, prefix));
         assert_eq!(
@@ -324,7 +314,7 @@ fn invalid_requests_are_never_answered_and_do_not_block_valid_ones() {
         assert_eq!(lab.response_events().await?, BTreeMap::from([(valid, 1)]));
 
         lab.stop_broker()?;
-        assert_eq!(assert_consistent(lab)?.len(), 1);
+        assert_eq!(lab.check_consistent()?.len(), 1);
         Ok(())
     });
 }
@@ -385,7 +375,7 @@ fn an_rpc_outage_is_survived() {
         lab.check_answer(&answer)?;
 
         lab.stop_broker()?;
-        assert_eq!(assert_consistent(lab)?.len(), 2);
+        assert_eq!(lab.check_consistent()?.len(), 2);
         assert_eq!(
             lab.response_events().await?,
             BTreeMap::from([(first, 1), (id, 1)])
@@ -466,7 +456,7 @@ fn a_daemon_killed_anywhere_in_the_request_path_answers_exactly_once() {
             } else {
                 assert!(sent.is_some() && found.is_none(), "{point}:\n{log}");
             }
-            let all = assert_consistent(lab)?;
+            let all = lab.check_consistent()?;
             let a = all
                 .iter()
                 .find(|a| a.nft == nft)
@@ -558,7 +548,7 @@ fn a_tunnel_that_never_comes_up_is_released() {
         assert_eq!(lab.ndp_prefixes()?, []);
 
         lab.stop_broker()?;
-        assert_eq!(assert_consistent(lab)?, []);
+        assert_eq!(lab.check_consistent()?, []);
         let calls = lab.operator_calls().await?;
         assert_eq!(
             count(&calls, &format!("releaseAllocation({nft})")),
@@ -625,7 +615,7 @@ fn a_deadline_that_passed_while_the_broker_was_down_gets_a_grace_period() {
         );
         assert_eq!(lab.routes()?, []);
         lab.stop_broker()?;
-        assert_eq!(assert_consistent(lab)?, []);
+        assert_eq!(lab.check_consistent()?, []);
         Ok(())
     });
 }
@@ -707,7 +697,7 @@ fn a_restart_repairs_tampered_kernel_state() {
         // Nothing else changes: no second answer.
         tokio::time::sleep(secs(2)).await;
         lab.stop_broker()?;
-        assert_consistent(lab)?;
+        lab.check_consistent()?;
         assert_eq!(lab.response_events().await?, BTreeMap::from([(id, 1)]));
         Ok(())
     });
@@ -731,7 +721,7 @@ fn sigterm_while_idle_stops_cleanly_and_a_restart_goes_on() {
             took.as_secs_f64() * 1000.0
         );
         assert!(lab.broker()?.log().contains("stopping: state is on disk"));
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].request_id, all[0].prefix), (id, first));
 
@@ -743,7 +733,7 @@ fn sigterm_while_idle_stops_cleanly_and_a_restart_goes_on() {
         } = lab.serve(OTHER_CLIENT).await?;
         assert_ne!(second, first);
         lab.stop_broker()?;
-        assert_eq!(assert_consistent(lab)?.len(), 2);
+        assert_eq!(lab.check_consistent()?.len(), 2);
         assert_eq!(
             lab.response_events().await?,
             BTreeMap::from([(id, 1), (id2, 1)])
@@ -773,7 +763,7 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
                 .contains("crash point after-release: SIGKILL")
         );
         {
-            let db = database(lab)?;
+            let db = lab.database()?;
             assert_eq!(db.allocations().unwrap(), []);
             let owed = db.owed_releases().unwrap();
             let owed: Vec<_> = owed.iter().map(|o| (o.contract, o.nft)).collect();
@@ -809,7 +799,7 @@ fn a_daemon_killed_while_releasing_finishes_the_release_once() {
         lab.broker()?
             .wait_log(&["released on chain (sent earlier)"], 1, secs(15))?;
         lab.stop_broker()?;
-        assert_eq!(assert_consistent(lab)?, []);
+        assert_eq!(lab.check_consistent()?, []);
         assert_eq!(lab.released_events().await?, [(id, nft, operator)]);
         let calls = lab.operator_calls().await?;
         assert_eq!(
@@ -858,7 +848,7 @@ fn an_owed_release_never_ends_a_newer_request_of_the_nft() {
             "{calls:?}"
         );
         assert_eq!(lab.released_events().await?, []);
-        assert_eq!(assert_consistent(lab)?.len(), 1);
+        assert_eq!(lab.check_consistent()?.len(), 1);
         Ok(())
     });
 }
@@ -936,7 +926,7 @@ fn an_owner_release_frees_the_prefix_but_never_a_newer_request() {
         assert_eq!(lab.ndp_prefixes()?, [prefix]);
 
         lab.stop_broker()?;
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].request_id, all[0].prefix), (id3, prefix));
         // The owner's releases are not repeated by the broker.
@@ -968,7 +958,7 @@ fn sigterm_while_the_chain_is_unreachable_at_start_stops_cleanly() {
         );
         assert!(took < secs(3), "SIGTERM took {took:?}");
         // The kernel side was up and stays up; nothing else happened.
-        assert_eq!(assert_consistent(lab)?, []);
+        assert_eq!(lab.check_consistent()?, []);
         Ok(())
     });
 }
@@ -1014,7 +1004,7 @@ fn a_legacy_v1_contract_is_watched_beside_the_primary_one() {
         );
 
         lab.stop_broker()?;
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         let legacy = all
             .iter()
             .find(|a| a.contract == v1)
@@ -1075,8 +1065,8 @@ fn a_fresh_database_starts_at_start_request_id_and_takes_a_bounded_number_per_po
         assert_eq!(lab.status(2).await?, PENDING);
 
         lab.stop_broker()?;
-        assert_eq!(assert_consistent(lab)?.len(), 3);
-        let db = database(lab)?;
+        assert_eq!(lab.check_consistent()?.len(), 3);
+        let db = lab.database()?;
         for id in [1, 2] {
             assert_eq!(
                 db.request(lab.chain.requests, id).unwrap(),
@@ -1164,7 +1154,7 @@ fn sigterm_while_an_answer_waits_to_be_mined_stops_promptly_and_a_restart_answer
         lab.broker()?
             .wait_log(&["the answer sent earlier is mined"], 1, secs(30))?;
         lab.stop_broker()?;
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), 1);
         assert!(all[0].answered_at.is_some(), "{:?}", all[0]);
         assert_eq!(lab.response_events().await?, BTreeMap::from([(id, 1)]));
@@ -1278,7 +1268,7 @@ fn a_daemon_killed_right_after_sending_an_answer_never_sends_a_second_one() {
             .wait_log(&["the answer sent earlier is mined"], 1, secs(30))?;
         lab.stop_broker()?;
 
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), 2, "{all:?}");
         assert!(all.iter().all(|a| a.answered_at.is_some()), "{all:?}");
         assert_eq!(
@@ -1348,7 +1338,7 @@ fn a_daemon_killed_right_after_sending_a_release_never_sends_a_second_one() {
         lab.broker()?
             .wait_log(&["released on chain (sent earlier)"], 1, secs(30))?;
         lab.stop_broker()?;
-        assert_eq!(assert_consistent(lab)?, []);
+        assert_eq!(lab.check_consistent()?, []);
         let operator = lab.chain.operator.address();
         assert_eq!(lab.released_events().await?, [(id, nft, operator)]);
         let calls = lab.operator_calls().await?;
@@ -1427,7 +1417,7 @@ fn hostile_nft_contracts_are_rejected_silently_and_never_delay_honest_requests()
             lab.response_events().await?,
             BTreeMap::from([(honest_id, 1)])
         );
-        let db = database(lab)?;
+        let db = lab.database()?;
         for (id, mode) in &hostile {
             let stage = db.request(lab.chain.requests, *id)?.map(|r| r.stage);
             assert!(
@@ -1558,7 +1548,7 @@ fn a_burst_of_requests_in_one_block_is_answered_within_two_blocks() {
         let together = lines_with(&log, &["set up allocations together", "count=10"]).count();
         assert_eq!(together, 1, "{log}");
         lab.stop_broker()?;
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), BURST);
         assert!(all.iter().all(|a| a.answered_at.is_some()), "{all:?}");
         Ok(())
@@ -1640,7 +1630,7 @@ fn a_daemon_killed_in_the_middle_of_a_run_of_answers_answers_each_exactly_once()
             .wait_log(&["the answer sent earlier is mined"], 3, secs(30))?;
         lab.stop_broker()?;
 
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), answered.len(), "{all:?}");
         assert!(all.iter().all(|a| a.answered_at.is_some()), "{all:?}");
         Ok(())
@@ -1698,7 +1688,7 @@ fn an_answer_refused_at_its_broadcast_leaves_no_nonce_gap() {
         .count();
         assert_eq!(again, 1, "{log}");
         lab.stop_broker()?;
-        let all = assert_consistent(lab)?;
+        let all = lab.check_consistent()?;
         assert_eq!(all.len(), 3);
         Ok(())
     });
