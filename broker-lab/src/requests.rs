@@ -15,7 +15,7 @@ use alloy::{
     primitives::{Address, B256, U256},
     providers::Provider as _,
     rpc::types::Filter,
-    sol_types::{SolEvent as _, SolInterface as _},
+    sol_types::{SolCall as _, SolEvent as _, SolInterface as _},
 };
 use anyhow::{Context as _, bail, ensure};
 use broker_contracts::{
@@ -320,6 +320,49 @@ impl Lab {
     }
 
     /// An anvil RPC call (`evm_mine`, `evm_setAutomine`, `txpool_status`…).
+    /// The chain's newest block number.
+    pub async fn block_number(&self) -> anyhow::Result<u64> {
+        Ok(self.wallet(0)?.get_block_number().await?)
+    }
+
+    /// A request's `submitRequest` as a transaction anvil signs itself (its
+    /// accounts are unlocked), for a reorg to include again.
+    pub fn submit_request_tx(
+        &self,
+        account: usize,
+        nft: Address,
+        payload: &[u8],
+    ) -> serde_json::Value {
+        let data = BrokerRequests::submitRequestCall {
+            nftContract: nft,
+            encryptedPayload: payload.to_vec().into(),
+        }
+        .abi_encode();
+        serde_json::json!({
+            "from": anvil_signer(account).address(),
+            "to": self.chain.requests,
+            "data": alloy::primitives::Bytes::from(data),
+            "gas": format!("{CLIENT_TX_GAS:#x}"),
+        })
+    }
+
+    /// `anvil_reorg`: replaces the blocks after `keep` with as many new
+    /// ones, the first holding `transactions`.
+    pub async fn reorg_after(
+        &self,
+        keep: u64,
+        transactions: Vec<serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let depth = self.block_number().await? - keep;
+        let pairs: Vec<_> = transactions
+            .into_iter()
+            .map(|tx| serde_json::json!([tx, 0]))
+            .collect();
+        self.anvil("anvil_reorg", serde_json::json!([depth, pairs]))
+            .await?;
+        Ok(())
+    }
+
     pub async fn anvil(
         &self,
         method: &'static str,

@@ -1,7 +1,8 @@
 //! The fault campaign (issue 14): the real daemon, in broker-lab's
 //! namespaces, behind an RPC endpoint that drops connections, hangs,
-//! answers 429 or claims to be another chain, and killed with SIGKILL at
-//! random moments — under a stream of requests and owner releases. After
+//! answers 429 or claims to be another chain, killed with SIGKILL at random
+//! moments, and reorged (anvil_reorg: the requests come back, the answers
+//! do not) — under a stream of requests and owner releases. After
 //! each round, once the faults are gone, the invariants: every valid
 //! request answered exactly once, each owner release freed, and (the daemon
 //! stopped) database = peers = routes = NDP map with no prefix held twice,
@@ -39,6 +40,9 @@ enum Trouble {
     /// A restart against an endpoint that claims another chain: the daemon
     /// must refuse to start, saying why; then a restart against the right one.
     WrongChainAtStart,
+    /// Once the round's requests are answered, a reorg replaces their
+    /// blocks with one that holds the requests again but not the answers.
+    Reorg,
 }
 
 /// An allocation the campaign expects to exist.
@@ -48,12 +52,13 @@ struct Live {
     prefix: Ipv6Net,
 }
 
-const EVERY_TROUBLE: [Trouble; 5] = [
+const EVERY_TROUBLE: [Trouble; 6] = [
     Trouble::Rpc(Fault::Drop),
     Trouble::Rpc(Fault::Stall),
     Trouble::Rpc(Fault::TooManyRequests),
     Trouble::Kill,
     Trouble::WrongChainAtStart,
+    Trouble::Reorg,
 ];
 
 /// Every kind of trouble once, in a seeded order, then seeded draws
@@ -127,7 +132,7 @@ async fn wait_settled(lab: &mut Lab, limit: Duration) -> anyhow::Result<()> {
 }
 
 #[test]
-fn the_invariants_hold_through_rpc_faults_kills_and_a_wrong_chain() {
+fn the_invariants_hold_through_rpc_faults_kills_reorgs_and_a_wrong_chain() {
     lab_test("faults", async |lab: &mut Lab| {
         let seed = env_or("FAULT_CAMPAIGN_SEED", 0x00fa_u64);
         let rounds = env_or("FAULT_CAMPAIGN_ROUNDS", 6usize);
@@ -144,14 +149,22 @@ fn the_invariants_hold_through_rpc_faults_kills_and_a_wrong_chain() {
         for (round, trouble) in plan(&mut rng, rounds).into_iter().enumerate() {
             eprintln!("round {round}: {trouble:?}");
             // The stream: two new servers, and sometimes an owner releases.
-            let mut waiting = Vec::new();
+            let mut nfts = Vec::new();
             for account in [CLIENT, OTHER_CLIENT] {
-                let nft = lab.nft(account).await?;
+                nfts.push((account, lab.nft(account).await?));
+            }
+            let before = lab.block_number().await?;
+            let mut waiting = Vec::new();
+            let mut replay = Vec::new();
+            for (account, nft) in nfts {
                 let client = Client::new(account);
-                let id = lab.request_tunnel(&client, nft).await?;
+                let payload = lab.encrypt(&client.payload(nft).to_json())?;
+                let id = lab.submit(account, nft, payload.clone()).await?;
+                replay.push(lab.submit_request_tx(account, nft, &payload));
                 waiting.push((id, client, nft));
             }
-            let released = if !live.is_empty() && rng.random_bool(0.5) {
+            let reorg = matches!(trouble, Trouble::Reorg);
+            let released = if !reorg && !live.is_empty() && rng.random_bool(0.5) {
                 let gone = live.swap_remove(rng.random_range(0..live.len()));
                 release_own(lab, gone.account, gone.nft).await?;
                 Some(gone.prefix)
@@ -184,15 +197,33 @@ fn the_invariants_hold_through_rpc_faults_kills_and_a_wrong_chain() {
                     rpc.set(Fault::None);
                     lab.start_broker()?;
                 }
+                // After the answers, below.
+                Trouble::Reorg => {}
             }
 
             // Recovered: everything asked is answered, everything released freed.
-            for (id, client, nft) in waiting {
+            let mut prefixes = Vec::new();
+            for (id, client, _) in &waiting {
                 let answer = lab
-                    .wait_answer(id, &client, Duration::from_secs(90))
+                    .wait_answer(*id, client, Duration::from_secs(90))
                     .await
                     .with_context(|| format!("round {round} ({trouble:?})"))?;
-                let prefix = lab.check_answer(&answer)?;
+                prefixes.push(lab.check_answer(&answer)?);
+            }
+            if reorg {
+                lab.reorg_after(before, replay).await?;
+                for ((id, client, _), prefix) in waiting.iter().zip(&prefixes) {
+                    let answer = lab
+                        .wait_answer(*id, client, Duration::from_secs(90))
+                        .await
+                        .with_context(|| format!("round {round}: request {id} after the reorg"))?;
+                    ensure!(
+                        lab.check_answer(&answer)? == *prefix,
+                        "round {round}: request {id} answered again with another prefix"
+                    );
+                }
+            }
+            for ((id, client, nft), prefix) in waiting.into_iter().zip(prefixes) {
                 *answered.entry(id).or_default() += 1;
                 live.push(Live {
                     account: client.account,

@@ -8,15 +8,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use alloy::{
-    primitives::{Address, Bytes, U256},
-    providers::Provider as _,
-    sol_types::SolCall as _,
-};
-use broker_contracts::{BrokerRequests, devchain::anvil_signer};
+use alloy::{primitives::U256, providers::Provider as _};
+use broker_contracts::BrokerRequests;
 use broker_lab::{
     Lab, lab_test,
-    requests::{APPROVED, CLIENT, CLIENT_TX_GAS, Client, OTHER_CLIENT, PENDING, Served, count},
+    requests::{APPROVED, CLIENT, Client, OTHER_CLIENT, PENDING, Served, count},
 };
 use broker_userspace::{ipam::Pool, store::Store};
 use ipnet::Ipv6Net;
@@ -39,23 +35,6 @@ fn reorg_test(tag: &str, body: impl AsyncFnOnce(&mut Lab) -> anyhow::Result<()> 
     });
 }
 
-async fn block_number(lab: &Lab) -> anyhow::Result<u64> {
-    Ok(lab.wallet(0)?.get_block_number().await?)
-}
-
-/// Replaces the blocks after `keep` with as many new ones, the first
-/// holding `transactions`.
-async fn reorg_after(
-    lab: &Lab,
-    keep: u64,
-    transactions: Vec<serde_json::Value>,
-) -> anyhow::Result<()> {
-    let depth = block_number(lab).await? - keep;
-    let pairs: Vec<_> = transactions.into_iter().map(|tx| json!([tx, 0])).collect();
-    lab.anvil("anvil_reorg", json!([depth, pairs])).await?;
-    Ok(())
-}
-
 /// Two polls: the daemon has recorded the head after what it did.
 async fn two_polls() {
     tokio::time::sleep(secs(3)).await;
@@ -69,33 +48,17 @@ fn kernel_matches_database(lab: &mut Lab) -> anyhow::Result<Vec<Ipv6Net>> {
     Ok(prefixes)
 }
 
-/// The request's `submitRequest` as a transaction anvil signs itself (its
-/// accounts are unlocked), for a reorg to include again.
-fn submit_request_tx(lab: &Lab, account: usize, nft: Address, payload: &[u8]) -> serde_json::Value {
-    let data = BrokerRequests::submitRequestCall {
-        nftContract: nft,
-        encryptedPayload: Bytes::copy_from_slice(payload),
-    }
-    .abi_encode();
-    json!({
-        "from": anvil_signer(account).address(),
-        "to": lab.chain.requests,
-        "data": Bytes::from(data),
-        "gas": format!("{CLIENT_TX_GAS:#x}"),
-    })
-}
-
 #[test]
 fn a_reorg_that_drops_an_answered_request_releases_its_allocation_and_never_answers_it() {
     reorg_test("rdrop", async |lab: &mut Lab| {
-        let before = block_number(lab).await?;
+        let before = lab.block_number().await?;
         let Served { id, prefix, .. } = lab.serve(CLIENT).await?;
         assert_eq!(lab.routes()?, [prefix]);
         assert_eq!(lab.ndp_prefixes()?, [prefix]);
         two_polls().await;
 
         // The NFT, the request and the answer go; the chain is as long.
-        reorg_after(lab, before, Vec::new()).await?;
+        lab.reorg_after(before, Vec::new()).await?;
         let on_chain = BrokerRequests::new(lab.chain.requests, lab.wallet(0)?)
             .getRequestCount()
             .call()
@@ -153,7 +116,7 @@ fn a_reorg_that_drops_an_answered_request_releases_its_allocation_and_never_answ
 fn a_reorg_that_reincludes_the_request_without_its_answer_answers_it_once() {
     reorg_test("rback", async |lab: &mut Lab| {
         let nft = lab.nft(CLIENT).await?;
-        let before = block_number(lab).await?;
+        let before = lab.block_number().await?;
         let client = Client::new(CLIENT);
         let payload = lab.encrypt(&client.payload(nft).to_json())?;
         let id = lab.submit(CLIENT, nft, payload.clone()).await?;
@@ -162,8 +125,8 @@ fn a_reorg_that_reincludes_the_request_without_its_answer_answers_it_once() {
         two_polls().await;
 
         // The request comes back in the new chain, its answer does not.
-        let tx = submit_request_tx(lab, CLIENT, nft, &payload);
-        reorg_after(lab, before, vec![tx]).await?;
+        let tx = lab.submit_request_tx(CLIENT, nft, &payload);
+        lab.reorg_after(before, vec![tx]).await?;
         assert_eq!(lab.status(id).await?, PENDING, "re-included, unanswered");
         let answer = lab.wait_answer(id, &client, secs(30)).await?;
         let log = lab.broker()?.log();
@@ -213,7 +176,7 @@ async fn answer_tx(lab: &Lab, id: u64) -> anyhow::Result<serde_json::Value> {
 fn a_reorg_that_reincludes_the_request_and_its_answer_changes_nothing() {
     reorg_test("rboth", async |lab: &mut Lab| {
         let nft = lab.nft(CLIENT).await?;
-        let before = block_number(lab).await?;
+        let before = lab.block_number().await?;
         let client = Client::new(CLIENT);
         let payload = lab.encrypt(&client.payload(nft).to_json())?;
         let id = lab.submit(CLIENT, nft, payload.clone()).await?;
@@ -221,9 +184,9 @@ fn a_reorg_that_reincludes_the_request_and_its_answer_changes_nothing() {
         let prefix = lab.check_answer(&answer)?;
         two_polls().await;
 
-        let request = submit_request_tx(lab, CLIENT, nft, &payload);
+        let request = lab.submit_request_tx(CLIENT, nft, &payload);
         let answered = answer_tx(lab, id).await?;
-        reorg_after(lab, before, vec![request, answered]).await?;
+        lab.reorg_after(before, vec![request, answered]).await?;
         assert_eq!(lab.status(id).await?, APPROVED, "both re-included");
         // Past the polls that notice the reorg and look at the request.
         let deadline = std::time::Instant::now() + secs(20);
@@ -257,7 +220,7 @@ fn a_reorg_that_puts_another_request_under_the_id_releases_the_old_answer_and_an
     reorg_test("rswap", async |lab: &mut Lab| {
         let nft = lab.nft(CLIENT).await?;
         let other_nft = lab.nft(OTHER_CLIENT).await?;
-        let before = block_number(lab).await?;
+        let before = lab.block_number().await?;
         let client = Client::new(CLIENT);
         let payload = lab.encrypt(&client.payload(nft).to_json())?;
         let id = lab.submit(CLIENT, nft, payload).await?;
@@ -268,8 +231,8 @@ fn a_reorg_that_puts_another_request_under_the_id_releases_the_old_answer_and_an
         // Another server's request takes the id in the new chain.
         let other = Client::new(OTHER_CLIENT);
         let other_payload = lab.encrypt(&other.payload(other_nft).to_json())?;
-        let swapped = submit_request_tx(lab, OTHER_CLIENT, other_nft, &other_payload);
-        reorg_after(lab, before, vec![swapped]).await?;
+        let swapped = lab.submit_request_tx(OTHER_CLIENT, other_nft, &other_payload);
+        lab.reorg_after(before, vec![swapped]).await?;
         assert_eq!(lab.request(id).await?.nftContract, other_nft);
         let answer = lab.wait_answer(id, &other, secs(30)).await?;
         let prefix = lab.check_answer(&answer)?;
@@ -301,12 +264,12 @@ fn a_reorg_that_puts_another_request_under_the_id_releases_the_old_answer_and_an
 #[test]
 fn a_daemon_killed_while_undoing_a_reorg_finishes_it_at_the_next_start() {
     reorg_test("rkill", async |lab: &mut Lab| {
-        let before = block_number(lab).await?;
+        let before = lab.block_number().await?;
         let Served { id, prefix, .. } = lab.serve(CLIENT).await?;
         two_polls().await;
         lab.stop_broker()?;
 
-        reorg_after(lab, before, Vec::new()).await?;
+        lab.reorg_after(before, Vec::new()).await?;
         let crashing = lab.spawn_crashing("after-release=return")?;
         let status = crashing.wait_exit(secs(30))?;
         assert!(
