@@ -320,6 +320,20 @@ impl Lab {
     }
 
     /// An anvil RPC call (`evm_mine`, `evm_setAutomine`, `txpool_status`…).
+    /// Anvil account `account` releases its NFT's allocation on chain
+    /// (`releaseOwnAllocation`), mined.
+    pub async fn release_own(&self, account: usize, nft: Address) -> anyhow::Result<()> {
+        let receipt = BrokerRequests::new(self.chain.requests, self.wallet(account)?)
+            .releaseOwnAllocation(nft)
+            .gas(CLIENT_TX_GAS)
+            .send()
+            .await?
+            .get_receipt()
+            .await?;
+        ensure!(receipt.status(), "releaseOwnAllocation reverted");
+        Ok(())
+    }
+
     /// The chain's newest block number.
     pub async fn block_number(&self) -> anyhow::Result<u64> {
         Ok(self.wallet(0)?.get_block_number().await?)

@@ -864,17 +864,7 @@ fn an_owner_release_frees_the_prefix_but_never_a_newer_request() {
         let prefix = lab.check_answer(&answer)?;
 
         // The NFT's owner gives the prefix back on chain.
-        let owner = BrokerRequests::new(lab.chain.requests, lab.wallet(CLIENT)?);
-        let receipt = owner
-            .releaseOwnAllocation(nft)
-            .gas(CLIENT_TX_GAS)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
-        assert!(receipt.status());
+        lab.release_own(CLIENT, nft).await?;
         lab.broker()?
             .wait_log(&["released by the NFT owner on chain"], 1, secs(15))?;
         assert_eq!(lab.peers()?, []);
@@ -1090,28 +1080,8 @@ fn sigterm_while_an_answer_waits_to_be_mined_stops_promptly_and_a_restart_answer
             .wait_log(&["set totalCapacity on chain"], 1, secs(10))?;
         // From here on nothing is mined until the test says so.
         lab.anvil("evm_setAutomine", json!([false])).await?;
-        let nft_tx = TestNFT::deploy_builder(lab.wallet(CLIENT)?, anvil_signer(CLIENT).address())
-            .send()
-            .await
-            .expect("TestNFT sent");
-        lab.anvil("evm_mine", json!([])).await?;
-        let nft = nft_tx
-            .get_receipt()
-            .await
-            .expect("TestNFT mined")
-            .contract_address
-            .expect("a contract address");
-        let client = Client::new(CLIENT);
-        let payload = lab.encrypt(&client.payload(nft).to_json())?;
-        let sent = BrokerRequests::new(lab.chain.requests, lab.wallet(CLIENT)?)
-            .submitRequest(nft, payload.into())
-            .gas(CLIENT_TX_GAS)
-            .send()
-            .await
-            .expect("submitRequest sent");
-        lab.anvil("evm_mine", json!([])).await?;
-        assert!(sent.get_receipt().await.unwrap().status());
-        let id = 1;
+        let (client, id) = request_mined_by_hand(lab, CLIENT).await?;
+        assert_eq!(id, 1);
 
         // The daemon sends its answer; it stays in the mempool.
         let deadline = Instant::now() + secs(30);

@@ -19,12 +19,11 @@ use std::{
 
 use alloy::primitives::Address;
 use anyhow::{Context as _, bail, ensure};
-use broker_contracts::BrokerRequests;
 use broker_lab::{
     Lab,
     faulty_rpc::{Fault, FaultyRpc},
     lab_test,
-    requests::{CLIENT, CLIENT_TX_GAS, Client, OTHER_CLIENT},
+    requests::{CLIENT, Client, OTHER_CLIENT},
     topology::CHAIN_ADDR,
 };
 use ipnet::Ipv6Net;
@@ -81,18 +80,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn release_own(lab: &Lab, account: usize, nft: Address) -> anyhow::Result<()> {
-    let receipt = BrokerRequests::new(lab.chain.requests, lab.wallet(account)?)
-        .releaseOwnAllocation(nft)
-        .gas(CLIENT_TX_GAS)
-        .send()
-        .await?
-        .get_receipt()
-        .await?;
-    ensure!(receipt.status(), "releaseOwnAllocation reverted");
-    Ok(())
 }
 
 /// Waits until no route covers `prefix` (the daemon freed it).
@@ -166,7 +153,7 @@ fn the_invariants_hold_through_rpc_faults_kills_reorgs_and_a_wrong_chain() {
             let reorg = matches!(trouble, Trouble::Reorg);
             let released = if !reorg && !live.is_empty() && rng.random_bool(0.5) {
                 let gone = live.swap_remove(rng.random_range(0..live.len()));
-                release_own(lab, gone.account, gone.nft).await?;
+                lab.release_own(gone.account, gone.nft).await?;
                 Some(gone.prefix)
             } else {
                 None

@@ -5,12 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use alloy::primitives::Address;
 use anyhow::{Context as _, ensure};
-use broker_contracts::BrokerRequests;
 use broker_lab::{
     Lab, lab_test,
-    requests::{CLIENT, CLIENT_TX_GAS, OTHER_CLIENT},
+    requests::{CLIENT, OTHER_CLIENT},
     rpc_limits::{LimitedRpc, Limits},
     topology::CHAIN_ADDR,
 };
@@ -21,19 +19,6 @@ fn limited(lab: &mut Lab, limits: Limits) -> anyhow::Result<LimitedRpc> {
     let rpc = LimitedRpc::start(CHAIN_ADDR.parse()?, &lab.chain.rpc_url, limits)?;
     lab.config.onchain.rpc_url = rpc.url.clone();
     Ok(rpc)
-}
-
-/// Anvil account `account` releases its NFT's allocation on chain.
-async fn release_own(lab: &Lab, account: usize, nft: Address) -> anyhow::Result<()> {
-    let receipt = BrokerRequests::new(lab.chain.requests, lab.wallet(account)?)
-        .releaseOwnAllocation(nft)
-        .gas(CLIENT_TX_GAS)
-        .send()
-        .await?
-        .get_receipt()
-        .await?;
-    ensure!(receipt.status(), "releaseOwnAllocation reverted");
-    Ok(())
 }
 
 #[test]
@@ -55,8 +40,8 @@ fn owner_releases_are_seen_through_a_provider_that_caps_ranges_and_results() {
         // the chain moves on: its next scan spans more blocks than the
         // endpoint allows, then more results.
         lab.stop_broker()?;
-        release_own(lab, CLIENT, first.nft).await?;
-        release_own(lab, OTHER_CLIENT, second.nft).await?;
+        lab.release_own(CLIENT, first.nft).await?;
+        lab.release_own(OTHER_CLIENT, second.nft).await?;
         lab.anvil("anvil_mine", json!(["0xa"])).await?;
         lab.start_broker()?;
         lab.broker()?.wait_log(
@@ -89,7 +74,7 @@ fn an_event_scan_that_keeps_failing_does_not_stop_the_rest_of_the_upkeep() {
         lab.config.wireguard.handshake_timeout_secs = timeout;
         lab.start_broker()?;
         let owner = lab.serve(CLIENT).await?;
-        release_own(lab, CLIENT, owner.nft).await?;
+        lab.release_own(CLIENT, owner.nft).await?;
         // This client never brings its tunnel up: the handshake check must
         // still release it, and the owed release still go on chain.
         let silent = lab.serve(OTHER_CLIENT).await?;

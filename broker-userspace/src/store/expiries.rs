@@ -9,7 +9,7 @@
 use alloy::primitives::Address;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
-use super::{Reads, Store, StoreError};
+use super::{Reads, Store, StoreError, requests::key};
 
 /// (requests contract ‖ request id, big-endian) → nothing.
 const OWED: TableDefinition<[u8; 28], ()> = TableDefinition::new("expiries_owed");
@@ -17,13 +17,6 @@ const OWED: TableDefinition<[u8; 28], ()> = TableDefinition::new("expiries_owed"
 /// The most owed expiries kept: an outsider grows this table, and past it a
 /// rejected request just expires on its own (24 hours by default).
 pub const MAX_OWED: u64 = 10_000;
-
-fn key(contract: Address, id: u64) -> [u8; 28] {
-    let mut k = [0u8; 28];
-    k[..20].copy_from_slice(contract.as_slice());
-    k[20..].copy_from_slice(&id.to_be_bytes());
-    k
-}
 
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(OWED)?;

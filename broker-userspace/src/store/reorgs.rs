@@ -16,7 +16,7 @@
 use alloy::primitives::{Address, B256};
 use redb::{ReadableTable, ReadableTableMetadata as _, TableDefinition, WriteTransaction};
 
-use super::{Reads, Store, StoreError, collect, cursors, requests};
+use super::{Reads, Store, StoreError, collect, cursors, requests, requests::key};
 
 /// Block number → hash, one chain (the hashes above a fork are removed when
 /// the reorg is handled).
@@ -28,13 +28,6 @@ const WATCHED: TableDefinition<[u8; 28], u64> = TableDefinition::new("reorg_watc
 /// at the end), and only when the chain moved; about 1.7 hours of 12-second
 /// blocks.
 pub const KEEP_BLOCKS: usize = 1024;
-
-fn key(contract: Address, id: u64) -> [u8; 28] {
-    let mut k = [0u8; 28];
-    k[..20].copy_from_slice(contract.as_slice());
-    k[20..].copy_from_slice(&id.to_be_bytes());
-    k
-}
 
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(BLOCKS)?;

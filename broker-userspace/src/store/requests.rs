@@ -208,7 +208,9 @@ pub struct Grant {
     pub server_pubkey: [u8; 65],
 }
 
-fn key(contract: Address, id: u64) -> [u8; 28] {
+/// A request's key in every table keyed by request: contract ‖ id
+/// (big-endian, so a contract's requests are in id order).
+pub(super) fn key(contract: Address, id: u64) -> [u8; 28] {
     let mut k = [0u8; 28];
     k[..20].copy_from_slice(contract.as_slice());
     k[20..].copy_from_slice(&id.to_be_bytes());
