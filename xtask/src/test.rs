@@ -27,6 +27,10 @@ pub struct Args {
     /// (the VPS image booted under qemu). They need a release build.
     #[arg(long)]
     no_image: bool,
+    /// Skip the fuzz targets (`cargo xtask fuzz`, each run for a short
+    /// fixed time here).
+    #[arg(long)]
+    no_fuzz: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -66,6 +70,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let result = cmd::run(&mut test);
     remove_leftovers();
     result?;
+    if !args.no_fuzz {
+        eprintln!(
+            "test: the fuzz targets, {} s each",
+            crate::fuzz::TEST_SECONDS
+        );
+        crate::fuzz::run(crate::fuzz::Args {
+            target: None,
+            seconds: crate::fuzz::TEST_SECONDS,
+        })?;
+    }
     if !args.no_kernels {
         eprintln!("test: the responder on Debian 12's and 13's kernels (qemu)");
         crate::kernel_test::run(&crate::kernel_test::Args {
