@@ -17,8 +17,7 @@ use crate::{
     advertise::advertise,
     frame::Frame,
     packet::octets,
-    responder::{Solicitation, solicitation},
-    validate::{Invalid, Rejected, validate},
+    validate::{Invalid, Rejected, Solicitation, solicitation, validate},
 };
 
 /// A packet in a buffer of its exact length (in 2-byte words, as drivers

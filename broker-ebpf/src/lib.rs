@@ -17,6 +17,7 @@ pub mod frame;
 #[cfg(not(target_arch = "bpf"))]
 pub mod host;
 pub mod packet;
+#[cfg(target_arch = "bpf")]
 pub mod responder;
 mod validate;
 

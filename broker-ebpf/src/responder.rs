@@ -36,11 +36,8 @@ use broker_common::ndp::{
 use crate::{
     advertise::{Answer, advertise},
     frame::{Frame, ptr_at},
-    packet::{
-        Addr, ETH_HLEN, ETH_P_8021Q, ETH_P_IPV6, EthHdr, ICMPV6_NS, IPPROTO_ICMPV6, IPV6_HLEN,
-        Ipv6Hdr, bytes, octets,
-    },
-    validate::{Invalid, Rejected, validate},
+    packet::{Addr, octets},
+    validate::{Invalid, Rejected, Solicitation, solicitation, validate},
 };
 
 #[map(name = "NDP_PREFIXES")]
@@ -112,65 +109,6 @@ pub fn respond<F: Frame>(ctx: &F) -> Option<()> {
             None
         }
     }
-}
-
-/// Where the parts of a Neighbor Solicitation lie in a packet.
-pub(crate) struct Solicitation {
-    pub ip: *const Ipv6Hdr,
-    pub l3_off: usize,
-    pub icmp_off: usize,
-    /// The frame came from a group (multicast or broadcast) link-layer
-    /// address: no neighbor's, and the answer would go to the group, with
-    /// our MAC.
-    pub group_source: bool,
-}
-
-/// Whether the packet is an ICMPv6 Neighbor Solicitation (in an Ethernet
-/// frame with at most one 802.1Q tag, or bare on an L3 device), and where
-/// its parts lie; None for everything else, which is left to the kernel.
-/// Nothing is validated yet beyond the headers' bounds.
-#[inline(always)]
-pub(crate) fn solicitation<F: Frame>(ctx: &F, l3: bool) -> Option<Solicitation> {
-    let mut group_source = false;
-    let l3_off = if l3 {
-        0
-    } else {
-        let eth: *const EthHdr = ptr_at(ctx, 0)?;
-        // SAFETY (all packet reads below): ptr_at checked the bounds.
-        let mut ethertype = u16::from_be(unsafe { (*eth).ethertype });
-        group_source = bytes(unsafe { (*eth).src[0] })[0] & 1 != 0;
-        let mut off = ETH_HLEN;
-        // One 802.1Q tag. The answer keeps it: only the Ethernet addresses
-        // are rewritten.
-        if ethertype == ETH_P_8021Q {
-            let inner: *const [u16; 2] = ptr_at(ctx, ETH_HLEN)?;
-            ethertype = u16::from_be(unsafe { (*inner)[1] });
-            off += 4;
-        }
-        if ethertype != ETH_P_IPV6 {
-            return None;
-        }
-        off
-    };
-
-    let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
-    let header = unsafe { &*ip };
-    // An NS behind extension headers is legal but unheard of; it is left to
-    // the kernel rather than paying for a header walk on every packet.
-    if bytes(header.vtc_flow[0])[0] >> 4 != 6 || header.next_header != IPPROTO_ICMPV6 {
-        return None;
-    }
-    let icmp_off = l3_off + IPV6_HLEN;
-    let icmp_type: *const u8 = ptr_at(ctx, icmp_off)?;
-    if unsafe { *icmp_type } != ICMPV6_NS {
-        return None;
-    }
-    Some(Solicitation {
-        ip,
-        l3_off,
-        icmp_off,
-        group_source,
-    })
 }
 
 // The log calls, each a function of its own (a BPF subprogram) that the
