@@ -35,8 +35,8 @@ use broker_common::ndp::{
 
 use crate::{
     advertise::{Answer, advertise},
-    frame::{Frame, ptr_at},
-    packet::{Addr, octets},
+    frame::Frame,
+    packet::{Addr, bytes, octets},
     validate::{Invalid, Rejected, Solicitation, solicitation, validate},
 };
 
