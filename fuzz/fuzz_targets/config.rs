@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!e.problems.is_empty(), "refused without a reason");
             for problem in &e.problems {
                 assert!(!problem.trim().is_empty(), "an empty problem: {e:?}");
-                assert!(!problem.contains('\n'), "a problem of several lines: {problem:?}");
+                assert!(
+                    !problem.contains('\n'),
+                    "a problem of several lines: {problem:?}"
+                );
             }
         }
     }

@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
             assert_ne!(valid.wg_pubkey, [0; 32], "no all-zero WireGuard key");
             let hex_key = payload.server_pubkey.trim();
             let hex_key = hex_key.strip_prefix("0x").unwrap_or(hex_key);
-            assert_eq!(hex::decode(hex_key).as_deref(), Ok(&valid.server_pubkey[..]));
+            assert_eq!(
+                hex::decode(hex_key).as_deref(),
+                Ok(&valid.server_pubkey[..])
+            );
             assert_eq!(valid.server_pubkey[0], 4, "uncompressed");
             ecies::PublicKey::parse_slice(&valid.server_pubkey, None).expect("on the curve");
             // The broker's next step: its answer is encrypted to that key.

@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
             let p = &answer.payload;
             let prefix = answer.prefix;
             assert_eq!(p.prefix.parse::<Ipv6Net>().ok(), Some(prefix));
-            assert!(prefix.prefix_len() < 128, "{prefix}: room for the tunnel address");
+            assert!(
+                prefix.prefix_len() < 128,
+                "{prefix}: room for the tunnel address"
+            );
             assert_eq!(prefix.addr(), prefix.network(), "{prefix}: no host bits");
             let global: Ipv6Net = "2000::/3".parse().unwrap();
             assert!(global.contains(&prefix), "{prefix}: global unicast");
@@ -54,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
                 !own[0].contains(&prefix) && !prefix.contains(&own[0]),
                 "{prefix}: overlaps {OWN}"
             );
-            p.gateway.parse::<Ipv6Addr>().expect("gateway is an address");
+            p.gateway
+                .parse::<Ipv6Addr>()
+                .expect("gateway is an address");
             let key = base64::engine::general_purpose::STANDARD
                 .decode(p.broker_pubkey.trim())
                 .expect("brokerPubkey is base64");
@@ -62,7 +67,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(protocol::is_endpoint(&p.broker_endpoint));
             if let Some(zone) = &p.dns_zone {
                 assert!(
-                    zone.bytes().all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c)),
+                    zone.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c)),
                     "{zone:?}"
                 );
             }
