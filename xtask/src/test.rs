@@ -48,6 +48,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .current_dir(&root)
                 .args(["fmt", "--all", "--", "--check"]),
         )?;
+        // The fuzz crate is a workspace of its own, which --all skips.
+        cmd::run(Command::new("cargo").current_dir(&root).args([
+            "fmt",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--",
+            "--check",
+        ]))?;
         eprintln!("test: cargo clippy");
         cmd::run(Command::new("cargo").current_dir(&root).args([
             "clippy",
