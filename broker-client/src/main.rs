@@ -2,17 +2,6 @@
 //! installs the tunnel (see `broker-client --help` and the README's
 //! "Client" section).
 
-mod cli;
-mod discovery;
-mod files;
-mod install;
-mod keys;
-mod registry;
-mod release;
-mod request;
-mod response;
-mod status;
-
 use std::process::ExitCode;
 
 use alloy::signers::local::PrivateKeySigner;
@@ -22,7 +11,10 @@ use broker_contracts::{
 };
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command, Global, Source};
+use broker_client::{
+    cli::{Cli, Command, Global, Source},
+    discovery, install, keys, registry, release, request, status,
+};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -123,6 +123,15 @@ impl RequestPayload {
     }
 }
 
+/// What the broker does with a request's `encryptedPayload`: decrypts it
+/// with its ECIES secret, parses the JSON and checks the keys. The one path
+/// from an outsider's bytes to a [`ValidRequest`] (the daemon's and the
+/// fuzz target's).
+pub fn read_request(secret: &[u8; 32], ciphertext: &[u8]) -> Result<ValidRequest, ProtocolError> {
+    let plaintext = decrypt(secret, ciphertext)?;
+    RequestPayload::parse(&plaintext)?.validate()
+}
+
 /// The broker's answer (§4), serialized compact in this key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponsePayload {

@@ -1,6 +1,7 @@
 //! What the responder needs of a packet, from XDP or from TC: its bounds,
 //! and a way to change its length.
 
+#[cfg(target_arch = "bpf")]
 use aya_ebpf::{
     helpers::generated::{bpf_skb_change_tail, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
@@ -15,6 +16,7 @@ pub trait Frame {
     fn set_len(&self, len: usize) -> bool;
 }
 
+#[cfg(target_arch = "bpf")]
 impl Frame for XdpContext {
     #[inline(always)]
     fn start(&self) -> usize {
@@ -34,6 +36,7 @@ impl Frame for XdpContext {
     }
 }
 
+#[cfg(target_arch = "bpf")]
 impl Frame for TcContext {
     #[inline(always)]
     fn start(&self) -> usize {

@@ -8,13 +8,16 @@
 //! only use [`program_object!`].
 //!
 //! The library is also built for the host, as a build dependency of
-//! broker-userspace (so that cargo rebuilds the objects when it changes);
-//! it has no use there.
+//! broker-userspace (so that cargo rebuilds the objects when it changes),
+//! and for the fuzz target, which runs the packet code through [`host`].
 
 mod advertise;
 mod checksum;
 pub mod frame;
+#[cfg(not(target_arch = "bpf"))]
+pub mod host;
 pub mod packet;
+#[cfg(target_arch = "bpf")]
 pub mod responder;
 mod validate;
 

@@ -30,17 +30,14 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, trace};
 use broker_common::ndp::{
     COUNTER_COUNT, Counter, FLAG_CONFIGURED, FLAG_L3_DEVICE, LOG_TARGET, MAX_PREFIX_LENS,
-    MAX_PREFIXES, NdpConfig, PrefixKey, PrefixValue, VLAN_FILTER_ON, VLAN_ID_MASK,
+    MAX_PREFIXES, NdpConfig, PrefixKey, PrefixValue,
 };
 
 use crate::{
     advertise::{Answer, advertise},
-    frame::{Frame, ptr_at},
-    packet::{
-        Addr, ETH_HLEN, ETH_P_8021Q, ETH_P_IPV6, EthHdr, ICMPV6_NS, IPPROTO_ICMPV6, IPV6_HLEN,
-        Ipv6Hdr, bytes, octets,
-    },
-    validate::{Invalid, Rejected, validate},
+    frame::Frame,
+    packet::{Addr, bytes, octets},
+    validate::{Invalid, Rejected, Solicitation, solicitation, validate, vlan_passes},
 };
 
 #[map(name = "NDP_PREFIXES")]
@@ -68,50 +65,18 @@ pub fn respond<F: Frame>(ctx: &F) -> Option<()> {
     }
     let l3 = cfg.flags & FLAG_L3_DEVICE != 0;
 
-    // A frame from a group (multicast or broadcast) link-layer address is
-    // no neighbor's: the answer would go to the group, with our MAC.
-    let mut group_source = false;
-    let l3_off = if l3 {
-        0
-    } else {
-        let eth: *const EthHdr = ptr_at(ctx, 0)?;
-        // SAFETY (all packet reads below): ptr_at checked the bounds.
-        let mut ethertype = u16::from_be(unsafe { (*eth).ethertype });
-        group_source = bytes(unsafe { (*eth).src[0] })[0] & 1 != 0;
-        let mut off = ETH_HLEN;
-        // One 802.1Q tag. The answer keeps it: only the Ethernet addresses
-        // are rewritten.
-        let mut vlan = None;
-        if ethertype == ETH_P_8021Q {
-            let inner: *const [u16; 2] = ptr_at(ctx, ETH_HLEN)?;
-            vlan = Some(u16::from_be(unsafe { (*inner)[0] }) & VLAN_ID_MASK);
-            ethertype = u16::from_be(unsafe { (*inner)[1] });
-            off += 4;
-        }
-        // With a VLAN filter, the link's other VLANs (and its untagged
-        // traffic) are not the responder's: the prefixes are routed on one.
-        let filter = NDP_VLAN.get(0).copied().unwrap_or(0);
-        if filter & VLAN_FILTER_ON != 0 && vlan != Some(filter as u16 & VLAN_ID_MASK) {
-            return None;
-        }
-        if ethertype != ETH_P_IPV6 {
-            return None;
-        }
-        off
-    };
-
-    let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
+    let Solicitation {
+        ip,
+        icmp_off,
+        l3_off,
+        group_source,
+        vlan,
+    } = solicitation(ctx, l3)?;
+    if !vlan_passes(NDP_VLAN.get(0).copied().unwrap_or(0), l3, vlan) {
+        return None;
+    }
+    // SAFETY: solicitation checked the bounds.
     let ip = unsafe { &*ip };
-    // An NS behind extension headers is legal but unheard of; it is left to
-    // the kernel rather than paying for a header walk on every packet.
-    if bytes(ip.vtc_flow[0])[0] >> 4 != 6 || ip.next_header != IPPROTO_ICMPV6 {
-        return None;
-    }
-    let icmp_off = l3_off + IPV6_HLEN;
-    let icmp_type: *const u8 = ptr_at(ctx, icmp_off)?;
-    if unsafe { *icmp_type } != ICMPV6_NS {
-        return None;
-    }
     count(Counter::Seen);
     if group_source {
         count(Counter::Invalid);

@@ -1,11 +1,14 @@
 //! Is a packet a valid Neighbor Solicitation addressed to a target's owner?
 
-use broker_common::ndp::MAX_NS_OPTION_UNITS;
+use broker_common::ndp::{MAX_NS_OPTION_UNITS, VLAN_FILTER_ON, VLAN_ID_MASK};
 
 use crate::{
     checksum::Checksum,
     frame::{Frame, ptr_at},
-    packet::{Addr, Ipv6Hdr, NS_HLEN, NdHdr, OPT_SOURCE_LLADDR, bytes, words},
+    packet::{
+        Addr, ETH_HLEN, ETH_P_8021Q, ETH_P_IPV6, EthHdr, ICMPV6_NS, IPPROTO_ICMPV6, IPV6_HLEN,
+        Ipv6Hdr, NS_HLEN, NdHdr, OPT_SOURCE_LLADDR, bytes, words,
+    },
 };
 
 /// The unspecified address (::), the source of DAD probes.
@@ -65,6 +68,79 @@ impl Invalid {
             Invalid::GroupLinkSource => "link-layer source not unicast",
         }
     }
+}
+
+/// Where the parts of a Neighbor Solicitation lie in a packet.
+pub(crate) struct Solicitation {
+    pub ip: *const Ipv6Hdr,
+    pub l3_off: usize,
+    pub icmp_off: usize,
+    /// The frame came from a group (multicast or broadcast) link-layer
+    /// address: no neighbor's, and the answer would go to the group, with
+    /// our MAC.
+    pub group_source: bool,
+    /// The VLAN id of its 802.1Q tag, if it has one.
+    pub vlan: Option<u16>,
+}
+
+/// Whether a solicitation with tag `vlan` is the responder's under the VLAN
+/// filter `filter` (the `NDP_VLAN` map's value): with a filter, the link's
+/// other VLANs (and its untagged traffic) are not, as the prefixes are
+/// routed on one. An L3 device has no VLANs: the filter does not apply.
+#[inline(always)]
+pub(crate) fn vlan_passes(filter: u32, l3: bool, vlan: Option<u16>) -> bool {
+    l3 || filter & VLAN_FILTER_ON == 0 || vlan == Some(filter as u16 & VLAN_ID_MASK)
+}
+
+/// Whether the packet is an ICMPv6 Neighbor Solicitation (in an Ethernet
+/// frame with at most one 802.1Q tag, or bare on an L3 device), and where
+/// its parts lie; None for everything else, which is left to the kernel.
+/// Nothing is validated yet beyond the headers' bounds.
+#[inline(always)]
+pub(crate) fn solicitation<F: Frame>(ctx: &F, l3: bool) -> Option<Solicitation> {
+    let mut group_source = false;
+    let mut vlan = None;
+    let l3_off = if l3 {
+        0
+    } else {
+        let eth: *const EthHdr = ptr_at(ctx, 0)?;
+        // SAFETY (all packet reads below): ptr_at checked the bounds.
+        let mut ethertype = u16::from_be(unsafe { (*eth).ethertype });
+        group_source = bytes(unsafe { (*eth).src[0] })[0] & 1 != 0;
+        let mut off = ETH_HLEN;
+        // One 802.1Q tag. The answer keeps it: only the Ethernet addresses
+        // are rewritten.
+        if ethertype == ETH_P_8021Q {
+            let inner: *const [u16; 2] = ptr_at(ctx, ETH_HLEN)?;
+            vlan = Some(u16::from_be(unsafe { (*inner)[0] }) & VLAN_ID_MASK);
+            ethertype = u16::from_be(unsafe { (*inner)[1] });
+            off += 4;
+        }
+        if ethertype != ETH_P_IPV6 {
+            return None;
+        }
+        off
+    };
+
+    let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
+    let header = unsafe { &*ip };
+    // An NS behind extension headers is legal but unheard of; it is left to
+    // the kernel rather than paying for a header walk on every packet.
+    if bytes(header.vtc_flow[0])[0] >> 4 != 6 || header.next_header != IPPROTO_ICMPV6 {
+        return None;
+    }
+    let icmp_off = l3_off + IPV6_HLEN;
+    let icmp_type: *const u8 = ptr_at(ctx, icmp_off)?;
+    if unsafe { *icmp_type } != ICMPV6_NS {
+        return None;
+    }
+    Some(Solicitation {
+        ip,
+        l3_off,
+        icmp_off,
+        group_source,
+        vlan,
+    })
 }
 
 /// RFC 4861 §7.1.1, in the order it lists the checks, plus one of ours: the

@@ -10,6 +10,7 @@ mod chain;
 mod cmd;
 mod deb;
 mod demo;
+mod fuzz;
 mod image;
 mod kernel_test;
 mod setup;
@@ -39,6 +40,10 @@ enum Command {
     /// qemu on Debian 12's and Debian 13's cloud kernels (6.1 and 6.12),
     /// fetched from the Debian archive into target/kernel-test/.
     KernelTest(kernel_test::Args),
+    /// Set up, then run the fuzz targets in fuzz/ (cargo-fuzz, nightly):
+    /// what the broker and the client read from outsiders. Five minutes
+    /// each by default; what they find is kept under target/fuzz/.
+    Fuzz(fuzz::Args),
     /// Set up, then run a benchmark (results in target/bench/).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::Test(args) => setup::run().and_then(|()| test::run(args)),
         Command::KernelTest(args) => setup::run().and_then(|()| kernel_test::run(&args)),
         Command::Demo(args) => setup::run().and_then(|()| demo::run(args)),
+        Command::Fuzz(args) => setup::run().and_then(|()| fuzz::run(args)),
         Command::Bench(b) => setup::run().and_then(|()| bench::run(b)),
         Command::Chain(args) => setup::run().and_then(|()| chain::run(args)),
         Command::Deb(args) => setup::run().and_then(|()| deb::run(args)),

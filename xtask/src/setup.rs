@@ -89,6 +89,8 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 pub fn run() -> anyhow::Result<()> {
     let packages = missing_debian_packages()?;
     let rust_src = !has_nightly_rust_src();
@@ -99,12 +101,16 @@ pub fn run() -> anyhow::Result<()> {
     };
     let contracts = !contracts_toolchain_ok();
     let cargo_deb = !cargo_deb_ok();
+    let cargo_fuzz = !cargo_fuzz_ok();
     if packages.is_empty() && !rust_src && !linker {
         if contracts {
             install_contracts_toolchain()?;
         }
         if cargo_deb {
             install_cargo_deb()?;
+        }
+        if cargo_fuzz {
+            install_cargo_fuzz()?;
         }
         return Ok(());
     }
@@ -137,6 +143,9 @@ pub fn run() -> anyhow::Result<()> {
     }
     if cargo_deb {
         install_cargo_deb()?;
+    }
+    if cargo_fuzz {
+        install_cargo_fuzz()?;
     }
     eprintln!("setup: done");
     Ok(())
@@ -292,6 +301,24 @@ fn install_cargo_deb() -> anyhow::Result<()> {
         "cargo-deb",
         "--version",
         CARGO_DEB_VERSION,
+        "--locked",
+    ]))
+}
+
+fn cargo_fuzz_ok() -> bool {
+    cmd::stdout_of(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION))
+}
+
+/// cargo-fuzz, which `cargo xtask fuzz` (and so `cargo xtask test`) builds
+/// and runs the fuzz targets with (a user's cargo install, no root needed).
+fn install_cargo_fuzz() -> anyhow::Result<()> {
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
         "--locked",
     ]))
 }

@@ -27,6 +27,10 @@ pub struct Args {
     /// (the VPS image booted under qemu). They need a release build.
     #[arg(long)]
     no_image: bool,
+    /// Skip the fuzz targets (`cargo xtask fuzz`, each run for a short
+    /// fixed time here).
+    #[arg(long)]
+    no_fuzz: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -44,6 +48,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .current_dir(&root)
                 .args(["fmt", "--all", "--", "--check"]),
         )?;
+        // The fuzz crate is a workspace of its own, which --all skips.
+        cmd::run(Command::new("cargo").current_dir(&root).args([
+            "fmt",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--",
+            "--check",
+        ]))?;
         eprintln!("test: cargo clippy");
         cmd::run(Command::new("cargo").current_dir(&root).args([
             "clippy",
@@ -66,6 +78,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let result = cmd::run(&mut test);
     remove_leftovers();
     result?;
+    if !args.no_fuzz {
+        eprintln!(
+            "test: the fuzz targets, {} s each",
+            crate::fuzz::TEST_SECONDS
+        );
+        // Unoptimized: CI builds them cold, and 20 s runs need no speed.
+        crate::fuzz::run(crate::fuzz::Args {
+            target: None,
+            seconds: crate::fuzz::TEST_SECONDS,
+            dev: true,
+        })?;
+    }
     if !args.no_kernels {
         eprintln!("test: the responder on Debian 12's and 13's kernels (qemu)");
         crate::kernel_test::run(&crate::kernel_test::Args {

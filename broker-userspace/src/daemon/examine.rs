@@ -2,7 +2,7 @@
 //! still worth answering? valid? Nothing here writes anything.
 
 use alloy::primitives::Address;
-use broker_contracts::protocol::{self, RequestPayload};
+use broker_contracts::protocol;
 
 use super::Daemon;
 use crate::{
@@ -59,11 +59,7 @@ async fn judge(
         NftCheck::Ok => {}
         other => return Ok(Verdict::Reject(format!("NFT contract: {other:?}"))),
     }
-    let plaintext = match protocol::decrypt(ecies_secret, &request.encrypted_payload) {
-        Ok(p) => p,
-        Err(e) => return Ok(Verdict::Reject(e.to_string())),
-    };
-    let valid = match RequestPayload::parse(&plaintext).and_then(|p| p.validate()) {
+    let valid = match protocol::read_request(ecies_secret, &request.encrypted_payload) {
         Ok(v) => v,
         Err(e) => return Ok(Verdict::Reject(e.to_string())),
     };
