@@ -90,16 +90,21 @@ impl Daemon {
             .into_iter()
             .filter(|a| a.handshake_deadline.is_some())
             .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        // One read of the device for them all: per allocation it made a
+        // poll's cost grow with the square of the tunnels awaiting their
+        // first handshake (10,000 of them kept a poll busy for minutes).
+        let handshakes = self.kernel.tunnel.last_handshakes()?;
         for a in due {
             // Any handshake of the current key's peer: it may precede the
             // recorded answer (a restart between sending it and recording
             // it), and the next one may come too late (WireGuard renews a
             // session only every two minutes).
             let since = a.key_set_at.or(a.answered_at).unwrap_or(a.created_at);
-            let handshake = self
-                .kernel
-                .tunnel
-                .last_handshake(&a.wg_key)?
+            let handshake = handshakes
+                .get(&a.wg_key)
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs());
             if handshake.is_some_and(|h| h >= since) {

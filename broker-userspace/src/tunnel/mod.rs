@@ -18,6 +18,7 @@ mod userspace;
 mod wireguard;
 
 use std::{
+    collections::HashMap,
     fmt, fs, io,
     net::{Ipv6Addr, SocketAddr},
     time::SystemTime,
@@ -264,11 +265,18 @@ impl Tunnel {
     /// The peer's last handshake; None before the first one, and for a key
     /// that is no peer.
     pub fn last_handshake(&self, public_key: &[u8; 32]) -> Result<Option<SystemTime>, TunnelError> {
+        Ok(self.last_handshakes()?.remove(public_key))
+    }
+
+    /// Every peer's last handshake, by public key, from one read of the
+    /// device (peers that never had one are absent): what a check of many
+    /// peers reads, rather than the whole device once per peer.
+    pub fn last_handshakes(&self) -> Result<HashMap<[u8; 32], SystemTime>, TunnelError> {
         Ok(self
             .peers()?
             .into_iter()
-            .find(|p| &p.public_key == public_key)
-            .and_then(|p| p.last_handshake))
+            .filter_map(|p| Some((p.public_key, p.last_handshake?)))
+            .collect())
     }
 
     fn failed(&self, action: &'static str) -> impl FnOnce(io::Error) -> TunnelError + '_ {
