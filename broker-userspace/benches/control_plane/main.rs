@@ -19,6 +19,7 @@
 
 mod burst;
 mod plot;
+mod reconcile;
 mod report;
 
 use std::{path::PathBuf, thread, time::Instant};
@@ -34,6 +35,8 @@ pub struct Plan {
     /// Larger bursts run pipelined only: the one-at-a-time design answers
     /// one request per block (a burst of 1,000 would take 1,000 blocks).
     pub one_at_a_time_up_to: usize,
+    /// Start-ups timed with this many allocations in the database.
+    pub allocations: Vec<usize>,
 }
 
 fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
@@ -73,14 +76,29 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--one-at-a-time-up-to {s:?}: a burst size"))?,
         None => 100,
     };
+    let allocations = match value(&args, "--allocations") {
+        Some(list) => list
+            .split(',')
+            .map(|n| match n.trim().parse::<usize>() {
+                Ok(n) if n <= 1_000_000 => Ok(n),
+                _ => bail!("--allocations {list:?}: each count must be a number up to 1000000"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None if full => vec![1_000, 10_000],
+        None => vec![100],
+    };
+    if allocations.windows(2).any(|w| w[0] > w[1]) {
+        bail!("--allocations: counts in increasing order (the database only grows)");
+    }
     let plan = Plan {
+        allocations,
         bursts,
         block_seconds,
         one_at_a_time_up_to,
     };
     let started = Instant::now();
     let load_before = report::load_average();
-    let runs = run(&plan)?;
+    let (runs, startups) = run(&plan)?;
     let report = report::Report {
         full,
         block_seconds: plan.block_seconds,
@@ -88,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         bursts: plan.bursts.clone(),
         machine: report::Machine::read(),
         runs,
+        startups,
         seconds: started.elapsed().as_secs_f64(),
         load_average: (load_before, report::load_average()),
     };
@@ -102,9 +121,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every burst of the plan, each design, on one lab. `Lab::start` moves its
-/// thread into the chain's namespace for good: a thread of its own.
-fn run(plan: &Plan) -> anyhow::Result<Vec<burst::Burst>> {
+/// Every burst of the plan, each design, on one lab; then the start-ups
+/// on a lab of their own (its database holds only what they put there).
+/// `Lab::start` moves its thread into the chain's namespace for good: a
+/// thread of its own.
+fn run(plan: &Plan) -> anyhow::Result<(Vec<burst::Burst>, Vec<reconcile::Reconcile>)> {
     let dir = tempfile::tempdir().context("a temporary directory")?;
     thread::scope(|s| {
         s.spawn(|| {
@@ -113,24 +134,41 @@ fn run(plan: &Plan) -> anyhow::Result<Vec<burst::Burst>> {
                 .build()
                 .context("a tokio runtime")?
                 .block_on(async {
-                    let options = Options {
-                        names: lab_prefix(),
-                        dir: dir.path().to_path_buf(),
-                    };
-                    let mut lab = Lab::start(options, Narrator::quiet()).await?;
-                    let result = run_on(&mut lab, plan).await;
-                    if result.is_err() {
-                        eprintln!(
-                            "the broker's log:\n{}",
-                            broker_lab::process::tail(&lab.broker_log(), 60)
-                        );
-                    }
-                    result
+                    let bursts = on_lab(&dir.path().join("bursts"), async |lab| {
+                        run_on(lab, plan).await
+                    })
+                    .await?;
+                    let startups = on_lab(&dir.path().join("start-up"), async |lab| {
+                        reconcile::run(lab, &plan.allocations)
+                    })
+                    .await?;
+                    Ok((bursts, startups))
                 })
         })
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     })
+}
+
+/// `body` on a new lab with its files in `dir`, the broker's log shown if
+/// it fails; the lab is gone when this returns.
+async fn on_lab<T>(
+    dir: &std::path::Path,
+    body: impl AsyncFnOnce(&mut Lab) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let options = Options {
+        names: lab_prefix(),
+        dir: dir.to_path_buf(),
+    };
+    let mut lab = Lab::start(options, Narrator::quiet()).await?;
+    let result = body(&mut lab).await;
+    if result.is_err() {
+        eprintln!(
+            "the broker's log:\n{}",
+            broker_lab::process::tail(&lab.broker_log(), 60)
+        );
+    }
+    result
 }
 
 async fn run_on(lab: &mut Lab, plan: &Plan) -> anyhow::Result<Vec<burst::Burst>> {

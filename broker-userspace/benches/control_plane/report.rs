@@ -7,7 +7,18 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context as _, ensure};
 use broker_userspace::numbers::thousands;
 
-use crate::burst::{Burst, Design};
+use crate::{
+    burst::{Burst, Design},
+    reconcile::Reconcile,
+};
+
+/// Start-up reconciliation of this many allocations must take less than
+/// RECONCILE_TARGET seconds (issue 15).
+const RECONCILE_AT: usize = 10_000;
+const RECONCILE_TARGET: f64 = 5.0;
+/// The daemon's memory may grow at most this much from its smallest to its
+/// largest database (issue 15: flat within ±10 %).
+const RSS_FLATNESS: f64 = 0.10;
 
 pub struct Report {
     pub full: bool,
@@ -16,6 +27,7 @@ pub struct Report {
     pub bursts: Vec<usize>,
     pub machine: Machine,
     pub runs: Vec<Burst>,
+    pub startups: Vec<Reconcile>,
     /// The whole run, wall clock.
     pub seconds: f64,
     /// The 1-minute load average when the run started and ended (the
@@ -251,6 +263,70 @@ impl Report {
         lines
     }
 
+    fn startup_table(&self) -> String {
+        let mut t = String::new();
+        t.push_str("| allocations | reconciliation (s) | spawn to reconciled (s) | daemon RSS when ready (MiB) | peak RSS (MiB) | what it did |\n");
+        t.push_str("|---:|---:|---:|---:|---:|---|\n");
+        for r in &self.startups {
+            let _ = writeln!(
+                t,
+                "| {} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
+                thousands(r.allocations as u64),
+                r.reconcile_seconds,
+                r.start_seconds,
+                r.rss_kib as f64 / 1024.0,
+                r.peak_rss_kib as f64 / 1024.0,
+                r.summary,
+            );
+        }
+        t
+    }
+
+    fn startup_targets(&self) -> String {
+        let mut lines = String::new();
+        match self.startups.iter().find(|r| r.allocations == RECONCILE_AT) {
+            Some(r) => {
+                let _ = writeln!(
+                    lines,
+                    "- start-up reconciliation of {} allocations in < {RECONCILE_TARGET:.0} s: {} ({:.2} s)",
+                    thousands(RECONCILE_AT as u64),
+                    if r.reconcile_seconds < RECONCILE_TARGET {
+                        "met"
+                    } else {
+                        "NOT met"
+                    },
+                    r.reconcile_seconds
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    lines,
+                    "- start-up reconciliation of {} allocations: not measured in this run",
+                    thousands(RECONCILE_AT as u64)
+                );
+            }
+        }
+        if let (Some(first), Some(last)) = (self.startups.first(), self.startups.last())
+            && first.allocations < last.allocations
+        {
+            let growth = last.rss_kib as f64 / first.rss_kib.max(1) as f64 - 1.0;
+            let _ = writeln!(
+                lines,
+                "- the daemon's memory flat (±{:.0} %) from {} to {} allocations: {} ({:+.0} %)",
+                RSS_FLATNESS * 100.0,
+                thousands(first.allocations as u64),
+                thousands(last.allocations as u64),
+                if growth.abs() <= RSS_FLATNESS {
+                    "met"
+                } else {
+                    "NOT met"
+                },
+                growth * 100.0
+            );
+        }
+        lines
+    }
+
     fn conditions(&self) -> String {
         format!(
             "{}; anvil mining a block every {} s (interval mining) once the burst's block is mined; \
@@ -279,6 +355,11 @@ impl Report {
         println!("old (one at a time) / new (pipelined):\n");
         println!("{}", self.ratio_table());
         println!("{}", self.targets());
+        if !self.startups.is_empty() {
+            println!("start-up with allocations in the database:\n");
+            println!("{}", self.startup_table());
+            println!("{}", self.startup_targets());
+        }
         println!("{}\n", self.conditions());
     }
 
@@ -311,6 +392,15 @@ impl Report {
             );
             ensure!(r.peak_rss_kib > 0, "{what}: no peak memory");
             ensure!(r.cpu_seconds >= 0.0, "{what}: CPU {}", r.cpu_seconds);
+        }
+        for r in &self.startups {
+            ensure!(
+                r.rss_kib > 0 && r.reconcile_seconds >= 0.0,
+                "start-up with {} allocations: RSS {} KiB, reconciled in {} s",
+                r.allocations,
+                r.rss_kib,
+                r.reconcile_seconds
+            );
         }
         for &size in &self.bursts {
             ensure!(
@@ -358,6 +448,15 @@ impl Report {
             "load_average": [self.load_average.0, self.load_average.1],
             "seconds": self.seconds,
             "runs": runs,
+            "startups": self.startups.iter().map(|r| serde_json::json!({
+                "allocations": r.allocations,
+                "reconcile_seconds": r.reconcile_seconds,
+                "spawn_to_reconciled_seconds": r.start_seconds,
+                "rss_kib": r.rss_kib,
+                "peak_rss_kib": r.peak_rss_kib,
+                "fill_seconds": r.fill_seconds,
+                "summary": r.summary,
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -387,6 +486,18 @@ impl Report {
         let _ = writeln!(md, "{}", self.ratio_table());
         let _ = writeln!(md, "Targets (issue 15):\n\n{}", self.targets());
         let _ = writeln!(md, "{plot}");
+        if !self.startups.is_empty() {
+            let _ = writeln!(
+                md,
+                "## Start-up with allocations in the database\n\nThe database filled through the \
+                 store's own transitions (each allocation decided and answered), then the daemon \
+                 started on it: reconciliation is the time between its log lines \"NDP responder \
+                 attached\" and \"kernel reconciled with the database\" (WireGuard peers through \
+                 wireguard-go's UAPI here, routes, the NDP map); memory is read once it is ready.\n"
+            );
+            let _ = writeln!(md, "{}", self.startup_table());
+            let _ = writeln!(md, "{}", self.startup_targets());
+        }
         let _ = writeln!(md, "{}", self.conditions());
         let path = dir.join("control-plane.md");
         std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))
