@@ -11,11 +11,17 @@
 //! (burst.rs). Per burst: blocks and seconds from the requests' block to each
 //! answer, gas and operator wei per answer (receipts), the daemon's CPU time
 //! and peak memory (report.rs writes target/bench/control-plane.json, .md
-//! and .png).
+//! and .png). Then, on a lab of its own, the daemon's start-up with 1,000
+//! and 10,000 allocations in its database: the reconciliation of WireGuard
+//! peers, routes and the NDP map timed from its log, its memory once ready
+//! (reconcile.rs).
 //!
 //! Run by cargo's test harness (no `--bench` argument) it does a smoke run
-//! instead: bursts of 1 and 5, both designs, every answer checked, no timing
-//! asserted.
+//! instead: bursts of 1 and 5, both designs, every answer checked, and a
+//! start-up with 100 allocations; no timing asserted.
+//!
+//! `--bursts 1,10,100,1000`, `--block-seconds 2`, `--one-at-a-time-up-to 100`
+//! and `--allocations 1000,10000` change the plan (the defaults shown).
 
 mod burst;
 mod plot;
