@@ -19,6 +19,7 @@ use broker_lab::{
     Lab,
     requests::{CLIENT, CLIENT_TX_GAS, Client, request_id},
 };
+use broker_userspace::store::Store;
 use serde_json::json;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -72,6 +73,36 @@ pub struct Burst {
     pub peak_rss_kib: u64,
     /// `ResponseSubmitted` events per request (1 each when all is well).
     pub events: Vec<usize>,
+    /// From the requests' block (its timestamp) to the daemon's first and
+    /// last "answer sent" log line, seconds: how much of the wait is the
+    /// daemon's own work and how much the chain's.
+    pub sent: Option<(f64, f64)>,
+    /// The requests' block's timestamp (Unix seconds).
+    pub requested_at: u64,
+}
+
+/// [`Burst::sent`] from the daemon's log (a fresh daemon per burst: its
+/// every "answer sent" line is this burst's). The log's clock and anvil's
+/// are the same machine's; the block's timestamp is whole seconds.
+fn sent_times(log: &str, requested_at: u64) -> Option<(f64, f64)> {
+    let times: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("answer sent"))
+        .filter_map(|l| {
+            let stamp = l.split_whitespace().next()?;
+            let (_, time) = stamp.split_once('T')?;
+            let mut secs = 0.0;
+            for part in time.strip_suffix('Z')?.split(':') {
+                secs = secs * 60.0 + part.parse::<f64>().ok()?;
+            }
+            Some(secs)
+        })
+        .collect();
+    let day = (requested_at % 86_400) as f64;
+    // Across midnight the subtraction would be off by a day: none then.
+    let first = times.iter().copied().fold(f64::INFINITY, f64::min) - day;
+    let last = times.iter().copied().fold(f64::NEG_INFINITY, f64::max) - day;
+    (first.is_finite() && first > -1.0 && last < 43_200.0).then_some((first, last))
 }
 
 /// Room in a block for any burst: 1,000 requests of at most CLIENT_TX_GAS
@@ -103,6 +134,7 @@ pub async fn run(
     size: usize,
     block_seconds: u64,
 ) -> anyhow::Result<Burst> {
+    earlier_tunnels_up(lab)?;
     lab.config.broker.pipeline_answers = design == Design::Pipelined;
     lab.start_broker()?;
     lab.broker()?
@@ -115,9 +147,11 @@ pub async fn run(
     automine?;
     let peak_rss_kib = peak_rss_kib(pid)?;
     lab.stop_broker()?;
+    let sent = sent_times(&lab.broker_log(), burst.requested_at);
     Ok(Burst {
         design,
         peak_rss_kib,
+        sent,
         ..burst
     })
 }
@@ -216,8 +250,11 @@ async fn measure(
         window_seconds,
         peak_rss_kib: 0,
         events: Vec::new(),
+        sent: None,
+        requested_at: 0,
     };
     let requested_at = block_time(lab, request_block, &mut timestamps).await?;
+    burst.requested_at = requested_at;
     for id in &ids {
         let found = &answers[id];
         burst.events.push(found.len());
@@ -236,6 +273,23 @@ async fn measure(
             .push(u128::from(receipt.gas_used) * receipt.effective_gas_price);
     }
     Ok(burst)
+}
+
+/// The earlier bursts' servers brought their tunnels up (as real ones do
+/// within seconds of their answer): each burst starts from a broker in
+/// steady state. Otherwise every earlier allocation still awaits its first
+/// handshake, and the daemon reads every WireGuard peer for each of them
+/// each poll, which is the earlier bursts' cost, not this one's. The daemon
+/// is stopped (redb locks the file).
+fn earlier_tunnels_up(lab: &Lab) -> anyhow::Result<()> {
+    let store = Store::open(&lab.config.database.path, lab.config.broker.pool)
+        .context("opening the daemon's database")?;
+    for a in store.allocations()? {
+        if a.handshake_deadline.is_some() {
+            store.tunnel_up(a.slot)?;
+        }
+    }
+    Ok(())
 }
 
 /// `size` TestNFTs owned by CLIENT, deployed with automine on: sent back to

@@ -21,7 +21,8 @@
 //! start-up with 100 allocations; no timing asserted.
 //!
 //! `--bursts 1,10,100,1000`, `--block-seconds 2`, `--one-at-a-time-up-to 100`
-//! and `--allocations 1000,10000` change the plan (the defaults shown).
+//! and `--allocations 1000,10000` (or `none`) change the plan (the
+//! defaults shown).
 
 mod burst;
 mod plot;
@@ -83,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         None => 100,
     };
     let allocations = match value(&args, "--allocations") {
+        Some("none") => Vec::new(),
         Some(list) => list
             .split(',')
             .map(|n| match n.trim().parse::<usize>() {
@@ -144,10 +146,14 @@ fn run(plan: &Plan) -> anyhow::Result<(Vec<burst::Burst>, Vec<reconcile::Reconci
                         run_on(lab, plan).await
                     })
                     .await?;
-                    let startups = on_lab(&dir.path().join("start-up"), async |lab| {
-                        reconcile::run(lab, &plan.allocations)
-                    })
-                    .await?;
+                    let startups = if plan.allocations.is_empty() {
+                        Vec::new()
+                    } else {
+                        on_lab(&dir.path().join("start-up"), async |lab| {
+                            reconcile::run(lab, &plan.allocations)
+                        })
+                        .await?
+                    };
                     Ok((bursts, startups))
                 })
         })

@@ -179,14 +179,14 @@ impl Report {
 
     fn table(&self) -> String {
         let mut t = String::new();
-        t.push_str("| burst | design | blocks to answer (median / p99 / last) | seconds to answer (median / p99 / last) | gas per answer | operator gwei per answer | paid gwei per gas | daemon CPU (s) | daemon peak RSS (MiB) |\n");
-        t.push_str("|---:|---|---|---|---:|---:|---:|---:|---:|\n");
+        t.push_str("| burst | design | blocks to answer (median / p99 / last) | seconds to answer (median / p99 / last) | gas per answer | operator gwei per answer | paid gwei per gas | daemon CPU (s) | daemon peak RSS (MiB) | answers sent, s after the block (first / last) |\n");
+        t.push_str("|---:|---|---|---|---:|---:|---:|---:|---:|---|\n");
         for &size in &self.bursts {
             for design in [Design::OneAtATime, Design::Pipelined] {
                 let Some(r) = self.run(size, design) else {
                     let _ = writeln!(
                         t,
-                        "| {} | {} | not run (bursts over {} run pipelined only) | | | | | | |",
+                        "| {} | {} | not run (bursts over {} run pipelined only) | | | | | | | |",
                         thousands(size as u64),
                         design.name(),
                         self.one_at_a_time_up_to
@@ -195,7 +195,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     t,
-                    "| {} | {} | {} | {} | {} | {:.0} | {:.3} | {:.2} | {:.1} |",
+                    "| {} | {} | {} | {} | {} | {:.0} | {:.3} | {:.2} | {:.1} | {} |",
                     thousands(size as u64),
                     design.name(),
                     Spread::cell(r.block_spread()),
@@ -205,6 +205,8 @@ impl Report {
                     r.gwei_per_gas(),
                     r.cpu_seconds,
                     r.peak_rss_kib as f64 / 1024.0,
+                    r.sent
+                        .map_or("-".into(), |(a, b)| format!("{a:.1} / {b:.1}")),
                 );
             }
         }
@@ -429,6 +431,7 @@ impl Report {
                     "cpu_seconds": r.cpu_seconds,
                     "window_seconds": r.window_seconds,
                     "peak_rss_kib": r.peak_rss_kib,
+                    "answers_sent_after_block_seconds": r.sent.map(|(a, b)| [a, b]),
                     "per_request": {
                         "blocks": r.blocks,
                         "seconds": r.seconds,
