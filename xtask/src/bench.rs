@@ -50,7 +50,7 @@ pub enum Bench {
         one_at_a_time_up_to: usize,
         /// Then the daemon's start-up with this many allocations in its
         /// database, in increasing order (reconciliation time, memory);
-        /// filling takes about 16 ms per allocation. `none` skips this part.
+        /// filling takes about 20 ms per allocation. `none` skips this part.
         #[arg(long, default_value = "1000,10000")]
         allocations: String,
     },
