@@ -26,6 +26,35 @@ pub enum Bench {
         #[arg(long, value_enum)]
         only: Option<NdpPart>,
     },
+    /// The request path with the real daemon in broker-lab: bursts of
+    /// requests from distinct NFT contracts mined in one block, answered
+    /// with pipelined answers and one at a time (`pipeline_answers = true`
+    /// and `false`) side by side: blocks and seconds from confirmation to
+    /// answer, gas and operator wei per answer, the daemon's CPU time and
+    /// peak memory. Writes target/bench/control-plane.json, .md and .png,
+    /// and prints a summary; then the daemon's start-up with 1,000 and 10,000
+    /// allocations in its database. About twenty minutes with the defaults
+    /// (2-second blocks).
+    ControlPlane {
+        /// Burst sizes, comma-separated (1..=5000 each).
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        bursts: Vec<usize>,
+        /// Seconds between blocks once a burst's block is mined (anvil's
+        /// interval mining). Results are stated in blocks too; blocks shorter
+        /// than a real chain's count the daemon's own time as more blocks, so
+        /// a 12-second chain's figure in blocks is at most the 2-second one.
+        #[arg(long, default_value_t = 2)]
+        block_seconds: u64,
+        /// Run the one-at-a-time design only for bursts up to this size: it
+        /// answers one request per block (1,000 blocks for a burst of 1,000).
+        #[arg(long, default_value_t = 100)]
+        one_at_a_time_up_to: usize,
+        /// Then the daemon's start-up with this many allocations in its
+        /// database, in increasing order (reconciliation time, memory);
+        /// filling takes about 20 ms per allocation. `none` skips this part.
+        #[arg(long, default_value = "1000,10000")]
+        allocations: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,5 +91,32 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
                     NdpPart::KernelCost => ["--only", "kernel-cost"],
                 })),
         ),
+        Bench::ControlPlane {
+            bursts,
+            block_seconds,
+            one_at_a_time_up_to,
+            allocations,
+        } => {
+            let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+            cmd::run(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args([
+                        "bench",
+                        "--quiet",
+                        "-p",
+                        "broker-userspace",
+                        "--bench",
+                        "control_plane",
+                        "--",
+                    ])
+                    .arg("--out")
+                    .arg(root.join("target/bench"))
+                    .args(["--bursts", &list(&bursts)])
+                    .args(["--allocations", &allocations])
+                    .args(["--block-seconds", &block_seconds.to_string()])
+                    .args(["--one-at-a-time-up-to", &one_at_a_time_up_to.to_string()]),
+            )
+        }
     }
 }
