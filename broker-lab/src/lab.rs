@@ -527,7 +527,7 @@ fn broker_files(
             poll_interval_secs: 1,
             confirm: config::Confirm::Blocks(0),
             start_request_id: 1,
-            max_requests_per_poll: 50,
+            max_requests_per_poll: config::DEFAULT_MAX_REQUESTS_PER_POLL,
             log_range_blocks: config::DEFAULT_LOG_RANGE_BLOCKS,
             low_balance_wei: alloy::primitives::utils::parse_ether("0.01")?,
         },

@@ -51,7 +51,7 @@ fn onchain(rpc_url: &str, chain_id: u64, requests: Address, confirmations: u64) 
         poll_interval_secs: 5,
         confirm: Confirm::Blocks(confirmations),
         start_request_id: 1,
-        max_requests_per_poll: 50,
+        max_requests_per_poll: broker_userspace::config::DEFAULT_MAX_REQUESTS_PER_POLL,
         log_range_blocks: broker_userspace::config::DEFAULT_LOG_RANGE_BLOCKS,
         low_balance_wei: U256::ZERO,
     }

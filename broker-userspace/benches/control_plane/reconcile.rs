@@ -25,7 +25,8 @@ pub struct Reconcile {
     /// From "NDP responder attached" to "kernel reconciled" (the log's
     /// timestamps): the reconciliation alone.
     pub reconcile_seconds: f64,
-    /// VmRSS once ready, and VmHWM then, KiB.
+    /// VmRSS once ready and a few polls on ([`STEADY_AFTER`]), and VmHWM
+    /// then, KiB.
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
     /// The daemon's own summary ("N allocations; peers +… routes +…").
@@ -35,6 +36,10 @@ pub struct Reconcile {
 /// An address no daemon watches: the filled allocations' requests are its
 /// (their ids never meet the lab's contract's).
 const FILL_CONTRACT: Address = Address::repeat_byte(0xfe);
+
+/// How long after "ready" the daemon's memory is read: a few polls (one a
+/// second in the lab).
+const STEADY_AFTER: Duration = Duration::from_secs(3);
 
 /// A year: no filled allocation is released for want of a handshake while
 /// the benchmark runs.
@@ -57,6 +62,9 @@ pub fn run(lab: &mut Lab, counts: &[usize]) -> anyhow::Result<Vec<Reconcile>> {
         let attached = broker.wait_log(&["NDP responder attached"], 1, Duration::from_secs(1))?;
         let reconcile_seconds = log_time(&reconciled)? - log_time(&attached)?;
         let pid = broker.pid().context("the daemon's pid")?;
+        // "ready" is logged while the first status is still being read:
+        // the memory it keeps is what the polls after it hold.
+        std::thread::sleep(STEADY_AFTER);
         let (rss_kib, peak_rss_kib) = (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?);
         let summary = reconciled
             .split_once("database: ")

@@ -267,7 +267,7 @@ impl Report {
 
     fn startup_table(&self) -> String {
         let mut t = String::new();
-        t.push_str("| allocations | reconciliation (s) | spawn to reconciled (s) | daemon RSS when ready (MiB) | peak RSS (MiB) | what it did |\n");
+        t.push_str("| allocations | reconciliation (s) | spawn to reconciled (s) | daemon RSS, 3 s after ready (MiB) | peak RSS (MiB) | what it did |\n");
         t.push_str("|---:|---:|---:|---:|---:|---|\n");
         for r in &self.startups {
             let _ = writeln!(
@@ -332,13 +332,14 @@ impl Report {
     fn conditions(&self) -> String {
         format!(
             "{}; anvil mining a block every {} s (interval mining) once the burst's block is mined; \
-             the daemon polls every second at 0 confirmations and takes at most 50 requests a poll \
-             (the defaults); each burst's block at a base fee of 1 gwei, falling by up to an eighth a block after it \
-             (blocks far below their gas target: the block gas limit is raised to 10,000,000,000 so that 1,000 \
-             requests fit in one block); a fresh daemon per row, the chain shared; load average {} → {}; \
-             the run took {:.0} s.",
+             the daemon polls every second at 0 confirmations and takes at most {} requests a poll \
+             (the defaults); each burst's block at a base fee of 1 gwei and a gas limit raised to \
+             10,000,000,000 so that 1,000 requests fit in it, the blocks after it (the answers') at {} gas; \
+             a fresh daemon per row, the chain shared; load average {} → {}; the run took {:.0} s.",
             self.machine.line(),
             self.block_seconds,
+            thousands(broker_userspace::config::DEFAULT_MAX_REQUESTS_PER_POLL),
+            thousands(crate::burst::ANSWER_BLOCK_GAS_LIMIT),
             self.load_average
                 .0
                 .map_or("-".into(), |l| format!("{l:.2}")),

@@ -71,9 +71,15 @@ pub fn routes() -> Router<ApiState> {
 }
 
 /// Also the manager's (`/manager/api/allocations`).
-pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<AllocationBody>> {
-    let snapshot = state.handle.snapshot();
-    Json(snapshot.allocations.iter().map(Into::into).collect())
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<AllocationBody>>, ApiError> {
+    let all = state.handle.allocations().await.map_err(internal)?;
+    Ok(Json(all.iter().map(Into::into).collect()))
+}
+
+fn internal(message: String) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
 }
 
 /// `text` as one of the pool's allocation prefixes (400 otherwise).
@@ -95,11 +101,13 @@ async fn show(
     Path(text): Path<String>,
 ) -> Result<Json<AllocationBody>, ApiError> {
     let prefix = prefix(&state, &text)?;
-    let snapshot = state.handle.snapshot();
-    let view = snapshot
+    let view = state
+        .handle
         .allocation(prefix)
+        .await
+        .map_err(internal)?
         .ok_or_else(|| not_found(prefix))?;
-    Ok(Json(view.into()))
+    Ok(Json((&view).into()))
 }
 
 async fn release(
@@ -114,14 +122,20 @@ async fn release(
 /// the manager's release too.
 pub(crate) async fn release_prefix(state: &ApiState, text: &str) -> Result<Released, ApiError> {
     let prefix = prefix(state, text)?;
-    if state.handle.snapshot().allocation(prefix).is_none() {
+    if state
+        .handle
+        .allocation(prefix)
+        .await
+        .map_err(internal)?
+        .is_none()
+    {
         return Err(not_found(prefix));
     }
     match state.handle.release(prefix).await {
         Ok(released) => Ok(released),
         // Released meanwhile (by another asker).
         Err(e) if e == control::unknown(prefix) => Err(not_found(prefix)),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(e) => Err(internal(e)),
     }
 }
 

@@ -7,7 +7,7 @@ use std::{process::ExitCode, time::Duration};
 use broker_userspace::{
     config::Config,
     operator::{
-        AllocationView, PeerState, Released,
+        AllocationView, PeerState, Reader, Released,
         control::{self, AskError, Request},
         release::slot_of,
     },
@@ -68,8 +68,9 @@ pub fn run(args: AllocationsArgs) -> anyhow::Result<ExitCode> {
 
 fn list(common: &CommonArgs, state: Option<PeerState>) -> anyhow::Result<ExitCode> {
     let config = common.load()?;
-    let mut all: Vec<AllocationView> =
-        ask_or_read(&config, &Request::Allocations, |s| Ok(s.allocations))?;
+    let mut all: Vec<AllocationView> = ask_or_read(&config, &Request::Allocations, || {
+        Ok(Ok(Reader::offline(&config)?.all()?))
+    })?;
     if let Some(wanted) = state {
         if all.iter().any(|a| a.state.is_none()) {
             anyhow::bail!(
@@ -136,10 +137,9 @@ fn show(common: &CommonArgs, prefix: Ipv6Net) -> anyhow::Result<ExitCode> {
     let config = common.load()?;
     check_prefix(&config, prefix)?;
     let request = Request::Allocation { prefix };
-    let a: AllocationView = ask_or_read(&config, &request, |s| {
-        s.allocation(prefix)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!(control::unknown(prefix)))
+    let a: AllocationView = ask_or_read(&config, &request, || {
+        let found = Reader::offline(&config)?.one(prefix)?;
+        Ok(found.ok_or_else(|| anyhow::anyhow!(control::unknown(prefix))))
     })?;
     if common.json {
         println!("{}", serde_json::to_string_pretty(&a)?);

@@ -11,7 +11,7 @@ use broker_userspace::{
         control::{self, AskError, Request},
         status::ContractRole,
     },
-    store,
+    store::{self, StoreError},
 };
 
 /// How long a read waits for the daemon.
@@ -41,31 +41,30 @@ impl CommonArgs {
     }
 }
 
-/// The daemon's answer to `request`, or `offline(snapshot)` from the
-/// database when no daemon runs (None: the daemon is needed).
+/// The daemon's answer to `request`, or `offline()`'s read of the
+/// database when no daemon runs.
 pub fn ask_or_read<T: serde::de::DeserializeOwned>(
     config: &Config,
     request: &Request,
-    offline: impl FnOnce(Snapshot) -> anyhow::Result<T>,
+    offline: impl FnOnce() -> Result<anyhow::Result<T>, StoreError>,
 ) -> anyhow::Result<T> {
     let socket = control::socket_path(config);
     match control::ask(&socket, request, READ_TIMEOUT) {
-        Err(AskError::NoDaemon { .. }) => {
-            let snapshot = Snapshot::read_offline(config).map_err(|e| {
-                anyhow::anyhow!(
-                    "no daemon answers on {}, and the database cannot be read: {e}",
-                    socket.display()
-                )
-            })?;
-            offline(snapshot)
-        }
+        Err(AskError::NoDaemon { .. }) => offline().map_err(|e| {
+            anyhow::anyhow!(
+                "no daemon answers on {}, and the database cannot be read: {e}",
+                socket.display()
+            )
+        })?,
         answer => Ok(answer?),
     }
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = args.common.load()?;
-    let status: Status = ask_or_read(&config, &Request::Status, |s| Ok(s.status))?;
+    let status: Status = ask_or_read(&config, &Request::Status, || {
+        Ok(Ok(Snapshot::read_offline(&config)?.status))
+    })?;
     if args.common.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -153,7 +153,7 @@ fn default_log_range_blocks() -> u64 {
     super::DEFAULT_LOG_RANGE_BLOCKS
 }
 fn default_max_requests_per_poll() -> u64 {
-    50
+    super::DEFAULT_MAX_REQUESTS_PER_POLL
 }
 fn default_low_balance_eth() -> String {
     "0.01".into()

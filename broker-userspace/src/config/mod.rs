@@ -196,6 +196,11 @@ impl Manager {
 /// `[onchain] log_range_blocks` when the file does not give it.
 pub const DEFAULT_LOG_RANGE_BLOCKS: u64 = 1000;
 
+/// `[onchain] max_requests_per_poll` when the file does not give it: a
+/// burst of a thousand servers is answered in one run (the poll's time
+/// budget bounds the work anyway).
+pub const DEFAULT_MAX_REQUESTS_PER_POLL: u64 = 1000;
+
 /// `[onchain] confirm` when the file does not give it: one block on top of
 /// the one read at, as before the tags were known.
 pub const DEFAULT_CONFIRM: Confirm = Confirm::Blocks(1);

@@ -49,6 +49,15 @@ pub(super) struct InFlight {
     signed: Signed,
 }
 
+/// An answer of the run found mined, to record.
+struct Mined {
+    contract: Address,
+    id: u64,
+    slot: u128,
+    prefix: Ipv6Net,
+    tx: alloy::primitives::TxHash,
+}
+
 /// A request's answer recorded as sent (its stage `Sent`).
 pub(super) struct SentAnswer {
     pub slot: u128,
@@ -330,16 +339,43 @@ impl Daemon {
         crash_point!("before-receipts");
         let run = std::mem::take(&mut self.run);
         let deadline = tokio::time::Instant::now() + RECEIPT_WAIT;
+        let mut mined = Vec::new();
         for sent in run {
             let (contract, id) = (sent.contract, sent.id);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let Err(e) = self.settle(sent, left).await {
-                warn!(%contract, id, "answer not recorded, followed up by the next polls: {e:#}");
+            match self.settle(sent, left).await {
+                Ok(Some(answer)) => mined.push(answer),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(%contract, id, "answer not recorded, followed up by the next polls: {e:#}");
+                }
             }
+        }
+        if mined.is_empty() {
+            return;
+        }
+        crash_point!("before-answered");
+        let timeout = self.config.wireguard.handshake_timeout_secs;
+        let answers: Vec<_> = mined
+            .iter()
+            .map(|a| (a.contract, a.id, a.slot, a.tx))
+            .collect();
+        match self.store.answered_all(&answers, timeout) {
+            Ok(()) => {
+                for a in &mined {
+                    info!(contract = %a.contract, id = a.id, tx = %a.tx, prefix = %a.prefix, "answered");
+                }
+            }
+            Err(e) => warn!(
+                "{} mined answers not recorded, followed up by the next polls: {e:#}",
+                mined.len()
+            ),
         }
     }
 
-    async fn settle(&mut self, sent: InFlight, within: Duration) -> anyhow::Result<()> {
+    /// One answer of the run: mined (to record), reverted (looked into), or
+    /// not mined yet (left to the next polls).
+    async fn settle(&mut self, sent: InFlight, within: Duration) -> anyhow::Result<Option<Mined>> {
         let InFlight {
             contract,
             id,
@@ -350,18 +386,20 @@ impl Daemon {
         } = sent;
         let tx = signed.hash;
         match self.chain.wait_mined(&call, &signed, within).await {
-            Ok(tx) => {
-                crash_point!("before-answered");
-                info!(%contract, id, %tx, %prefix, "answered");
-                let timeout = self.config.wireguard.handshake_timeout_secs;
-                Ok(self.store.answered(contract, id, slot, Some(tx), timeout)?)
-            }
+            Ok(tx) => Ok(Some(Mined {
+                contract,
+                id,
+                slot,
+                prefix,
+                tx,
+            })),
             Err(ChainError::Reverted { reason, .. }) => {
-                self.answer_reverted(contract, id, slot, &reason).await
+                self.answer_reverted(contract, id, slot, &reason).await?;
+                Ok(None)
             }
             Err(e) => {
                 info!(%contract, id, %tx, "answer not mined yet, followed up by the next polls: {e}");
-                Ok(())
+                Ok(None)
             }
         }
     }

@@ -1,14 +1,21 @@
 //! Reading one on-chain request and judging it, before any state changes:
 //! still worth answering? valid? Nothing here writes anything.
 
+use std::ops::RangeInclusive;
+
 use alloy::primitives::Address;
 use broker_contracts::protocol;
+use futures::{StreamExt as _, stream};
 
 use super::Daemon;
 use crate::{
     chain::{BlockRef, Chain, ChainError, NftCheck, RequestStatus},
     store::requests::Verdict,
 };
+
+/// Requests read from the chain at once: a burst's reads overlap instead of
+/// waiting for each other's round trips.
+const EXAMINE_AT_ONCE: usize = 16;
 
 impl Daemon {
     /// Reads request `id` of `contract` at `at` and judges it. A chain that
@@ -28,6 +35,21 @@ impl Daemon {
             ))),
             verdict => verdict,
         }
+    }
+
+    /// Requests `ids` of `contract` examined concurrently (a few at a
+    /// time), in id order.
+    pub(super) async fn examine_all(
+        &self,
+        contract: Address,
+        ids: RangeInclusive<u64>,
+        at: &BlockRef,
+    ) -> Vec<(u64, Result<Verdict, ChainError>)> {
+        stream::iter(ids)
+            .map(|id| async move { (id, self.examine(contract, id, at).await) })
+            .buffered(EXAMINE_AT_ONCE)
+            .collect()
+            .await
     }
 }
 

@@ -105,33 +105,26 @@ impl Kernel {
     pub async fn reconcile(&mut self, allocations: &[Allocation]) -> anyhow::Result<String> {
         let want_peers: HashMap<[u8; 32], Ipv6Net> =
             allocations.iter().map(|a| (a.wg_key, a.prefix)).collect();
-        let mut peers_added = 0;
-        let mut peers_removed = 0;
+        let mut have = HashMap::new();
+        let mut extra = Vec::new();
         for peer in self.tunnel.peers()? {
-            match want_peers.get(&peer.public_key) {
-                Some(prefix) if peer.allowed_ips == [*prefix] => {}
-                Some(_) => {}
-                None => {
-                    self.tunnel.remove_peer(&peer.public_key)?;
-                    peers_removed += 1;
-                }
+            if want_peers.contains_key(&peer.public_key) {
+                have.insert(peer.public_key, peer.allowed_ips);
+            } else {
+                extra.push(peer.public_key);
             }
         }
-        let have: HashMap<[u8; 32], Vec<Ipv6Net>> = self
-            .tunnel
-            .peers()?
-            .into_iter()
-            .map(|p| (p.public_key, p.allowed_ips))
-            .collect();
+        self.tunnel.remove_peers(&extra)?;
+        let peers_removed = extra.len();
         let missing: Vec<([u8; 32], Ipv6Net)> = want_peers
             .iter()
             .filter(|(key, prefix)| have.get(*key).map(Vec::as_slice) != Some(&[**prefix][..]))
             .map(|(key, prefix)| (*key, *prefix))
             .collect();
-        // One exchange with the device, however many allocations a start
-        // has to put back.
+        // A thousand peers per exchange with the device, however many
+        // allocations a start has to put back.
         self.tunnel.set_peers(&missing)?;
-        peers_added += missing.len();
+        let peers_added = missing.len();
 
         let want_routes: HashSet<Ipv6Net> = allocations.iter().map(|a| a.prefix).collect();
         let index = self.tunnel.index();

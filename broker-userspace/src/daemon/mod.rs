@@ -49,6 +49,7 @@ use crate::{
     config::Config,
     ndp::{Interface, Responder, ResponderOptions},
     operator::{
+        Reader,
         control::{self, ControlSocket},
         handle,
         status::{DaemonCounters, LastPoll},
@@ -71,9 +72,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// slow cannot hold everything else up for long.
 const POLL_BUDGET: Duration = Duration::from_secs(30);
 
+/// New requests read concurrently and then decided in one commit, when
+/// answers are pipelined.
+const DECIDE_AT_ONCE: u64 = 64;
+
 pub struct Daemon {
     config: Config,
-    store: Store,
+    /// Shared with the operator's servers, which read the allocations
+    /// from it when asked.
+    store: Arc<Store>,
     chain: Chain,
     kernel: Kernel,
     ecies_secret: [u8; 32],
@@ -117,7 +124,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("reading the database for the status")?;
     let tokens = daemon.store.tokens().context("reading the API tokens")?;
-    let (mut publisher, handle) = handle::channel(first, tokens);
+    let allocations = Reader::new(
+        daemon.store.clone(),
+        daemon.config.broker.pool,
+        Some(daemon.kernel.tunnel.peer_reader()),
+    );
+    let (mut publisher, handle) = handle::channel(first, tokens, allocations);
     let socket = ControlSocket::bind(&control::socket_path(&daemon.config))?;
     let pool = daemon.config.broker.pool;
     let api = api.map(|server| tokio::spawn(server.serve(handle.clone(), pool)));
@@ -151,6 +163,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         daemon.publish(&publisher).await;
+        // The poll's reads (the status counts every allocation and peer)
+        // are freed by now: give them back.
+        return_freed_memory();
         let pause = pause_after(failures, daemon.config.onchain.poll_interval_secs);
         daemon.pause_serving(pause, &mut publisher).await;
     }
@@ -161,6 +176,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopping: state is on disk, tunnels and the NDP responder stay up");
     Ok(())
+}
+
+/// Hands the heap's free pages back to the system. The daemon keeps nothing
+/// per allocation in memory, but its reads of all of them (the start's
+/// reconciliation, each poll's status) leave freed memory that glibc would
+/// otherwise keep: without this its resident memory grew with the number
+/// of allocations (`cargo xtask bench control-plane`).
+fn return_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory; no pointer is touched.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn over_budget(budget: tokio::time::Instant) -> bool {
@@ -219,7 +247,7 @@ impl Daemon {
             )
         })?;
 
-        let store = Store::open(&config.database.path, config.broker.pool)?;
+        let store = Arc::new(Store::open(&config.database.path, config.broker.pool)?);
         systemd.status(&format!(
             "bringing up the WireGuard interface {}",
             config.wireguard.interface
@@ -265,6 +293,7 @@ impl Daemon {
         let summary = kernel.reconcile(&store.allocations()?).await?;
         let peers_installed_at = crate::store::now();
         info!("kernel reconciled with the database: {summary}");
+        return_freed_memory();
 
         systemd.status("connecting to the chain");
         let chain = loop {
@@ -310,11 +339,10 @@ impl Daemon {
     /// The status line between polls.
     fn idle_status(&self) -> String {
         let block = self.confirmed.map_or(0, |at| at.number);
-        match self.store.allocations() {
-            Ok(all) => format!(
-                "watching {} requests contract(s) at block {block}; {} allocation(s)",
+        match self.store.allocation_count() {
+            Ok(count) => format!(
+                "watching {} requests contract(s) at block {block}; {count} allocation(s)",
                 self.contracts.len(),
-                all.len()
             ),
             Err(_) => format!("watching at block {block}"),
         }
@@ -409,23 +437,49 @@ impl Daemon {
         }
         // Every decision first: the answers then leave back to back, with
         // no chain reads between them, and land in the same block or two.
+        // The requests are read a chunk at a time, concurrently, and each
+        // chunk is decided in one commit.
         let mut granted = Vec::new();
         let mut failed = None;
-        for id in next..=last {
+        let mut first = next;
+        while first <= last {
             if self.stopping() {
                 break;
             }
             if over_budget(budget) {
-                info!(%contract, "the poll's time is spent: requests from {id} on wait for the next poll");
+                info!(%contract, "the poll's time is spent: requests from {first} on wait for the next poll");
                 break;
             }
-            match self.decide_request(contract, id, at, true).await {
-                Ok(Some(grant)) => granted.push((id, grant)),
-                Ok(None) => {}
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+            let chunk = first..=last.min(first.saturating_add(DECIDE_AT_ONCE - 1));
+            first = chunk.end().saturating_add(1);
+            self.systemd.ping_if_due();
+            self.systemd.status(&format!(
+                "answering requests {} to {} of {contract}",
+                chunk.start(),
+                chunk.end()
+            ));
+            let mut verdicts = Vec::new();
+            for (id, verdict) in self.examine_all(contract, chunk, at).await {
+                match verdict {
+                    Ok(verdict) => verdicts.push((id, verdict)),
+                    Err(e) => {
+                        failed = Some(e.into());
+                        break;
+                    }
                 }
+            }
+            match self.store.decide_all(contract, at.number, verdicts, true) {
+                Ok(decisions) => {
+                    for (id, decision) in decisions {
+                        if let Some(grant) = decided(contract, id, decision) {
+                            granted.push((id, grant));
+                        }
+                    }
+                }
+                Err(e) => failed = Some(e.into()),
+            }
+            if failed.is_some() {
+                break;
             }
         }
         // Decided requests are answered even when asked to stop: they are
@@ -526,25 +580,32 @@ impl Daemon {
         // Before the decision: no crash leaves one that a reorg could undo
         // unwatched.
         self.store.watch(contract, id, at.number)?;
-        let grant = match self.store.decide(contract, id, verdict, advance)? {
-            Decision::Granted(grant) => grant,
-            Decision::Rejected(reason) => {
-                info!(%contract, id, "rejected (silently): {reason}");
-                return Ok(None);
-            }
-            Decision::Skipped(reason) => {
-                info!(%contract, id, "skipped: {reason}");
-                return Ok(None);
-            }
-            Decision::Retry { last_error, .. } => {
-                warn!(%contract, id, "will retry: {last_error}");
-                return Ok(None);
-            }
-            Decision::AlreadyFinished => return Ok(None),
-        };
-        let a = &grant.allocation;
-        info!(%contract, id, prefix = %a.prefix, nft = %a.nft, "allocated");
-        crash_point!("after-decision");
-        Ok(Some(grant))
+        let decision = self.store.decide(contract, id, verdict, advance)?;
+        Ok(decided(contract, id, decision))
     }
+}
+
+/// The grant to set up and answer, if `decision` on request `id` is one
+/// (logged either way).
+fn decided(contract: Address, id: u64, decision: Decision) -> Option<Grant> {
+    let grant = match decision {
+        Decision::Granted(grant) => grant,
+        Decision::Rejected(reason) => {
+            info!(%contract, id, "rejected (silently): {reason}");
+            return None;
+        }
+        Decision::Skipped(reason) => {
+            info!(%contract, id, "skipped: {reason}");
+            return None;
+        }
+        Decision::Retry { last_error, .. } => {
+            warn!(%contract, id, "will retry: {last_error}");
+            return None;
+        }
+        Decision::AlreadyFinished => return None,
+    };
+    let a = &grant.allocation;
+    info!(%contract, id, prefix = %a.prefix, nft = %a.nft, "allocated");
+    crash_point!("after-decision");
+    Some(grant)
 }

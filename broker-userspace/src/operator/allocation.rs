@@ -6,13 +6,19 @@
 //! *idle* when it is older, *never* when it has none (the peer never
 //! connected, or was just set up).
 
-use std::{collections::HashMap, net::SocketAddr, time::UNIX_EPOCH};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::UNIX_EPOCH};
 
 use alloy::primitives::Address;
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
-use crate::{store::allocations::Allocation, tunnel::Peer};
+use crate::{
+    config::Config,
+    ipam::Pool,
+    store::{Store, StoreError, allocations::Allocation, now},
+    tunnel::{Peer, PeerReader},
+};
 
 /// A handshake at most this old (in seconds) makes a peer active.
 pub const ACTIVE_WITHIN: u64 = 180;
@@ -70,6 +76,62 @@ pub struct AllocationView {
     pub endpoint: Option<SocketAddr>,
     /// None when read without the daemon (the kernel was not asked).
     pub state: Option<PeerState>,
+}
+
+/// The allocations as the operator sees them, read when asked and not kept:
+/// the daemon's memory stays the same whether it holds a thousand
+/// allocations or a hundred thousand.
+#[derive(Clone)]
+pub struct Reader {
+    store: Arc<Store>,
+    pool: Pool,
+    /// None without a daemon: the peers' state is then unknown.
+    peers: Option<PeerReader>,
+}
+
+impl Reader {
+    pub fn new(store: Arc<Store>, pool: Pool, peers: Option<PeerReader>) -> Reader {
+        Reader { store, pool, peers }
+    }
+
+    /// The database read with no daemon running (see
+    /// [`Store::open_read_only`]), without the peers.
+    pub fn offline(config: &Config) -> Result<Reader, StoreError> {
+        let store = Store::open_read_only(&config.database.path, config.broker.pool)?;
+        Ok(Reader::new(Arc::new(store), config.broker.pool, None))
+    }
+
+    /// Every allocation, in prefix order.
+    pub fn all(&self) -> Result<Vec<AllocationView>, StoreError> {
+        let all = self.store.allocations()?;
+        Ok(views(&all, self.peers().as_deref(), now()))
+    }
+
+    /// The allocation of `prefix`, if it is one.
+    pub fn one(&self, prefix: Ipv6Net) -> Result<Option<AllocationView>, StoreError> {
+        let Some(slot) = self.pool.slot(&prefix) else {
+            return Ok(None);
+        };
+        let Some(allocation) = self.store.allocation(slot)?.filter(|a| a.prefix == prefix) else {
+            return Ok(None);
+        };
+        let peers = self.peers().map(|p| {
+            p.into_iter()
+                .filter(|p| p.public_key == allocation.wg_key)
+                .collect::<Vec<_>>()
+        });
+        Ok(views(&[allocation], peers.as_deref(), now()).pop())
+    }
+
+    /// The device's peers; None without a daemon, or when the device
+    /// cannot be read (logged: the views then say the state is unknown).
+    fn peers(&self) -> Option<Vec<Peer>> {
+        let reader = self.peers.as_ref()?;
+        reader
+            .peers()
+            .map_err(|e| warn!("allocations: reading the WireGuard peers: {e}"))
+            .ok()
+    }
 }
 
 /// The views of `allocations`, with the handshakes and endpoints of `peers`

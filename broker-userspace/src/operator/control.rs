@@ -280,14 +280,18 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
 async fn answer(request: Request, handle: &Handle, pool: &Pool) -> Response {
     match request {
         Request::Status => ok(&handle.snapshot().status),
-        Request::Allocations => ok(&handle.snapshot().allocations),
+        Request::Allocations => match handle.allocations().await {
+            Ok(all) => ok(&all),
+            Err(e) => Response::Error(e),
+        },
         Request::Allocation { prefix } => {
             if let Err(e) = release::slot_of(pool, prefix) {
                 return Response::Error(e.to_string());
             }
-            match handle.snapshot().allocation(prefix) {
-                Some(view) => ok(view),
-                None => Response::Error(unknown(prefix)),
+            match handle.allocation(prefix).await {
+                Ok(Some(view)) => ok(&view),
+                Ok(None) => Response::Error(unknown(prefix)),
+                Err(e) => Response::Error(e),
             }
         }
         Request::Release { prefix } => match handle.release(prefix).await {
@@ -478,7 +482,6 @@ mod tests {
                 peers: None,
                 counters: None,
             },
-            allocations: vec![],
             recent: vec![],
         }
     }
@@ -500,8 +503,10 @@ mod tests {
             Err(ControlError::InUse(_))
         ));
 
-        let (_publisher, handle) = handle::channel(empty_snapshot(), vec![]);
         let pool = Pool::new("2001:db8::/64".parse().unwrap(), 120).unwrap();
+        let store = crate::store::Store::open(&dir.path().join("broker.redb"), pool).unwrap();
+        let allocations = super::super::allocation::Reader::new(store.into(), pool, None);
+        let (_publisher, handle) = handle::channel(empty_snapshot(), vec![], allocations);
         let server = tokio::spawn(socket.serve(handle, pool));
         let ask_path = path.clone();
         let blocking = move |request: Request| {

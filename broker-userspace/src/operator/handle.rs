@@ -19,12 +19,11 @@ use crate::{
     tunnel::Peer,
 };
 
-/// The daemon's figures at one moment.
+/// The daemon's figures at one moment. The allocations themselves are not
+/// in it: they are read when asked ([`Handle::allocations`]).
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub status: Status,
-    /// In prefix order.
-    pub allocations: Vec<AllocationView>,
     /// The audit log's last [`RECENT`] entries (allocations, answers,
     /// rejections and why, releases), oldest first: the manager's "recent
     /// requests".
@@ -44,12 +43,11 @@ impl Snapshot {
         now: u64,
     ) -> Result<Snapshot, StoreError> {
         let all = store.allocations()?;
-        let allocations = allocation::views(&all, peers, now);
         let mut status = Status::from_store(config, store, all.len(), now)?;
-        status.peers = PeerCounts::of(&allocations);
+        // Counted, not kept.
+        status.peers = PeerCounts::of(&allocation::views(&all, peers, now));
         Ok(Snapshot {
             status,
-            allocations,
             recent: store.audit_tail(RECENT)?,
         })
     }
@@ -60,10 +58,6 @@ impl Snapshot {
     pub fn read_offline(config: &Config) -> Result<Snapshot, StoreError> {
         let store = Store::open_read_only(&config.database.path, config.broker.pool)?;
         Snapshot::from_store(config, &store, None, crate::store::now())
-    }
-
-    pub fn allocation(&self, prefix: Ipv6Net) -> Option<&AllocationView> {
-        self.allocations.iter().find(|a| a.prefix == prefix)
     }
 }
 
@@ -102,6 +96,7 @@ pub struct Publisher {
 #[derive(Clone)]
 pub struct Handle {
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    allocations: allocation::Reader,
     tokens: watch::Receiver<Arc<Vec<Token>>>,
     commands: mpsc::Sender<Command>,
 }
@@ -109,8 +104,13 @@ pub struct Handle {
 /// Commands waiting for the loop; more wait for a place.
 const QUEUED_COMMANDS: usize = 16;
 
-/// A publisher starting at `first` and `tokens`, and its handle.
-pub fn channel(first: Snapshot, tokens: Vec<Token>) -> (Publisher, Handle) {
+/// A publisher starting at `first` and `tokens`, and its handle, which
+/// reads the allocations through `allocations`.
+pub fn channel(
+    first: Snapshot,
+    tokens: Vec<Token>,
+    allocations: allocation::Reader,
+) -> (Publisher, Handle) {
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first));
     let (tokens_tx, tokens_rx) = watch::channel(Arc::new(tokens));
     let (commands_tx, commands_rx) = mpsc::channel(QUEUED_COMMANDS);
@@ -122,6 +122,7 @@ pub fn channel(first: Snapshot, tokens: Vec<Token>) -> (Publisher, Handle) {
         },
         Handle {
             snapshot: snapshot_rx,
+            allocations,
             tokens: tokens_rx,
             commands: commands_tx,
         },
@@ -147,6 +148,29 @@ impl Handle {
     /// The snapshot published last.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// Every allocation as of now, in prefix order.
+    pub async fn allocations(&self) -> Result<Vec<AllocationView>, String> {
+        self.read_allocations(|reader| reader.all()).await
+    }
+
+    /// The allocation of `prefix` as of now, if it is one.
+    pub async fn allocation(&self, prefix: Ipv6Net) -> Result<Option<AllocationView>, String> {
+        self.read_allocations(move |reader| reader.one(prefix))
+            .await
+    }
+
+    /// Database and device reads block: off the runtime's threads.
+    async fn read_allocations<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&allocation::Reader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let reader = self.allocations.clone();
+        match tokio::task::spawn_blocking(move || read(&reader)).await {
+            Ok(result) => result.map_err(|e| format!("reading the allocations: {e}")),
+            Err(e) => Err(format!("reading the allocations: {e}")),
+        }
     }
 
     /// The API's tokens as the daemon has them now.

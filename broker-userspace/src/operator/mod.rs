@@ -15,7 +15,7 @@ pub mod handle;
 pub mod release;
 pub mod status;
 
-pub use allocation::{AllocationView, PeerState};
+pub use allocation::{AllocationView, PeerState, Reader};
 pub use handle::{Command, Handle, Publisher, Snapshot, TokenChange};
 pub use release::{OnChainRelease, PrefixError, Released};
 pub use status::Status;

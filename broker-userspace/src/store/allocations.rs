@@ -5,7 +5,7 @@
 
 use alloy::primitives::Address;
 use ipnet::Ipv6Net;
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata as _, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -196,6 +196,11 @@ impl Store {
 
     pub fn allocation(&self, slot: u128) -> Result<Option<Allocation>, StoreError> {
         self.read(|txn| get(txn, slot))
+    }
+
+    /// How many allocations there are, without reading them.
+    pub fn allocation_count(&self) -> Result<u64, StoreError> {
+        self.read(|txn| Ok(txn.table(ALLOCATIONS)?.len()?))
     }
 
     pub fn allocation_of_nft(&self, nft: Address) -> Result<Option<Allocation>, StoreError> {

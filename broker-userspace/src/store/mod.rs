@@ -96,6 +96,11 @@ enum Db {
     ReadOnly(ReadOnlyDatabase),
 }
 
+/// redb's page cache (its default is 1 GiB): bounded, so that the daemon's
+/// memory does not grow with the database. The hot pages (the allocation
+/// tables, the unfinished requests) fit many times over.
+const CACHE_BYTES: usize = 1024 * 1024;
+
 impl Store {
     /// Opens (or creates, with a 0700 parent directory) the database for
     /// `pool`; refuses a database made for another pool.
@@ -113,10 +118,13 @@ impl Store {
                     source,
                 })?;
         }
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         let store = Store {
             db: Db::ReadWrite(db),
             pool,
@@ -143,10 +151,13 @@ impl Store {
     /// another process (the daemon) has the file open, and after an unclean
     /// shutdown (the daemon's next start repairs the file).
     pub fn open_read_only(path: &Path, pool: Pool) -> Result<Store, StoreError> {
-        let db = ReadOnlyDatabase::open(path).map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .open_read_only(path)
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(Store {
             db: Db::ReadOnly(db),
             pool,

@@ -35,6 +35,18 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// See [`Store::watch`].
+pub(super) fn watch(
+    txn: &WriteTransaction,
+    contract: Address,
+    id: u64,
+    read_at: u64,
+) -> Result<(), StoreError> {
+    txn.open_table(WATCHED)?
+        .insert(key(contract, id), read_at)?;
+    Ok(())
+}
+
 /// A request decided at a block the daemon remembers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watched {
@@ -94,11 +106,7 @@ impl Store {
     /// `read_at` (recorded before the decision, so no crash leaves a
     /// decision unwatched).
     pub fn watch(&self, contract: Address, id: u64, read_at: u64) -> Result<(), StoreError> {
-        self.transition(|txn| {
-            txn.open_table(WATCHED)?
-                .insert(key(contract, id), read_at)?;
-            Ok(())
-        })
+        self.transition(|txn| watch(txn, contract, id, read_at))
     }
 
     /// The requests decided at the blocks remembered, in (contract, id)

@@ -27,7 +27,7 @@ use super::{
     Reads, Store, StoreError,
     allocations::{self, Allocate, Allocation},
     audit::{self, Event},
-    collect, cursors, decode, encode, now,
+    collect, cursors, decode, encode, now, reorgs,
 };
 
 const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
@@ -223,6 +223,35 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn answered(
+    txn: &WriteTransaction,
+    contract: Address,
+    id: u64,
+    slot: u128,
+    transaction: Option<TxHash>,
+    handshake_timeout: u64,
+) -> Result<(), StoreError> {
+    let transaction = transaction.map_or_else(|| FOUND_ON_CHAIN.to_string(), |t| t.to_string());
+    allocations::await_handshake(txn, slot, handshake_timeout, true)?;
+    set(
+        txn,
+        contract,
+        id,
+        Stage::Answered {
+            slot,
+            transaction: transaction.clone(),
+        },
+    )?;
+    audit::record(
+        txn,
+        Event::Answered {
+            contract: contract.to_string(),
+            request_id: id,
+            transaction,
+        },
+    )
+}
+
 fn get(txn: &impl Reads, contract: Address, id: u64) -> Result<Option<Record>, StoreError> {
     let table = txn.table(REQUESTS)?;
     let k = key(contract, id);
@@ -404,50 +433,82 @@ impl Store {
         verdict: Verdict,
         advance_cursor: bool,
     ) -> Result<Decision, StoreError> {
+        self.transition(|txn| self.decide_in(txn, contract, id, verdict, advance_cursor))
+    }
+
+    /// Requests of `contract` read at block `read_at` and judged
+    /// (`verdicts`, in id order), each watched for reorgs ([`Store::watch`])
+    /// and decided as by [`Store::decide`], all in one transaction: a poll's
+    /// burst costs one commit, and a crash leaves all of them decided or
+    /// none.
+    pub fn decide_all(
+        &self,
+        contract: Address,
+        read_at: u64,
+        verdicts: Vec<(u64, Verdict)>,
+        advance_cursor: bool,
+    ) -> Result<Vec<(u64, Decision)>, StoreError> {
         self.transition(|txn| {
-            if advance_cursor {
-                cursors::set_next_request(txn, contract, id + 1)?;
+            let mut decisions = Vec::with_capacity(verdicts.len());
+            for (id, verdict) in verdicts {
+                reorgs::watch(txn, contract, id, read_at)?;
+                let decision = self.decide_in(txn, contract, id, verdict, advance_cursor)?;
+                decisions.push((id, decision));
             }
-            let previous = get(txn, contract, id)?.map(|r| r.stage);
-            if previous.as_ref().is_some_and(Stage::is_finished) {
-                return Ok(Decision::AlreadyFinished);
-            }
-            let decision = match verdict {
-                Verdict::Unknown(error) => retry_after(previous.as_ref(), bounded(error)),
-                Verdict::Skip(reason) => Decision::Skipped(bounded(reason)),
-                Verdict::Reject(reason) => reject(txn, contract, id, bounded(reason))?,
-                Verdict::Valid {
-                    nft,
-                    wg_key,
-                    server_pubkey,
-                } => match allocations::allocate(txn, &self.pool, contract, id, nft, wg_key)? {
-                    Allocate::New(allocation) => Decision::Granted(Grant {
-                        allocation,
-                        old_wg_key: None,
-                        server_pubkey,
-                    }),
-                    Allocate::Rotated {
-                        allocation,
-                        old_wg_key,
-                    } => Decision::Granted(Grant {
-                        allocation,
-                        old_wg_key: Some(old_wg_key),
-                        server_pubkey,
-                    }),
-                    Allocate::KeyInUse => {
-                        let reason = "its WireGuard key belongs to another allocation".into();
-                        reject(txn, contract, id, reason)?
-                    }
-                    // Always at the first attempt's wait, whatever came
-                    // before: any release can free a prefix.
-                    Allocate::PoolFull => retry_after(None, "no prefix free".into()),
-                },
-            };
-            if let Some(stage) = decision.stage() {
-                set(txn, contract, id, stage)?;
-            }
-            Ok(decision)
+            Ok(decisions)
         })
+    }
+
+    fn decide_in(
+        &self,
+        txn: &WriteTransaction,
+        contract: Address,
+        id: u64,
+        verdict: Verdict,
+        advance_cursor: bool,
+    ) -> Result<Decision, StoreError> {
+        if advance_cursor {
+            cursors::set_next_request(txn, contract, id + 1)?;
+        }
+        let previous = get(txn, contract, id)?.map(|r| r.stage);
+        if previous.as_ref().is_some_and(Stage::is_finished) {
+            return Ok(Decision::AlreadyFinished);
+        }
+        let decision = match verdict {
+            Verdict::Unknown(error) => retry_after(previous.as_ref(), bounded(error)),
+            Verdict::Skip(reason) => Decision::Skipped(bounded(reason)),
+            Verdict::Reject(reason) => reject(txn, contract, id, bounded(reason))?,
+            Verdict::Valid {
+                nft,
+                wg_key,
+                server_pubkey,
+            } => match allocations::allocate(txn, &self.pool, contract, id, nft, wg_key)? {
+                Allocate::New(allocation) => Decision::Granted(Grant {
+                    allocation,
+                    old_wg_key: None,
+                    server_pubkey,
+                }),
+                Allocate::Rotated {
+                    allocation,
+                    old_wg_key,
+                } => Decision::Granted(Grant {
+                    allocation,
+                    old_wg_key: Some(old_wg_key),
+                    server_pubkey,
+                }),
+                Allocate::KeyInUse => {
+                    let reason = "its WireGuard key belongs to another allocation".into();
+                    reject(txn, contract, id, reason)?
+                }
+                // Always at the first attempt's wait, whatever came
+                // before: any release can free a prefix.
+                Allocate::PoolFull => retry_after(None, "no prefix free".into()),
+            },
+        };
+        if let Some(stage) = decision.stage() {
+            set(txn, contract, id, stage)?;
+        }
+        Ok(decision)
     }
 
     /// The answer to request `id` is on chain: sent in `transaction`, or
@@ -461,26 +522,21 @@ impl Store {
         transaction: Option<TxHash>,
         handshake_timeout: u64,
     ) -> Result<(), StoreError> {
-        let transaction = transaction.map_or_else(|| FOUND_ON_CHAIN.to_string(), |t| t.to_string());
+        self.transition(|txn| answered(txn, contract, id, slot, transaction, handshake_timeout))
+    }
+
+    /// Several answers on chain (each as by [`Store::answered`]: contract,
+    /// id, slot, transaction), in one transaction.
+    pub fn answered_all(
+        &self,
+        answers: &[(Address, u64, u128, TxHash)],
+        handshake_timeout: u64,
+    ) -> Result<(), StoreError> {
         self.transition(|txn| {
-            allocations::await_handshake(txn, slot, handshake_timeout, true)?;
-            set(
-                txn,
-                contract,
-                id,
-                Stage::Answered {
-                    slot,
-                    transaction: transaction.clone(),
-                },
-            )?;
-            audit::record(
-                txn,
-                Event::Answered {
-                    contract: contract.to_string(),
-                    request_id: id,
-                    transaction,
-                },
-            )
+            for &(contract, id, slot, tx) in answers {
+                answered(txn, contract, id, slot, Some(tx), handshake_timeout)?;
+            }
+            Ok(())
         })
     }
 

@@ -21,6 +21,7 @@ use std::{
     collections::HashMap,
     fmt, fs, io,
     net::{Ipv6Addr, SocketAddr},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -34,6 +35,12 @@ pub use userspace::{SOCKET_DIR, socket_path};
 use crate::config::{self, WireguardImplementation};
 use link::{Kind, Links};
 use wireguard::Control;
+
+/// Peers set in one exchange with the device at most: a start-up with
+/// 100,000 allocations set them all at once, and wireguard-go hung up in
+/// the middle of the request (EPIPE); a thousand is one exchange for any
+/// burst of a poll.
+const PEERS_AT_ONCE: usize = 1000;
 
 /// Which WireGuard implementation drives the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +88,28 @@ pub struct Tunnel {
     listen_port: u16,
     public_key: Key,
     backend: Backend,
-    control: Control,
+    control: Arc<Control>,
+}
+
+/// Reads a tunnel's peers apart from the [`Tunnel`] the daemon's loop owns:
+/// the operator's servers ask the device themselves when asked.
+#[derive(Clone, Debug)]
+pub struct PeerReader {
+    name: String,
+    backend: Backend,
+    control: Arc<Control>,
+}
+
+impl PeerReader {
+    /// Every peer, read from the interface.
+    pub fn peers(&self) -> Result<Vec<Peer>, TunnelError> {
+        self.control.peers().map_err(|source| TunnelError::Control {
+            name: self.name.clone(),
+            backend: self.backend,
+            action: "reading the peers",
+            source,
+        })
+    }
 }
 
 /// Where [`Tunnel::open`] turns IPv6 forwarding on: the broker routes.
@@ -198,7 +226,7 @@ impl Tunnel {
             listen_port,
             public_key: private_key.get_public(),
             backend,
-            control,
+            control: Arc::new(control),
         })
     }
 
@@ -226,9 +254,15 @@ impl Tunnel {
 
     /// Every peer, read from the interface.
     pub fn peers(&self) -> Result<Vec<Peer>, TunnelError> {
-        self.control
-            .peers()
-            .map_err(self.failed("reading the peers"))
+        self.peer_reader().peers()
+    }
+
+    pub fn peer_reader(&self) -> PeerReader {
+        PeerReader {
+            name: self.name.clone(),
+            backend: self.backend,
+            control: self.control.clone(),
+        }
     }
 
     /// Adds the peer, or replaces its allowed IPs, with exactly `prefix`.
@@ -241,14 +275,25 @@ impl Tunnel {
     }
 
     /// [`Tunnel::set_peer`] for each of `peers`, in one exchange with the
-    /// device. Idempotent.
+    /// device per [`PEERS_AT_ONCE`]. Idempotent.
     pub fn set_peers(&self, peers: &[([u8; 32], Ipv6Net)]) -> Result<(), TunnelError> {
-        if peers.is_empty() {
-            return Ok(());
+        for chunk in peers.chunks(PEERS_AT_ONCE) {
+            self.control
+                .set_peers(chunk)
+                .map_err(self.failed("setting peers"))?;
         }
-        self.control
-            .set_peers(peers)
-            .map_err(self.failed("setting peers"))
+        Ok(())
+    }
+
+    /// Removes the peers (known to be there: no read of the device first),
+    /// one exchange per [`PEERS_AT_ONCE`].
+    pub fn remove_peers(&self, public_keys: &[[u8; 32]]) -> Result<(), TunnelError> {
+        for chunk in public_keys.chunks(PEERS_AT_ONCE) {
+            self.control
+                .remove_peers(chunk)
+                .map_err(self.failed("removing peers"))?;
+        }
+        Ok(())
     }
 
     /// Removes the peer; false when there was none with that key.

@@ -117,14 +117,24 @@ impl Control {
 
     /// Removes the peer; removing an absent one is not an error.
     pub fn remove_peer(&self, public_key: &[u8; 32]) -> io::Result<()> {
+        self.remove_peers(std::slice::from_ref(public_key))
+    }
+
+    /// Removes the peers, in one exchange; absent ones are not an error.
+    pub fn remove_peers(&self, public_keys: &[[u8; 32]]) -> io::Result<()> {
         match self {
-            Control::Kernel(name) => DeviceUpdate::new()
-                .remove_peer_by_key(&Key(*public_key))
+            Control::Kernel(name) => public_keys
+                .iter()
+                .fold(DeviceUpdate::new(), |update, key| {
+                    update.remove_peer_by_key(&Key(*key))
+                })
                 .apply(name, wg::Backend::Kernel),
-            Control::Userspace(uapi) => uapi.set(&format!(
-                "public_key={}\nremove=true\n",
-                hex::encode(public_key)
-            )),
+            Control::Userspace(uapi) => uapi.set(
+                &public_keys
+                    .iter()
+                    .map(|key| format!("public_key={}\nremove=true\n", hex::encode(key)))
+                    .collect::<String>(),
+            ),
         }
     }
 }

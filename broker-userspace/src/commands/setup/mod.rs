@@ -363,7 +363,7 @@ impl Setup<'_> {
                 poll_interval_secs: self.args.poll_interval,
                 confirm: self.args.confirm,
                 start_request_id: 1,
-                max_requests_per_poll: 50,
+                max_requests_per_poll: config::DEFAULT_MAX_REQUESTS_PER_POLL,
                 log_range_blocks: config::DEFAULT_LOG_RANGE_BLOCKS,
                 low_balance_wei: low_balance_wei.0,
             },
