@@ -497,7 +497,7 @@ impl Report {
                  store's own transitions (each allocation decided and answered), then the daemon \
                  started on it: reconciliation is the time between its log lines \"NDP responder \
                  attached\" and \"kernel reconciled with the database\" (WireGuard peers through \
-                 wireguard-go's UAPI here, routes, the NDP map); memory is read once it is ready.\n"
+                 wireguard-go's UAPI here, routes, the NDP map); memory is read 3 s after it is ready (a few polls on).\n"
             );
             let _ = writeln!(md, "{}", self.startup_table());
             let _ = writeln!(md, "{}", self.startup_targets());

@@ -247,7 +247,7 @@ impl Daemon {
             )
         })?;
 
-        let store = Arc::new(Store::open(&config.database.path, config.broker.pool)?);
+        let store = Store::open(&config.database.path, config.broker.pool)?;
         systemd.status(&format!(
             "bringing up the WireGuard interface {}",
             config.wireguard.interface
@@ -267,6 +267,17 @@ impl Daemon {
             "tunnel clients reach the broker itself with ICMPv6 and the allowed services only"
         );
         let tunnel = Tunnel::open(&config.wireguard, &wg_key, gateway).await?;
+        let store = Arc::new(match tunnel.max_peers() {
+            Some(max) => {
+                info!(
+                    max,
+                    "the {} WireGuard holds this many peers at most: no more allocations than that",
+                    tunnel.backend()
+                );
+                store.limit_allocations(max)
+            }
+            None => store,
+        });
         let routes = Routes::new().await?;
         let pool = config.broker.pool.upstream();
         if routes.hold_unallocated(pool).await? {
@@ -352,10 +363,13 @@ impl Daemon {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// On-chain capacity = the pool's slots (the broker's own excepted).
+    /// On-chain capacity = the pool's slots (the broker's own excepted),
+    /// or the peers the WireGuard holds when fewer.
     async fn sync_capacity(&self) {
         let slots = self.config.broker.pool.slots() - 1;
-        let capacity = u64::try_from(slots).unwrap_or(u64::MAX);
+        let capacity = u64::try_from(slots)
+            .unwrap_or(u64::MAX)
+            .min(self.kernel.tunnel.max_peers().unwrap_or(u64::MAX));
         match self
             .chain
             .sync_total_capacity(self.contracts[0], capacity)

@@ -56,7 +56,7 @@ pub(super) enum Allocate {
     },
     /// Another allocation holds this WireGuard key.
     KeyInUse,
-    /// No prefix left.
+    /// No prefix left, or as many allocations as the store may hold.
     PoolFull,
 }
 
@@ -93,9 +93,11 @@ fn update(txn: &WriteTransaction, allocation: &Allocation) -> Result<(), StoreEr
 /// Decides a valid request from `nft` with `wg_key`: rotation when the NFT
 /// already has a prefix, else the lowest free one, and records it (with its
 /// audit entry) in `txn`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn allocate(
     txn: &WriteTransaction,
     pool: &Pool,
+    max_allocations: u64,
     contract: Address,
     request_id: u64,
     nft: Address,
@@ -134,6 +136,9 @@ pub(super) fn allocate(
     }
     if key_holder.is_some() {
         return Ok(Allocate::KeyInUse);
+    }
+    if txn.open_table(ALLOCATIONS)?.len()? >= max_allocations {
+        return Ok(Allocate::PoolFull);
     }
     let Some(slot) = ipam::take_lowest(txn)? else {
         return Ok(Allocate::PoolFull);
@@ -332,5 +337,27 @@ mod tests {
         assert_eq!(store.allocation(a.slot).unwrap(), Some(up));
         store.release(a.slot, "test", false).unwrap();
         assert_eq!(store.tunnel_up(a.slot).unwrap(), None);
+    }
+
+    /// At the limit a new NFT waits as for a full pool; a known NFT's new
+    /// key still takes its prefix, and a release makes room again.
+    #[test]
+    fn a_limited_store_allocates_no_more_than_its_limit() {
+        use super::super::requests::{Decision, tests::valid};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).limit_allocations(2);
+        let a = grant(&store, 1, 1, 1).allocation;
+        grant(&store, 2, 2, 2);
+        let third = store.decide(CONTRACT, 3, valid(nft(3), [3; 32]), true);
+        assert!(
+            matches!(&third, Ok(Decision::Retry { last_error, .. }) if last_error == "no prefix free"),
+            "{third:?}"
+        );
+        assert_eq!(store.allocations().unwrap().len(), 2);
+        let rotated = grant(&store, 4, 1, 9).allocation;
+        assert_eq!(rotated.prefix, a.prefix);
+        store.release(a.slot, "test", false).unwrap();
+        grant(&store, 5, 3, 3);
+        assert_eq!(store.allocations().unwrap().len(), 2);
     }
 }

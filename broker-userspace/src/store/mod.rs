@@ -87,6 +87,9 @@ pub fn now() -> u64 {
 pub struct Store {
     db: Db,
     pool: Pool,
+    /// Allocations at most, whatever the pool's size: what the WireGuard
+    /// implementation holds (see [`Store::limit_allocations`]).
+    max_allocations: u64,
 }
 
 enum Db {
@@ -128,6 +131,7 @@ impl Store {
         let store = Store {
             db: Db::ReadWrite(db),
             pool,
+            max_allocations: u64::MAX,
         };
         // Every table exists from here on: read transactions, which cannot
         // create one, can open them all.
@@ -161,11 +165,20 @@ impl Store {
         Ok(Store {
             db: Db::ReadOnly(db),
             pool,
+            max_allocations: u64::MAX,
         })
     }
 
     pub fn pool(&self) -> Pool {
         self.pool
+    }
+
+    /// No new allocation once there are `max` (a request then waits as for
+    /// a full pool): wireguard-go holds 65,536 peers at most, however large
+    /// the pool.
+    pub fn limit_allocations(mut self, max: u64) -> Store {
+        self.max_allocations = max;
+        self
     }
 
     /// Removes finished requests' records and audit entries from before
@@ -420,7 +433,7 @@ pub(crate) mod tests {
             let store = open(&dir);
             let e = store
                 .transition(|t| {
-                    allocations::allocate(t, &store.pool, CONTRACT, 1, nft(1), [1; 32])?;
+                    allocations::allocate(t, &store.pool, u64::MAX, CONTRACT, 1, nft(1), [1; 32])?;
                     requests::set(
                         t,
                         CONTRACT,

@@ -482,7 +482,15 @@ impl Store {
                 nft,
                 wg_key,
                 server_pubkey,
-            } => match allocations::allocate(txn, &self.pool, contract, id, nft, wg_key)? {
+            } => match allocations::allocate(
+                txn,
+                &self.pool,
+                self.max_allocations,
+                contract,
+                id,
+                nft,
+                wg_key,
+            )? {
                 Allocate::New(allocation) => Decision::Granted(Grant {
                     allocation,
                     old_wg_key: None,
@@ -610,7 +618,7 @@ pub(crate) mod tests {
         *,
     };
 
-    fn valid(nft: Address, wg_key: [u8; 32]) -> Verdict {
+    pub fn valid(nft: Address, wg_key: [u8; 32]) -> Verdict {
         Verdict::Valid {
             nft,
             wg_key,

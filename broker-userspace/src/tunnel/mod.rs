@@ -252,6 +252,16 @@ impl Tunnel {
         self.backend
     }
 
+    /// The peers the interface can hold at most, when it has a limit:
+    /// wireguard-go refuses a peer beyond 65,536 (its `MaxPeers`); the
+    /// kernel module has no such limit.
+    pub fn max_peers(&self) -> Option<u64> {
+        match self.backend {
+            Backend::Kernel => None,
+            Backend::Userspace => Some(1 << 16),
+        }
+    }
+
     /// Every peer, read from the interface.
     pub fn peers(&self) -> Result<Vec<Peer>, TunnelError> {
         self.peer_reader().peers()
