@@ -95,7 +95,8 @@ fn ready_after_the_responder_and_the_first_poll_then_watchdog_from_the_poll_loop
 
         // A request answered: the status says so.
         lab.serve(broker_lab::requests::CLIENT).await?;
-        let statuses = socket.lines("STATUS=answering request ");
+        // "answering request N of …", or "requests N to M" for a burst.
+        let statuses = socket.lines("STATUS=answering request");
         assert!(!statuses.is_empty(), "no STATUS=answering request …");
 
         // The chain hangs: the poll loop is stuck in an RPC call (10 s until

@@ -467,11 +467,12 @@ impl Daemon {
             let chunk = first..=last.min(first.saturating_add(DECIDE_AT_ONCE - 1));
             first = chunk.end().saturating_add(1);
             self.systemd.ping_if_due();
-            self.systemd.status(&format!(
-                "answering requests {} to {} of {contract}",
-                chunk.start(),
-                chunk.end()
-            ));
+            self.systemd.status(&match (chunk.start(), chunk.end()) {
+                (first, last) if first == last => {
+                    format!("answering request {first} of {contract}")
+                }
+                (first, last) => format!("answering requests {first} to {last} of {contract}"),
+            });
             let mut verdicts = Vec::new();
             for (id, verdict) in self.examine_all(contract, chunk, at).await {
                 match verdict {
