@@ -592,11 +592,14 @@ impl Daemon {
         self.systemd
             .status(&format!("answering request {id} of {contract}"));
         let verdict = self.examine(contract, id, at).await?;
-        // Before the decision: no crash leaves one that a reorg could undo
-        // unwatched.
-        self.store.watch(contract, id, at.number)?;
-        let decision = self.store.decide(contract, id, verdict, advance)?;
-        Ok(decided(contract, id, decision))
+        // Watched for reorgs in the decision's own commit, as a burst is.
+        let decisions = self
+            .store
+            .decide_all(contract, at.number, vec![(id, verdict)], advance)?;
+        Ok(decisions
+            .into_iter()
+            .next()
+            .and_then(|(id, decision)| decided(contract, id, decision)))
     }
 }
 
