@@ -1,7 +1,9 @@
 //! The broker VPS image (image/README.md) booted under qemu: its virtio NIC
 //! on a tap device in a namespace that plays the provider's router and the
 //! chain (anvil, the contracts deployed), configured by a NoCloud seed whose
-//! user-data runs `blockhost-broker setup --non-interactive`.
+//! user-data runs `blockhost-broker setup --non-interactive`. It boots
+//! first under BIOS, and the reboot is a power-off and a boot under UEFI
+//! (OVMF), so that both of the image's boot paths are exercised.
 //!
 //! Run by `cargo xtask image-test` (it needs a built image, qemu, and a few
 //! minutes of TCG emulation, hence `#[ignore]`). The image is never written:
@@ -296,7 +298,21 @@ fn seed(dir: &Path, chain: &DevChain, ssh_public: &str) -> anyhow::Result<PathBu
     Ok(iso)
 }
 
-fn boot(dir: &Path, image: &Path, seed: &Path, tap: &str) -> anyhow::Result<Vm> {
+/// The firmware a boot starts from: the image boots on both.
+#[derive(Clone, Copy, Debug)]
+enum Firmware {
+    /// qemu's default (SeaBIOS): GRUB from the MBR and the BIOS boot partition.
+    Bios,
+    /// OVMF (Debian's `ovmf`): GRUB from the EFI system partition's
+    /// removable-media path.
+    Uefi,
+}
+
+/// OVMF as Debian's `ovmf` installs it (`cargo xtask setup`).
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// A copy-on-write overlay of the image: the VM's disk, across its boots.
+fn overlay(dir: &Path, image: &Path) -> anyhow::Result<PathBuf> {
     let overlay = dir.join("overlay.qcow2");
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
@@ -309,15 +325,20 @@ fn boot(dir: &Path, image: &Path, seed: &Path, tap: &str) -> anyhow::Result<Vm> 
         "qemu-img create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(overlay)
+}
+
+fn boot(dir: &Path, disk: &Path, seed: &Path, tap: &str, firmware: Firmware) -> anyhow::Result<Vm> {
+    let name = format!("{firmware:?}").to_lowercase();
     let key = dir.join("id_ed25519");
-    let console = dir.join("console.log");
+    let console = dir.join(format!("console-{name}.log"));
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
         .args(["-display", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=raw,readonly=on",
@@ -327,7 +348,18 @@ fn boot(dir: &Path, image: &Path, seed: &Path, tap: &str) -> anyhow::Result<Vm> 
         .arg(format!("tap,id=up,ifname={tap},script=no,downscript=no"))
         .arg("-device")
         .arg(format!("virtio-net-pci,netdev=up,mac={VM_MAC}"));
-    let qemu = Process::spawn_logged("qemu", qemu, dir.join("qemu.log"))?;
+    if let Firmware::Uefi = firmware {
+        ensure!(
+            Path::new(OVMF).exists(),
+            "{OVMF} is missing (Debian's ovmf; `cargo xtask setup` installs it)"
+        );
+        qemu.args(["-bios", OVMF]);
+    }
+    let qemu = Process::spawn_logged(
+        &format!("qemu ({name})"),
+        qemu,
+        dir.join(format!("qemu-{name}.log")),
+    )?;
     Ok(Vm { qemu, key, console })
 }
 
@@ -377,9 +409,15 @@ fn image_test() -> anyhow::Result<()> {
     let ssh_public = fs::read_to_string(key.with_extension("pub"))?;
     let seed = seed(dir.path(), &chain, &ssh_public)?;
 
-    let mut vm = boot(dir.path(), &image, &seed, &tap)?;
+    let disk = overlay(dir.path(), &image)?;
+    let mut vm = boot(dir.path(), &disk, &seed, &tap, Firmware::Bios)?;
     let to_ssh = vm.wait_ssh(BOOT_LIMIT)?;
     eprintln!("ssh answers {to_ssh:.0?} after qemu started");
+    let firmware = vm.sh("test -d /sys/firmware/efi && echo uefi || echo bios")?;
+    ensure!(
+        firmware.trim() == "bios",
+        "the first boot was meant to be BIOS: {firmware}"
+    );
     let to_active = vm.wait_active(ACTIVE_LIMIT)?;
     eprintln!("blockhost-broker active {to_active:.0?} later (setup ran from cloud-init)");
 
@@ -582,19 +620,25 @@ fn image_test() -> anyhow::Result<()> {
             .context("the operator's nonce")
     };
     let before = nonce(&runtime)?;
-    let _ = vm.sh("sudo systemctl reboot");
-    let down = Instant::now();
-    while vm.sh("true").is_ok() {
-        ensure!(
-            down.elapsed() < Duration::from_secs(60),
-            "the VM did not go down"
-        );
-        thread::sleep(Duration::from_secs(1));
-    }
+    // The VM powers off and boots again from the same disk, now under
+    // UEFI: the reboot also proves the image's second boot path, with the
+    // grub.cfg the server itself writes.
+    // update-grub first, as a kernel upgrade on the server runs it: the
+    // UEFI boot reads the grub.cfg it writes in place of the image's own.
+    vm.sh("sudo update-grub 2>&1")?;
+    let _ = vm.sh("sudo systemctl poweroff");
+    let status = vm
+        .qemu
+        .wait_exit(Duration::from_secs(120))
+        .context("the VM did not power off")?;
+    eprintln!("powered off ({status}); booting again under UEFI");
     router.ip(&["-6", "neigh", "flush", "dev", &tap])?;
+    vm = boot(dir.path(), &disk, &seed, &tap, Firmware::Uefi)?;
     let to_ssh = vm.wait_ssh(BOOT_LIMIT)?;
     let to_active = vm.wait_active(ACTIVE_LIMIT)?;
-    eprintln!("rebooted: ssh after {to_ssh:.0?}, active {to_active:.0?} later");
+    eprintln!("rebooted under UEFI: ssh after {to_ssh:.0?}, active {to_active:.0?} later");
+    vm.sh("test -d /sys/firmware/efi")
+        .context("the second boot was not a UEFI boot")?;
     let peers = vm.sh("sudo wg show wg-broker allowed-ips")?;
     ensure!(
         peers.contains(&server.wg_public()) && peers.contains(&prefix.to_string()),

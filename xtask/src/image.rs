@@ -1,6 +1,6 @@
 //! `cargo xtask image`: the broker VPS image (image/README.md), a qcow2 of
 //! Debian 13 with the blockhost-broker package, built with mmdebstrap from
-//! the Debian registry only, made bootable on BIOS with GRUB on a loop device.
+//! the Debian registry only, bootable on BIOS and UEFI (image/disk.rs).
 
 use std::{
     fs,
@@ -12,6 +12,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 
 use crate::cmd;
+
+mod disk;
 
 #[derive(Parser)]
 pub struct Args {
@@ -30,6 +32,10 @@ pub struct Args {
     /// skipping mmdebstrap (for work on the disk stage).
     #[arg(long)]
     pub from_kept_tree: bool,
+    /// Build the image a second time, from a fresh tree, and fail unless
+    /// the two are the same bit for bit (image/README.md, "Reproducible").
+    #[arg(long, conflicts_with = "from_kept_tree")]
+    pub check_reproducible: bool,
 }
 
 impl Default for Args {
@@ -39,6 +45,7 @@ impl Default for Args {
             size_gib: 2,
             keep_tree: false,
             from_kept_tree: false,
+            check_reproducible: false,
         }
     }
 }
@@ -49,6 +56,7 @@ pub const PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
     "initramfs-tools",
     "grub-pc",
+    "grub-efi-amd64-bin",
     "systemd-sysv",
     "systemd-resolved",
     "systemd-timesyncd",
@@ -70,12 +78,6 @@ pub const PACKAGES: &[&str] = &[
     "procps",
 ];
 
-/// The file system's identity is fixed so that two builds of the same
-/// package set give the same disk (and grub.cfg names the same root).
-const ROOT_UUID: &str = "6c1d4a52-8d1e-4e43-9b6a-b10c0b40c0de";
-const ROOT_HASH_SEED: &str = "3f2c7a10-2f5e-4c1b-8a4d-b10c0b40c0de";
-const DISK_ID: &str = "0xb10cb40c";
-
 pub fn mirror() -> String {
     std::env::var("BLOCKHOST_IMAGE_MIRROR").unwrap_or_else(|_| "http://deb.debian.org".into())
 }
@@ -83,10 +85,10 @@ pub fn mirror() -> String {
 /// Builds the image; its path.
 pub fn run(args: Args) -> anyhow::Result<PathBuf> {
     if !cmd::is_root() {
-        bail!("`cargo xtask image` needs root (mmdebstrap's root mode, loop devices, mounts)");
+        bail!("`cargo xtask image` needs root (mmdebstrap's root mode, chroot)");
     }
     let root = cmd::workspace_root();
-    let deb = match args.deb {
+    let deb = match args.deb.clone() {
         Some(d) => d,
         None => {
             cmd::run(
@@ -101,40 +103,42 @@ pub fn run(args: Args) -> anyhow::Result<PathBuf> {
     let deb = fs::canonicalize(&deb).with_context(|| format!("{}", deb.display()))?;
     let version = deb_version(&deb)?;
     let out_dir = root.join("target/image");
-    let work = out_dir.join("build");
-    let rootfs = work.join("rootfs");
     let epoch = source_date_epoch(&root)?;
-    if args.from_kept_tree {
-        if !rootfs.is_dir() {
-            bail!("no kept tree at {}", rootfs.display());
-        }
-        let _ = fs::remove_file(work.join("disk.raw"));
-    } else {
-        if work.exists() {
-            fs::remove_dir_all(&work).context("removing the previous build tree")?;
-        }
-        fs::create_dir_all(&work)?;
-        tree(&root, &deb, &rootfs, &epoch)?;
-    }
-
-    eprintln!("image: disk (ext4 root, GRUB for BIOS)");
-    let raw = work.join("disk.raw");
-    make_disk(&raw, &rootfs, args.size_gib, &epoch)?;
-    if !args.keep_tree {
-        fs::remove_dir_all(&rootfs).context("removing the tree")?;
-    }
-
     let qcow2 = out_dir.join(format!("blockhost-broker-{version}.qcow2"));
-    cmd::run(
-        Command::new("qemu-img")
-            .args(["convert", "-c", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&qcow2),
-    )?;
-    fs::remove_file(&raw)?;
+    build(&root, &deb, &out_dir.join("build"), &qcow2, &args, &epoch)?;
+    if args.check_reproducible {
+        eprintln!("image: a second build, from a fresh tree, to compare with the first");
+        let work = out_dir.join("build-check");
+        let again = work.with_extension("qcow2");
+        let fresh = Args {
+            deb: None,
+            keep_tree: false,
+            ..args
+        };
+        build(&root, &deb, &work, &again, &fresh, &epoch)?;
+        let same = Command::new("cmp")
+            .arg("--silent")
+            .arg(&qcow2)
+            .arg(&again)
+            .status()
+            .context("cmp")?;
+        if !same.success() {
+            bail!(
+                "two builds of one commit differ: {} and {} (left for diffoscope)",
+                qcow2.display(),
+                again.display()
+            );
+        }
+        fs::remove_file(&again)?;
+        eprintln!("image: the second build is the same, bit for bit");
+    }
     // The package beside the image: the boot test upgrades it to a newer
     // build of itself.
-    fs::copy(&deb, qcow2.with_extension("deb")).context("copying the package beside the image")?;
+    let beside = qcow2.with_extension("deb");
+    // (Not onto itself: `--deb` may name the copy a previous build left.)
+    if fs::canonicalize(&beside).ok().as_ref() != Some(&deb) {
+        fs::copy(&deb, &beside).context("copying the package beside the image")?;
+    }
     let size = fs::metadata(&qcow2)?.len();
     println!(
         "{} ({:.0} MiB; disk {} GiB)",
@@ -143,6 +147,48 @@ pub fn run(args: Args) -> anyhow::Result<PathBuf> {
         args.size_gib
     );
     Ok(qcow2)
+}
+
+/// The tree (in `work`), then the disk, then `qcow2`.
+fn build(
+    root: &Path,
+    deb: &Path,
+    work: &Path,
+    qcow2: &Path,
+    args: &Args,
+    epoch: &str,
+) -> anyhow::Result<()> {
+    let rootfs = work.join("rootfs");
+    if args.from_kept_tree {
+        if !rootfs.is_dir() {
+            bail!("no kept tree at {}", rootfs.display());
+        }
+        let _ = fs::remove_file(work.join("disk.raw"));
+    } else {
+        if work.exists() {
+            fs::remove_dir_all(work).context("removing the previous build tree")?;
+        }
+        fs::create_dir_all(work)?;
+        tree(root, deb, &rootfs, epoch)?;
+    }
+
+    eprintln!("image: disk (GPT: ext4 root, GRUB for BIOS and UEFI)");
+    let raw = work.join("disk.raw");
+    disk::make(&raw, &rootfs, work, args.size_gib, epoch)?;
+    if !args.keep_tree {
+        fs::remove_dir_all(&rootfs).context("removing the tree")?;
+    }
+    cmd::run(
+        Command::new("qemu-img")
+            .args(["convert", "-c", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(qcow2),
+    )?;
+    fs::remove_file(&raw)?;
+    if !args.keep_tree {
+        let _ = fs::remove_dir(work);
+    }
+    Ok(())
 }
 
 /// The Debian 13 tree with the package and the image's files, by mmdebstrap.
@@ -235,124 +281,6 @@ fn source_date_epoch(root: &Path) -> anyhow::Result<String> {
         )
         .context("git log (set SOURCE_DATE_EPOCH outside a git checkout)")?;
     Ok(out.trim().to_string())
-}
-
-/// Detaches the loop device and unmounts what was mounted, even on failure.
-struct Mounted {
-    loop_dev: String,
-    mounts: Vec<PathBuf>,
-    /// A partition node made by hand (see [`partition_node`]).
-    made_node: Option<PathBuf>,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        for m in self.mounts.iter().rev() {
-            let _ = Command::new("umount").arg(m).status();
-        }
-        let _ = Command::new("losetup")
-            .args(["-d", &self.loop_dev])
-            .status();
-        if let Some(node) = &self.made_node {
-            let _ = fs::remove_file(node);
-        }
-    }
-}
-
-/// The loop device's first partition. In a container the kernel may skip
-/// the partition scan (`partx -a` asks again) and no udev makes the node:
-/// then it is made from sysfs, and removed with the loop device.
-fn partition_node(loop_dev: &str, guard: &mut Mounted) -> anyhow::Result<PathBuf> {
-    let node = PathBuf::from(format!("{loop_dev}p1"));
-    let name = loop_dev.trim_start_matches("/dev/");
-    let sys = PathBuf::from(format!("/sys/block/{name}/{name}p1/dev"));
-    if !sys.exists() {
-        let _ = Command::new("partx").args(["-a", loop_dev]).output();
-    }
-    for _ in 0..20 {
-        if node.exists() {
-            return Ok(node);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let dev = fs::read_to_string(&sys)
-        .with_context(|| format!("{}: the kernel made no partition", sys.display()))?;
-    let (major, minor) = dev
-        .trim()
-        .split_once(':')
-        .with_context(|| format!("{}: {dev}", sys.display()))?;
-    cmd::run(Command::new("mknod").arg(&node).args(["b", major, minor]))?;
-    guard.made_node = Some(node.clone());
-    Ok(node)
-}
-
-fn make_disk(raw: &Path, rootfs: &Path, size_gib: u64, epoch: &str) -> anyhow::Result<()> {
-    let f = fs::File::create(raw)?;
-    f.set_len(size_gib << 30)?;
-    drop(f);
-    // One partition from 1 MiB: GRUB's core image goes in the gap before it.
-    let mut sfdisk = Command::new("sfdisk");
-    sfdisk.arg("--quiet").arg(raw);
-    cmd::run_with_stdin(
-        &mut sfdisk,
-        &format!("label: dos\nlabel-id: {DISK_ID}\nstart=2048, type=83, bootable\n"),
-    )?;
-    let loop_dev = cmd::stdout_of(
-        Command::new("losetup")
-            .args(["--find", "--show", "--partscan"])
-            .arg(raw),
-    )
-    .context("losetup: no loop device")?
-    .trim()
-    .to_string();
-    let mut guard = Mounted {
-        loop_dev: loop_dev.clone(),
-        mounts: Vec::new(),
-        made_node: None,
-    };
-    let part = partition_node(&loop_dev, &mut guard)?;
-    cmd::run(
-        Command::new("mkfs.ext4")
-            .env("E2FSPROGS_FAKE_TIME", epoch)
-            .args(["-q", "-L", "blockhost-root", "-U", ROOT_UUID])
-            .arg("-E")
-            .arg(format!("hash_seed={ROOT_HASH_SEED}"))
-            .arg("-d")
-            .arg(rootfs)
-            .arg(&part),
-    )?;
-    let mnt = raw.with_file_name("mnt");
-    fs::create_dir_all(&mnt)?;
-    cmd::run(Command::new("mount").arg(&part).arg(&mnt))?;
-    guard.mounts.push(mnt.clone());
-    for d in ["dev", "proc", "sys"] {
-        let target = mnt.join(d);
-        cmd::run(
-            Command::new("mount")
-                .arg("--bind")
-                .arg(format!("/{d}"))
-                .arg(&target),
-        )?;
-        guard.mounts.push(target);
-    }
-    cmd::run(Command::new("chroot").arg(&mnt).args([
-        "grub-install",
-        "--target=i386-pc",
-        &loop_dev,
-    ]))?;
-    cmd::run(
-        Command::new("chroot")
-            .arg(&mnt)
-            .env("SOURCE_DATE_EPOCH", epoch)
-            .arg("update-grub"),
-    )?;
-    // grub.cfg must name the file system, not the build's loop device.
-    let cfg = fs::read_to_string(mnt.join("boot/grub/grub.cfg"))?;
-    if cfg.contains("/dev/loop") {
-        bail!("grub.cfg names the build's loop device: {cfg}");
-    }
-    drop(guard);
-    Ok(())
 }
 
 #[derive(Parser)]

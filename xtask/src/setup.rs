@@ -39,6 +39,15 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("qemu-system-x86", "the image boot test's virtual machine"),
     (
+        "ovmf",
+        "UEFI firmware: the image boot test's second boot (cargo xtask image-test)",
+    ),
+    ("dosfstools", "mkfs.vfat: the image's EFI system partition"),
+    (
+        "mtools",
+        "mcopy: GRUB into the image's EFI system partition",
+    ),
+    (
         "xorriso",
         "the boot test's cloud-init seed (an iso9660 'cidata' volume)",
     ),

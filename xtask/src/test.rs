@@ -98,11 +98,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })?;
     }
     if !args.no_image {
-        eprintln!("test: the Debian packages (deb-test), then the VPS image built and booted");
+        eprintln!(
+            "test: the Debian packages (deb-test), then the VPS image built (twice, to compare) and booted"
+        );
         crate::deb::test(crate::deb::Args::default())?;
         // The image of this very build: the package deb-test just made.
         let image = crate::image::run(crate::image::Args {
             deb: Some(crate::image::newest_deb(&root.join("target/debian"))?),
+            check_reproducible: true,
             ..crate::image::Args::default()
         })?;
         crate::image::test(crate::image::TestArgs { image: Some(image) })?;
