@@ -311,6 +311,10 @@ enum Firmware {
 /// OVMF as Debian's `ovmf` installs it (`cargo xtask setup`).
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
+/// The VM's disk: larger than the image's, as a provider's is, so that the
+/// first boot must grow the root partition and file system.
+const DISK_GIB: u64 = 3;
+
 /// A copy-on-write overlay of the image: the VM's disk, across its boots.
 fn overlay(dir: &Path, image: &Path) -> anyhow::Result<PathBuf> {
     let overlay = dir.join("overlay.qcow2");
@@ -318,6 +322,7 @@ fn overlay(dir: &Path, image: &Path) -> anyhow::Result<PathBuf> {
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(image)
         .arg(&overlay)
+        .arg(format!("{DISK_GIB}G"))
         .output()
         .context("qemu-img")?;
     ensure!(
@@ -417,6 +422,20 @@ fn image_test() -> anyhow::Result<()> {
     ensure!(
         firmware.trim() == "bios",
         "the first boot was meant to be BIOS: {firmware}"
+    );
+    // cloud-init grew the root (the last GPT partition) to the disk.
+    let root_bytes: u64 = vm
+        .sh("findmnt --bytes --noheadings --output SIZE /")?
+        .trim()
+        .parse()
+        .context("findmnt's size of /")?;
+    ensure!(
+        root_bytes > (DISK_GIB << 30) * 9 / 10,
+        "the root file system was not grown to the {DISK_GIB} GiB disk: {root_bytes} bytes"
+    );
+    eprintln!(
+        "root file system grown to {:.1} GiB",
+        root_bytes as f64 / (1u64 << 30) as f64
     );
     let to_active = vm.wait_active(ACTIVE_LIMIT)?;
     eprintln!("blockhost-broker active {to_active:.0?} later (setup ran from cloud-init)");
