@@ -23,7 +23,8 @@ printf 'LABEL=blockhost-root\t/\text4\terrors=remount-ro\t0\t1\n' > "$root/etc/f
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 
 chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service \
-    nftables.service ssh.service blockhost-broker-issue.service
+    nftables.service ssh.service blockhost-broker-issue.service \
+    blockhost-broker-grub-device.service
 # The unit is enabled by the package; it waits for config.toml
 # (ConditionPathExists), which setup or cloud-init writes.
 

@@ -206,6 +206,45 @@ fn newer_deb(dir: &Path) -> anyhow::Result<Option<(PathBuf, String)>> {
     Ok(Some((out, version)))
 }
 
+/// The grub-pc package the image was built with, from the build's package
+/// cache beside it (`cargo xtask image` keeps target/image/apt-cache).
+fn grub_deb(image: &Path) -> Option<PathBuf> {
+    let cache = image.parent()?.join("apt-cache");
+    fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("grub-pc_") && n.ends_with(".deb"))
+        })
+}
+
+impl Vm {
+    /// Fails unless the VM booted from `firmware`.
+    fn booted_from(&self, firmware: Firmware) -> anyhow::Result<()> {
+        let booted = self.sh("test -d /sys/firmware/efi && echo uefi || echo bios")?;
+        let uefi = matches!(firmware, Firmware::Uefi);
+        ensure!(
+            (booted.trim() == "uefi") == uefi,
+            "meant to boot from {firmware:?}, booted from {}",
+            booted.trim()
+        );
+        Ok(())
+    }
+
+    /// Copies `file` into the VM as `to`.
+    fn copy_in(&self, file: &Path, to: &str) -> anyhow::Result<()> {
+        let mut copy = self.ssh_command(&format!("cat > {to}"));
+        copy.stdin(fs::File::open(file)?);
+        let out = copy
+            .output()
+            .with_context(|| format!("copying {} into the VM", file.display()))?;
+        ensure!(out.status.success(), "copying {}: {out:?}", file.display());
+        Ok(())
+    }
+}
+
 /// The NoCloud seed: an iso9660 volume labelled `cidata`.
 fn seed(dir: &Path, chain: &DevChain, ssh_public: &str) -> anyhow::Result<PathBuf> {
     let seed = dir.join("seed");
@@ -418,11 +457,21 @@ fn image_test() -> anyhow::Result<()> {
     let mut vm = boot(dir.path(), &disk, &seed, &tap, Firmware::Bios)?;
     let to_ssh = vm.wait_ssh(BOOT_LIMIT)?;
     eprintln!("ssh answers {to_ssh:.0?} after qemu started");
-    let firmware = vm.sh("test -d /sys/firmware/efi && echo uefi || echo bios")?;
-    ensure!(
-        firmware.trim() == "bios",
-        "the first boot was meant to be BIOS: {firmware}"
-    );
+    vm.booted_from(Firmware::Bios)?;
+    // Powers the VM off and boots it again from the same disk; how long
+    // until ssh answered.
+    let power_cycle = |vm: &mut Vm, firmware: Firmware| -> anyhow::Result<Duration> {
+        let _ = vm.sh("sudo systemctl poweroff");
+        let status = vm
+            .qemu
+            .wait_exit(Duration::from_secs(120))
+            .context("the VM did not power off")?;
+        eprintln!("powered off ({status}); booting again from {firmware:?}");
+        *vm = boot(dir.path(), &disk, &seed, &tap, firmware)?;
+        let to_ssh = vm.wait_ssh(BOOT_LIMIT)?;
+        vm.booted_from(firmware)?;
+        Ok(to_ssh)
+    };
     // cloud-init grew the root (the last GPT partition) to the disk.
     let root_bytes: u64 = vm
         .sh("findmnt --bytes --noheadings --output SIZE /")?
@@ -639,25 +688,15 @@ fn image_test() -> anyhow::Result<()> {
             .context("the operator's nonce")
     };
     let before = nonce(&runtime)?;
-    // The VM powers off and boots again from the same disk, now under
-    // UEFI: the reboot also proves the image's second boot path, with the
-    // grub.cfg the server itself writes.
-    // update-grub first, as a kernel upgrade on the server runs it: the
-    // UEFI boot reads the grub.cfg it writes in place of the image's own.
+    // update-grub first, as a kernel upgrade on the server runs it; then
+    // the VM powers off and boots again from the same disk under UEFI: the
+    // reboot also proves the image's second boot path, reading the
+    // grub.cfg the server itself wrote.
     vm.sh("sudo update-grub 2>&1")?;
-    let _ = vm.sh("sudo systemctl poweroff");
-    let status = vm
-        .qemu
-        .wait_exit(Duration::from_secs(120))
-        .context("the VM did not power off")?;
-    eprintln!("powered off ({status}); booting again under UEFI");
     router.ip(&["-6", "neigh", "flush", "dev", &tap])?;
-    vm = boot(dir.path(), &disk, &seed, &tap, Firmware::Uefi)?;
-    let to_ssh = vm.wait_ssh(BOOT_LIMIT)?;
+    let to_ssh = power_cycle(&mut vm, Firmware::Uefi)?;
     let to_active = vm.wait_active(ACTIVE_LIMIT)?;
     eprintln!("rebooted under UEFI: ssh after {to_ssh:.0?}, active {to_active:.0?} later");
-    vm.sh("test -d /sys/firmware/efi")
-        .context("the second boot was not a UEFI boot")?;
     let peers = vm.sh("sudo wg show wg-broker allowed-ips")?;
     ensure!(
         peers.contains(&server.wg_public()) && peers.contains(&prefix.to_string()),
@@ -677,10 +716,7 @@ fn image_test() -> anyhow::Result<()> {
     match newer_deb(dir.path())? {
         None => eprintln!("(d) skipped: no package given (BBT_IMAGE_DEB)"),
         Some((deb, version)) => {
-            let mut copy = vm.ssh_command("cat > /tmp/blockhost-broker.deb");
-            copy.stdin(fs::File::open(&deb)?);
-            let out = copy.output().context("copying the package into the VM")?;
-            ensure!(out.status.success(), "copying the package: {out:?}");
+            vm.copy_in(&deb, "/tmp/blockhost-broker.deb")?;
             let started_at = "systemctl show -p ExecMainStartTimestampMonotonic blockhost-broker";
             let old_start = vm.sh(started_at)?;
             let installed = vm.sh("sudo dpkg -i /tmp/blockhost-broker.deb 2>&1")?;
@@ -705,6 +741,33 @@ fn image_test() -> anyhow::Result<()> {
                 upgraded == before,
                 "the operator sent {} transactions around the upgrade",
                 upgraded - before
+            );
+        }
+    }
+
+    // (e) a GRUB update as apt or unattended-upgrades installs one, with
+    // no terminal: it succeeds, reinstalls GRUB's BIOS boot code on the disk
+    // the server booted from (the image's grub-device unit named it), and
+    // the server boots from that disk under BIOS again.
+    match grub_deb(&image) {
+        None => eprintln!("(e) skipped: no grub-pc package in the image's apt-cache"),
+        Some(deb) => {
+            vm.copy_in(&deb, "/tmp/grub-pc.deb")?;
+            let installed =
+                vm.sh("sudo DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/grub-pc.deb 2>&1")?;
+            ensure!(
+                installed.contains("Installing for i386-pc platform"),
+                "the GRUB update installed GRUB nowhere: {installed}"
+            );
+            let to_ssh = power_cycle(&mut vm, Firmware::Bios)?;
+            vm.wait_active(ACTIVE_LIMIT)?;
+            let peers = vm.sh("sudo wg show wg-broker allowed-ips")?;
+            ensure!(
+                peers.contains(&server.wg_public()),
+                "after the GRUB update and a boot the peer is not back: {peers}"
+            );
+            eprintln!(
+                "(e) a GRUB update installed GRUB on the boot disk; BIOS boot from it: ssh after {to_ssh:.0?}"
             );
         }
     }
