@@ -1,6 +1,7 @@
 //! `cargo xtask image`: the broker VPS image (image/README.md), a qcow2 of
 //! Debian 13 with the blockhost-broker package, built with mmdebstrap from
-//! the Debian registry only, bootable on BIOS and UEFI (image/disk.rs).
+//! the Debian registry only, bootable on BIOS and UEFI (the disk: the
+//! `disk` module beside this file).
 
 use std::{
     fs,
